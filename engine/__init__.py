@@ -1,0 +1,20 @@
+"""The inference engine: vLLM's AsyncLLM (v1) wrapped for chat, the same code on the CPU and CUDA builds."""
+
+from engine.config import EngineConfig
+from engine.llm import ChatEngine
+from engine.types import (
+    ChoiceDelta,
+    EngineStats,
+    EngineUnavailableError,
+    InvalidRequestError,
+    Prompt,
+    PromptTooLongError,
+    SamplingOptions,
+    StepOutput,
+    TokenLogprob,
+)
+
+__all__ = [
+    "ChatEngine", "ChoiceDelta", "EngineConfig", "EngineStats", "EngineUnavailableError", "InvalidRequestError",
+    "Prompt", "PromptTooLongError", "SamplingOptions", "StepOutput", "TokenLogprob",
+]

@@ -1,0 +1,55 @@
+"""Keeps the latest scheduler statistics the engine core reports, through vLLM's stat-logger hook."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.types import EngineStats
+
+
+class SchedulerStatsRecorder:
+    """Holds the most recent SchedulerStats; `factory` is what AsyncLLM's stat_loggers list takes."""
+
+    def __init__(self) -> None:
+        self._latest: Any = None
+        self._prefix_queries = 0
+        self._prefix_hits = 0
+
+    def factory(self, vllm_config: Any, engine_index: int = 0) -> Any:
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        recorder = self
+
+        class _Logger(StatLoggerBase):
+            def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+                pass
+
+            def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
+                       engine_idx: int = 0) -> None:
+                if scheduler_stats is not None:
+                    recorder.observe(scheduler_stats)
+
+            def log_engine_initialized(self) -> None:
+                pass
+
+        return _Logger(vllm_config, engine_index)
+
+    def observe(self, scheduler_stats: Any) -> None:
+        self._latest = scheduler_stats
+        prefix = getattr(scheduler_stats, "prefix_cache_stats", None)
+        if prefix is not None:
+            self._prefix_queries += getattr(prefix, "queries", 0)
+            self._prefix_hits += getattr(prefix, "hits", 0)
+
+    def snapshot(self, requests_in_flight: int) -> EngineStats:
+        latest = self._latest
+        if latest is None:
+            return EngineStats(requests_in_flight=requests_in_flight)
+        hit_rate = self._prefix_hits / self._prefix_queries if self._prefix_queries else None
+        return EngineStats(
+            requests_in_flight=requests_in_flight,
+            running=latest.num_running_reqs,
+            waiting=latest.num_waiting_reqs,
+            kv_cache_usage=latest.kv_cache_usage,
+            prefix_cache_hit_rate=hit_rate,
+        )

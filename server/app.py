@@ -1,0 +1,73 @@
+"""The Starlette application: routes, middleware, error handlers and the engine/database lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Route
+
+from engine import ChatEngine, EngineConfig
+from server.errors import EXCEPTION_HANDLERS
+from server.middleware import BodySizeLimitMiddleware
+from server.routes.chat import chat_completions
+from server.routes.system import healthz, list_models, readyz
+from server.settings import Settings
+from storage import Database
+
+logger = logging.getLogger(__name__)
+
+
+def engine_config(settings: Settings, model_path: str) -> EngineConfig:
+    return EngineConfig(
+        model=model_path,
+        served_model_name=settings.served_model_name or model_path.rstrip("/").rsplit("/", 1)[-1],
+        dtype=settings.dtype,
+        max_model_len=settings.max_model_len,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        kv_cache_space_gib=settings.kv_cache_space_gib,
+        enforce_eager=settings.enforce_eager,
+        max_num_seqs=settings.max_num_seqs,
+        max_num_batched_tokens=settings.max_num_batched_tokens,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        enable_prefix_caching=settings.enable_prefix_caching,
+        enable_chunked_prefill=settings.enable_chunked_prefill,
+        load_format=settings.load_format,
+        seed=settings.seed,
+    )
+
+
+def create_app(settings: Settings, model_path: str) -> Starlette:
+    """`model_path` is a local model folder, already prepared (see server.cli)."""
+    engine = ChatEngine(engine_config(settings, model_path))
+    database = Database(settings.database_url, pool_size=settings.database_pool_size)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await engine.start()
+        logger.info("serving model %s (max_model_len %d)", engine.model_name, engine.max_model_len)
+        try:
+            yield
+        finally:
+            await engine.shutdown()
+            await database.close()
+
+    routes = [
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.database = database
+    return app

@@ -1,0 +1,92 @@
+"""The `codeface` command: serve, prepare-model, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from server.settings import Settings, load_settings
+
+logger = logging.getLogger("codeface")
+
+DEFAULT_CONFIG = Path("configs/cpu.yaml")
+
+
+def resolve_model(settings: Settings) -> str:
+    """The model folder to serve: MODEL_PATH when set, else the default model, prepared on first use."""
+    if settings.model_path:
+        return settings.model_path
+    from engine.model_prep import prepare_default_model
+
+    return str(prepare_default_model(settings.model_cache_dir))
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    config = args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    overrides = dict(item.split("=", 1) for item in args.set)
+    return load_settings(config, host=getattr(args, "host", None), port=getattr(args, "port", None), **overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import create_app
+    from storage import upgrade_database
+
+    settings = settings_from(args)
+    model_path = resolve_model(settings)
+    if settings.migrate_on_start:
+        upgrade_database(settings.database_url)
+    app = create_app(settings, model_path)
+    print(f"CodeFace: serving {app.state.engine.model_name} ({model_path}) on http://{settings.host}:{settings.port}",
+          flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+                log_level=settings.log_level, timeout_graceful_shutdown=10)
+    return 0
+
+
+def cmd_prepare_model(args: argparse.Namespace) -> int:
+    print(resolve_model(settings_from(args)))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from storage import upgrade_database
+
+    settings = settings_from(args)
+    upgrade_database(settings.database_url, args.revision)
+    print(f"database at revision {args.revision}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="codeface", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, handler: object, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--config", type=Path, help=f"YAML profile (default: {DEFAULT_CONFIG})")
+        sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override any setting, e.g. --set max_model_len=4096 (repeatable)")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    serve = add("serve", cmd_serve, "start the HTTP server")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    add("prepare-model", cmd_prepare_model, "convert the default model once and print its folder")
+    migrate = add("migrate", cmd_migrate, "apply database migrations")
+    migrate.add_argument("--revision", default="head")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Run work until the client goes away: streaming and non-streaming routes both stop the engine on disconnect."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import aclosing
+from typing import TypeVar
+
+import anyio
+from starlette.types import Receive, Scope, Send
+
+T = TypeVar("T")
+
+
+async def wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def cancel_on_disconnect(receive: Receive, work: Callable[[], Awaitable[T]]) -> T | None:
+    """Await `work`; if the client disconnects first, cancel it and return None.
+
+    Call it after the request body has been read: from then on `receive` only reports the disconnect.
+    """
+    result: list[T] = []
+    async with anyio.create_task_group() as group:
+
+        async def run_work() -> None:
+            result.append(await work())
+            group.cancel_scope.cancel()
+
+        async def watch() -> None:
+            await wait_for_disconnect(receive)
+            group.cancel_scope.cancel()
+
+        group.start_soon(run_work)
+        group.start_soon(watch)
+    return result[0] if result else None
+
+
+class EventStreamResponse:
+    """A text/event-stream response whose producer is cancelled, then closed, as soon as the client disconnects.
+
+    Starlette's StreamingResponse notices a gone client only at the next write (ASGI 2.4) and leaves the
+    iterator to the garbage collector; an LLM stream must stop the engine at once and deterministically.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncIterator[bytes], headers: Mapping[str, str] | None = None) -> None:
+        self.events = events
+        self.headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            # Tells nginx-style proxies not to buffer the stream.
+            (b"x-accel-buffering", b"no"),
+        ] + [(key.lower().encode("latin-1"), value.encode("latin-1")) for key, value in (headers or {}).items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with aclosing(self.events), anyio.create_task_group() as group:
+
+            async def stream() -> None:
+                await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+                async for event in self.events:
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                group.cancel_scope.cancel()
+
+            async def watch() -> None:
+                await wait_for_disconnect(receive)
+                group.cancel_scope.cancel()
+
+            group.start_soon(stream)
+            group.start_soon(watch)

@@ -1,0 +1,80 @@
+"""Settings: defaults < YAML profile (configs/*.yaml) < .env file < environment variables < command-line overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+DATA_DIR = Path(".data")
+
+class Settings(BaseSettings):
+    """Every key can be set in the YAML profile and overridden by an environment variable of the same name."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="forbid", protected_namespaces=())
+    config_file: ClassVar[Path | None] = None
+
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 1_048_576
+    log_level: str = "info"
+
+    # Model and engine. model_path unset = the default SmolLM2-135M-Instruct, prepared under model_cache_dir.
+    model_path: str | None = None
+    served_model_name: str | None = None
+    model_cache_dir: Path | None = None
+    dtype: str = "bfloat16"
+    max_model_len: int = 2048
+    gpu_memory_utilization: float | None = None
+    kv_cache_space_gib: int | None = Field(default=None, description="CPU backend: KV cache size in GiB")
+    enforce_eager: bool = False
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    tensor_parallel_size: int = 1
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool | None = None
+    load_format: str = "auto"
+    seed: int = 0
+
+    # Request defaults (OpenAI's when a request leaves them out)
+    temperature: float = 1.0
+    max_tokens: int | None = None
+
+    # Storage
+    database_url: str = f"sqlite+aiosqlite:///{DATA_DIR / 'codeface.db'}"
+    database_pool_size: int = 10
+    migrate_on_start: bool = True
+
+    # Security (used by the auth layer)
+    secret_key: str = "change-me"
+    default_user: str = "local"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        if cls.config_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=cls.config_file))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Read a profile, then let .env, the environment and `overrides` (None values ignored) win over it."""
+    if config_file is not None and not Path(config_file).is_file():
+        raise FileNotFoundError(f"config file not found: {config_file}")
+    profile = type("ProfileSettings", (Settings,), {"config_file": Path(config_file) if config_file else None})
+    return profile(**{key: value for key, value in overrides.items() if value is not None})

@@ -1,0 +1,137 @@
+"""Repositories: the queries the server needs, scoped by owner, so that route code holds no SQL."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import ApiKey, Conversation, Message, User, utcnow
+
+
+class Users:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, user_id: uuid.UUID) -> User | None:
+        return await self.session.get(User, user_id)
+
+    async def by_username(self, username: str) -> User | None:
+        return await self.session.scalar(select(User).where(User.username == username))
+
+    async def create(self, username: str, *, password_hash: str | None = None, is_admin: bool = False) -> User:
+        user = User(username=username, password_hash=password_hash, is_admin=is_admin)
+        self.session.add(user)
+        await self.session.flush()
+        return user
+
+    async def get_or_create(self, username: str) -> User:
+        return await self.by_username(username) or await self.create(username)
+
+
+class ApiKeys:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def create(self, owner_id: uuid.UUID, *, key_hash: str, prefix: str, name: str = "",
+                     expires_at: datetime | None = None) -> ApiKey:
+        key = ApiKey(owner_id=owner_id, key_hash=key_hash, prefix=prefix, name=name, expires_at=expires_at)
+        self.session.add(key)
+        await self.session.flush()
+        return key
+
+    async def by_hash(self, key_hash: str) -> ApiKey | None:
+        return await self.session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
+
+    async def list_for(self, owner_id: uuid.UUID) -> list[ApiKey]:
+        rows = await self.session.scalars(
+            select(ApiKey).where(ApiKey.owner_id == owner_id).order_by(ApiKey.created_at.desc())
+        )
+        return list(rows)
+
+    async def revoke(self, owner_id: uuid.UUID, key_id: uuid.UUID) -> bool:
+        result = await self.session.execute(
+            update(ApiKey)
+            .where(ApiKey.id == key_id, ApiKey.owner_id == owner_id, ApiKey.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+        return result.rowcount > 0
+
+
+class Conversations:
+    """Every read and write takes the owner: another user's conversation simply does not exist."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def create(self, owner_id: uuid.UUID, title: str = "") -> Conversation:
+        conversation = Conversation(owner_id=owner_id, title=title)
+        self.session.add(conversation)
+        await self.session.flush()
+        return conversation
+
+    async def get(self, owner_id: uuid.UUID, conversation_id: uuid.UUID) -> Conversation | None:
+        return await self.session.scalar(
+            select(Conversation).where(Conversation.id == conversation_id, Conversation.owner_id == owner_id)
+        )
+
+    async def list_for(self, owner_id: uuid.UUID, *, limit: int = 20,
+                       before: tuple[datetime, uuid.UUID] | None = None) -> list[Conversation]:
+        """Newest first. `before` is the (created_at, id) of the last row of the previous page."""
+        query = select(Conversation).where(Conversation.owner_id == owner_id)
+        if before is not None:
+            created_at, last_id = before
+            query = query.where(
+                (Conversation.created_at < created_at)
+                | ((Conversation.created_at == created_at) & (Conversation.id < last_id))
+            )
+        query = query.order_by(Conversation.created_at.desc(), Conversation.id.desc()).limit(limit)
+        return list(await self.session.scalars(query))
+
+    async def rename(self, owner_id: uuid.UUID, conversation_id: uuid.UUID, title: str) -> Conversation | None:
+        conversation = await self.get(owner_id, conversation_id)
+        if conversation is not None:
+            conversation.title = title
+            await self.session.flush()
+        return conversation
+
+    async def delete(self, owner_id: uuid.UUID, conversation_id: uuid.UUID) -> bool:
+        result = await self.session.execute(
+            delete(Conversation).where(Conversation.id == conversation_id, Conversation.owner_id == owner_id)
+        )
+        return result.rowcount > 0
+
+
+class Messages:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def append(self, conversation_id: uuid.UUID, role: str, content: str, *,
+                     status: str = "completed", prompt_tokens: int | None = None) -> Message:
+        """Add a message at the end. The unique (conversation, seq) index rejects a concurrent append."""
+        last = await self.session.scalar(
+            select(func.max(Message.seq)).where(Message.conversation_id == conversation_id)
+        )
+        message = Message(conversation_id=conversation_id, seq=(last or 0) + 1, role=role, content=content,
+                          status=status, prompt_tokens=prompt_tokens)
+        self.session.add(message)
+        await self.session.flush()
+        return message
+
+    async def finish(self, message_id: uuid.UUID, *, content: str, status: str, finish_reason: str | None,
+                     completion_tokens: int | None, prompt_tokens: int | None = None) -> None:
+        values: dict[str, object] = {"content": content, "status": status, "finish_reason": finish_reason,
+                                     "completion_tokens": completion_tokens, "updated_at": utcnow()}
+        if prompt_tokens is not None:
+            values["prompt_tokens"] = prompt_tokens
+        await self.session.execute(update(Message).where(Message.id == message_id).values(**values))
+
+    async def history(self, conversation_id: uuid.UUID, *, after_seq: int = 0, limit: int | None = None
+                      ) -> list[Message]:
+        query = (select(Message).where(Message.conversation_id == conversation_id, Message.seq > after_seq)
+                 .order_by(Message.seq))
+        if limit is not None:
+            query = query.limit(limit)
+        return list(await self.session.scalars(query))
