@@ -1,0 +1,36 @@
+"""The one place that bridges vLLM versions: engine options this vLLM lacks are dropped, the rest pass through."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from engine.config import EngineConfig, build_engine_args
+
+
+def test_engine_args_carry_the_config() -> None:
+    args = build_engine_args(EngineConfig(model="/models/m", served_model_name="m", max_model_len=1024,
+                                          max_num_seqs=8, enforce_eager=True))
+    assert (args.model, args.max_model_len, args.max_num_seqs, args.enforce_eager) == ("/models/m", 1024, 8, True)
+    assert args.served_model_name == "m"
+
+
+def test_options_unknown_to_this_vllm_are_dropped(monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    config = EngineConfig(model="/models/m", served_model_name="m")
+    original = EngineConfig.engine_kwargs
+
+    def with_future_option(self: EngineConfig) -> dict[str, object]:
+        return {**original(self), "option_from_a_future_vllm": True}
+
+    monkeypatch.setattr(EngineConfig, "engine_kwargs", with_future_option)
+    args = build_engine_args(config)
+    assert not hasattr(args, "option_from_a_future_vllm")
+    assert "option_from_a_future_vllm" in caplog.text
+    assert {f.name for f in dataclasses.fields(args)} >= {"model", "max_model_len"}
+
+
+def test_unset_optional_options_leave_vllm_defaults() -> None:
+    kwargs = EngineConfig(model="/m", served_model_name="m").engine_kwargs()
+    assert "gpu_memory_utilization" not in kwargs and "max_num_seqs" not in kwargs
