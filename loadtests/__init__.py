@@ -1,0 +1,1 @@
+"""Load generator and benchmarks for CodeFace and any OpenAI-compatible chat server."""

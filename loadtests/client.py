@@ -1,0 +1,57 @@
+"""One streamed chat request against an OpenAI-compatible server, timed chunk by chunk."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import msgspec
+
+from loadtests.metrics import RequestResult
+
+
+async def stream_chat(http: httpx.AsyncClient, url: str, payload: dict[str, Any]) -> RequestResult:
+    """POST a chat request with stream=true and include_usage; measure TTFT, ITL and latency."""
+    body = {**payload, "stream": True, "stream_options": {"include_usage": True}}
+    result = RequestResult(ok=False)
+    start = time.perf_counter()
+    last = start
+    counted = 0
+    try:
+        async with http.stream("POST", url, json=body) as response:
+            if response.status_code != 200:
+                await response.aread()
+                result.error = f"http {response.status_code}"
+                return result
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = msgspec.json.decode(data)
+                if "error" in chunk:
+                    result.error = "in-stream error"
+                    return result
+                if usage := chunk.get("usage"):
+                    result.prompt_tokens = usage["prompt_tokens"]
+                    result.output_tokens = usage["completion_tokens"]
+                choices = chunk.get("choices") or []
+                if choices and choices[0].get("delta", {}).get("content"):
+                    now = time.perf_counter()
+                    if counted == 0:
+                        result.ttft = now - start
+                    else:
+                        result.itl.append(now - last)
+                    last = now
+                    counted += 1
+    except httpx.HTTPError as exc:
+        result.error = type(exc).__name__
+        return result
+    result.latency = time.perf_counter() - start
+    result.output_tokens = result.output_tokens or counted
+    result.ok = counted > 0
+    if not result.ok:
+        result.error = "no content"
+    return result

@@ -1,0 +1,75 @@
+"""Per-request measurements and their summary, with the definitions `vllm bench serve` uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class RequestResult:
+    ok: bool
+    latency: float = 0.0                 # seconds, request sent -> last byte
+    ttft: float = 0.0                    # seconds, request sent -> first content token
+    itl: list[float] = field(default_factory=list)  # gaps between content-bearing chunks
+    prompt_tokens: int = 0               # from the server's usage
+    output_tokens: int = 0               # from the server's usage when given, else counted chunks
+    error: str = ""
+
+    @property
+    def tpot(self) -> float | None:
+        """Time per output token after the first, as vllm bench serve defines it."""
+        if self.output_tokens <= 1:
+            return None
+        return (self.latency - self.ttft) / (self.output_tokens - 1)
+
+
+PERCENTILES = (50, 90, 95, 99)
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"mean": 0.0, **{f"p{p}": 0.0 for p in PERCENTILES}}
+    array = np.asarray(values) * 1000.0  # milliseconds, as vllm bench serve reports them
+    return {"mean": float(array.mean()), **{f"p{p}": float(np.percentile(array, p)) for p in PERCENTILES}}
+
+
+@dataclass(slots=True)
+class Summary:
+    completed: int
+    failed: int
+    duration_s: float
+    request_throughput: float
+    output_throughput: float
+    total_token_throughput: float
+    ttft_ms: dict[str, float]
+    tpot_ms: dict[str, float]
+    itl_ms: dict[str, float]
+    e2el_ms: dict[str, float]
+    mean_output_tokens: float
+    errors: dict[str, int]
+
+
+def summarize(results: list[RequestResult], duration_s: float) -> Summary:
+    ok = [r for r in results if r.ok]
+    output_tokens = sum(r.output_tokens for r in ok)
+    prompt_tokens = sum(r.prompt_tokens for r in ok)
+    errors: dict[str, int] = {}
+    for r in results:
+        if not r.ok:
+            errors[r.error] = errors.get(r.error, 0) + 1
+    return Summary(
+        completed=len(ok),
+        failed=len(results) - len(ok),
+        duration_s=duration_s,
+        request_throughput=len(ok) / duration_s if duration_s else 0.0,
+        output_throughput=output_tokens / duration_s if duration_s else 0.0,
+        total_token_throughput=(output_tokens + prompt_tokens) / duration_s if duration_s else 0.0,
+        ttft_ms=_stats([r.ttft for r in ok]),
+        tpot_ms=_stats([t for r in ok if (t := r.tpot) is not None]),
+        itl_ms=_stats([gap for r in ok for gap in r.itl]),
+        e2el_ms=_stats([r.latency for r in ok]),
+        mean_output_tokens=output_tokens / len(ok) if ok else 0.0,
+        errors=errors,
+    )

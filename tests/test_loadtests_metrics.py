@@ -1,0 +1,55 @@
+"""The load generator's figures on a synthetic trace, checked against vllm bench serve's definitions."""
+
+from __future__ import annotations
+
+import pytest
+
+from loadtests.metrics import RequestResult, summarize
+
+
+def test_summary_on_a_synthetic_trace() -> None:
+    # Two requests: 5 output tokens each, first token at 100 / 300 ms, then one token every 20 / 40 ms.
+    a = RequestResult(ok=True, ttft=0.100, itl=[0.02] * 4, latency=0.180, prompt_tokens=10, output_tokens=5)
+    b = RequestResult(ok=True, ttft=0.300, itl=[0.04] * 4, latency=0.460, prompt_tokens=10, output_tokens=5)
+    failed = RequestResult(ok=False, error="http 503")
+    summary = summarize([a, b, failed], duration_s=2.0)
+
+    assert (summary.completed, summary.failed, summary.errors) == (2, 1, {"http 503": 1})
+    assert summary.output_throughput == pytest.approx(10 / 2.0)
+    assert summary.total_token_throughput == pytest.approx(30 / 2.0)
+    assert summary.request_throughput == pytest.approx(1.0)
+    assert summary.ttft_ms["mean"] == pytest.approx(200.0)
+    assert summary.ttft_ms["p50"] == pytest.approx(200.0)
+    # TPOT = (latency - ttft) / (output_tokens - 1): 20 ms and 40 ms.
+    assert summary.tpot_ms["mean"] == pytest.approx(30.0)
+    # ITL pools every gap of every request.
+    assert summary.itl_ms["p50"] == pytest.approx(30.0)
+    assert summary.itl_ms["p99"] == pytest.approx(40.0)
+    assert summary.e2el_ms["mean"] == pytest.approx(320.0)
+    assert summary.mean_output_tokens == 5
+
+
+def test_single_token_requests_have_no_tpot() -> None:
+    one = RequestResult(ok=True, ttft=0.1, latency=0.1, output_tokens=1)
+    assert one.tpot is None
+    assert summarize([one], 1.0).tpot_ms["mean"] == 0.0
+
+
+def test_cli_short_run_against_the_real_server(server_url: str, tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "results.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "loadtests", "run", "--base-url", server_url, "--concurrency", "1,2",
+         "--num-prompts", "2", "--input-len", "32", "--output-len", "8", "--warmup", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert "out tok/s" in completed.stdout
+    rows = json.loads(out.read_text())
+    assert [row["concurrency"] for row in rows] == [1, 2]
+    for row in rows:
+        assert row["completed"] == 2 and row["failed"] == 0
+        assert row["mean_output_tokens"] == 8  # ignore_eos makes every reply exactly output-len tokens
+        assert row["ttft_ms"]["p50"] > 0 and row["output_throughput"] > 0
