@@ -18,7 +18,7 @@ from server.routes.system import healthz, list_models, readyz
 from server.settings import Settings
 from storage import Database
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("codeface")
 
 
 def engine_config(settings: Settings, model_path: str) -> EngineConfig:
@@ -48,7 +48,9 @@ def create_app(settings: Settings, model_path: str) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await engine.start()
-        logger.info("serving model %s (max_model_len %d)", engine.model_name, engine.max_model_len)
+        # uvicorn binds the socket right after this returns.
+        logger.info("CodeFace ready: serving %s (%s, context %d tokens) on http://%s:%d", engine.model_name,
+                    model_path, engine.max_model_len, settings.host, settings.port)
         try:
             yield
         finally:

@@ -40,8 +40,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.migrate_on_start:
         upgrade_database(settings.database_url)
     app = create_app(settings, model_path)
-    print(f"CodeFace: serving {app.state.engine.model_name} ({model_path}) on http://{settings.host}:{settings.port}",
-          flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
                 log_level=settings.log_level, timeout_graceful_shutdown=10)
     return 0
