@@ -1,4 +1,5 @@
-"""`python -m loadtests run ...`: measure an OpenAI-compatible chat server at one or more concurrencies."""
+"""`python -m loadtests run|compare`: load-test any OpenAI-compatible chat server, or compare CodeFace with
+vllm serve and the raw engine. Bounded by request count and duration; targets loopback or the URL given."""
 
 from __future__ import annotations
 
@@ -6,67 +7,142 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import platform
 import sys
+import time
 from pathlib import Path
 
-from loadtests.metrics import Summary, summarize
-from loadtests.runner import http_client, http_sender, run_closed_loop
-from loadtests.workload import DEFAULT_TOKENIZER, chat_payload, random_prompts
+from loadtests.metrics import SLO, RequestResult, Summary, summarize
+from loadtests.report import COLUMNS, markdown_table, plot, row_cells, summary_rows, text_table
+from loadtests.runner import http_client, http_sender, run_closed_loop, run_open_loop
+from loadtests.workload import DEFAULT_TOKENIZER, build_jobs
+
+RESULTS_DIR = Path("loadtests/results")
 
 
-def format_table(rows: list[tuple[int, Summary]]) -> str:
-    header = (f"{'conc':>5} {'ok':>5} {'fail':>5} {'out tok/s':>10} {'req/s':>7} {'med TTFT ms':>12} "
-              f"{'p99 TTFT ms':>12} {'med ITL ms':>11} {'med TPOT ms':>12} {'tok/req':>8}")
-    lines = [header, "-" * len(header)]
-    for concurrency, s in rows:
-        lines.append(f"{concurrency:>5} {s.completed:>5} {s.failed:>5} {s.output_throughput:>10.1f} "
-                     f"{s.request_throughput:>7.2f} {s.ttft_ms['p50']:>12.1f} {s.ttft_ms['p99']:>12.1f} "
-                     f"{s.itl_ms['p50']:>11.1f} {s.tpot_ms['p50']:>12.1f} {s.mean_output_tokens:>8.1f}")
-    return "\n".join(lines)
+def add_workload_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workload", choices=["fixed", "mix", "multiturn"], default="fixed")
+    parser.add_argument("--input-len", type=int, default=256, help="tokens per user message (fixed, multiturn)")
+    parser.add_argument("--output-len", type=int, default=128, help="tokens per reply (fixed, multiturn)")
+    parser.add_argument("--turns", type=int, default=4, help="turns per conversation (multiturn)")
+    parser.add_argument("--num-prompts", type=int, default=0,
+                        help="jobs per level (default: max(8, 2 x concurrency), or 4 x rate for open loop)")
+    parser.add_argument("--warmup", type=int, default=2, help="jobs sent before measuring")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-duration", type=float, default=600.0, help="seconds per level at most")
+    parser.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER))
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default: loadtests/results/...)")
 
 
-async def run(args: argparse.Namespace) -> list[tuple[int, Summary]]:
+def out_dir(args: argparse.Namespace, kind: str) -> Path:
+    folder = args.out or RESULTS_DIR / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def jobs_for(args: argparse.Namespace, count: int, seed: int) -> list:
+    return build_jobs(args.workload, count, input_len=args.input_len, output_len=args.output_len, turns=args.turns,
+                      seed=seed, tokenizer=args.tokenizer, model=getattr(args, "model", None))
+
+
+async def run(args: argparse.Namespace, folder: Path) -> dict[int, tuple[Summary, list[RequestResult]]]:
     url = args.base_url.rstrip("/") + "/v1/chat/completions"
+    slo = SLO.parse(args.slo)
+    levels: dict[int, tuple[Summary, list[RequestResult]]] = {}
+    if args.rate:
+        points = [float(r) for r in args.rate.split(",")]
+    else:
+        points = [int(c) for c in args.concurrency.split(",")]
+    async with http_client(int(max(points)) if not args.rate else 256, args.api_key) as http:
+        send = http_sender(http, url)
+        await run_closed_loop(send, jobs_for(args, args.warmup, seed=args.seed + 999), max(1, args.warmup))
+        for index, point in enumerate(points):
+            count = args.num_prompts or (int(4 * point) if args.rate else max(8, 2 * int(point)))
+            # A fresh seed per level: no level profits from another's prompts in the prefix cache.
+            jobs = jobs_for(args, count, seed=args.seed + index)
+            if args.rate:
+                results, duration = await run_open_loop(send, jobs, point, burstiness=args.burstiness,
+                                                        seed=args.seed, max_duration_s=args.max_duration,
+                                                        label=f"rate={point}")
+            else:
+                results, duration = await run_closed_loop(send, jobs, int(point), max_duration_s=args.max_duration,
+                                                          label=f"c={point}")
+            summary = summarize(results, duration, slo)
+            levels[int(point) if not args.rate else index] = (summary, results)
+            print(text_table(COLUMNS, [row_cells(int(point), summary)]).splitlines()[-1], file=sys.stderr)
+    return levels
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    folder = out_dir(args, "run")
+    levels = asyncio.run(run(args, folder))
+    summaries = {c: s for c, (s, _) in levels.items()}
+    table = text_table(COLUMNS, summary_rows(summaries))
+    print(table)
+    context = {"url": args.base_url, "workload": args.workload, "input_len": args.input_len,
+               "output_len": args.output_len, "rate": args.rate, "burstiness": args.burstiness,
+               "concurrency": args.concurrency, "slo": args.slo, "date": time.strftime("%Y-%m-%d %H:%M"),
+               "host": platform.node()}
+    (folder / "results.json").write_text(json.dumps(
+        {"context": context, "levels": {str(c): dataclasses.asdict(s) for c, s in summaries.items()}}, indent=2))
+    images = plot(folder, {"server": summaries}, {"server": {c: r for c, (_, r) in levels.items()}})
+    (folder / "report.md").write_text("\n".join(
+        ["# Load test", "", "```", json.dumps(context, indent=2), "```", "", markdown_table(COLUMNS,
+         summary_rows(summaries)), ""] + [f"![{p.stem}]({p.name})" for p in images]) + "\n")
+    print(f"results, report and plots in {folder}")
+    return 0 if all(s.failed == 0 for s in summaries.values()) else 1
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from loadtests.compare import SYSTEMS, Plan, compare, write_results
+
+    folder = out_dir(args, "compare")
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    rows = []
-    for index, concurrency in enumerate(concurrencies):
-        count = args.num_prompts or max(8, 4 * concurrency)
-        # A fresh seed per level: no level reuses another's prompts from the prefix cache.
-        prompts = random_prompts(args.tokenizer, count + args.warmup, args.input_len, seed=args.seed + 1000 * index)
-        payloads = [chat_payload(args.model, p, args.output_len) for p in prompts]
-        async with http_client(concurrency, args.api_key) as http:
-            send = http_sender(http, url)
-            await run_closed_loop(send, payloads[:args.warmup], min(concurrency, args.warmup) or 1)
-            results, duration = await run_closed_loop(send, payloads[args.warmup:], concurrency,
-                                                      args.max_duration)
-        summary = summarize(results, duration)
-        rows.append((concurrency, summary))
-        print(format_table([(concurrency, summary)]).splitlines()[-1], file=sys.stderr, flush=True)
-    return rows
+    overrides = dict(item.split("=", 1) for item in args.set)
+    levels = {c: jobs_for(args, args.num_prompts or max(8, 2 * c), seed=args.seed + i)
+              for i, c in enumerate(concurrencies)}
+    plan = Plan(args.config, overrides, jobs_for(args, args.warmup, seed=args.seed + 999), levels,
+                args.max_duration, folder)
+    systems = args.systems.split(",")
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        raise SystemExit(f"unknown systems {sorted(unknown)}: choose from {SYSTEMS}")
+    runs = asyncio.run(compare(plan, systems, args.repeats))
+    context = {"config": str(args.config), "overrides": overrides, "workload": args.workload,
+               "input_len": args.input_len, "output_len": args.output_len, "concurrency": concurrencies,
+               "jobs_per_level": {c: len(j) for c, j in levels.items()}, "repeats": args.repeats,
+               "date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(),
+               "command": " ".join(sys.argv)}
+    print(write_results(runs, concurrencies, plan, context))
+    print(f"results, report and plots in {folder}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests")
+    parser = argparse.ArgumentParser(prog="python -m loadtests", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    r = commands.add_parser("run", help="closed-loop load at one or more concurrencies")
+
+    r = commands.add_parser("run", help="load one server at one or more concurrencies or request rates")
     r.add_argument("--base-url", default="http://127.0.0.1:8000")
-    r.add_argument("--model", default=None, help="the model name to send (default: the server's default)")
+    r.add_argument("--model", default=None, help="model name to send (default: the server's default)")
     r.add_argument("--api-key", default=None)
-    r.add_argument("--concurrency", default="1,16", help="comma-separated list")
-    r.add_argument("--num-prompts", type=int, default=0, help="per level (default: max(8, 4 x concurrency))")
-    r.add_argument("--input-len", type=int, default=256)
-    r.add_argument("--output-len", type=int, default=128)
-    r.add_argument("--warmup", type=int, default=2)
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--max-duration", type=float, default=600.0, help="seconds per level")
-    r.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER))
-    r.add_argument("--json", type=Path, default=None, help="write the summaries here")
+    r.add_argument("--concurrency", default="1,16", help="closed loop: comma-separated concurrencies")
+    r.add_argument("--rate", default="", help="open loop instead: comma-separated requests/s")
+    r.add_argument("--burstiness", type=float, default=1.0, help="open loop: 1 = Poisson, < 1 burstier")
+    r.add_argument("--slo", nargs="*", default=[], help="goodput SLOs in ms, e.g. ttft:500 tpot:50")
+    add_workload_args(r)
+    r.set_defaults(handler=cmd_run)
+
+    c = commands.add_parser("compare", help="vllm serve vs CodeFace vs the raw engine, one after the other")
+    c.add_argument("--config", type=Path, default=Path("configs/cpu.yaml"), help="CodeFace profile: engine arguments")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="profile overrides")
+    c.add_argument("--systems", default="vllm,codeface,engine")
+    c.add_argument("--concurrency", default="1,16,64")
+    c.add_argument("--repeats", type=int, default=3)
+    add_workload_args(c)
+    c.set_defaults(handler=cmd_compare)
     args = parser.parse_args(argv)
-    rows = asyncio.run(run(args))
-    print(format_table(rows))
-    if args.json:
-        args.json.write_text(json.dumps([{"concurrency": c, **dataclasses.asdict(s)} for c, s in rows], indent=2))
-    return 0 if all(s.failed == 0 for _, s in rows) else 1
+    return args.handler(args)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ async def stream_chat(http: httpx.AsyncClient, url: str, payload: dict[str, Any]
     start = time.perf_counter()
     last = start
     counted = 0
+    parts: list[str] = []
     try:
         async with http.stream("POST", url, json=body) as response:
             if response.status_code != 200:
@@ -38,7 +39,9 @@ async def stream_chat(http: httpx.AsyncClient, url: str, payload: dict[str, Any]
                     result.prompt_tokens = usage["prompt_tokens"]
                     result.output_tokens = usage["completion_tokens"]
                 choices = chunk.get("choices") or []
-                if choices and choices[0].get("delta", {}).get("content"):
+                content = choices[0].get("delta", {}).get("content") if choices else None
+                if content:
+                    parts.append(content)
                     now = time.perf_counter()
                     if counted == 0:
                         result.ttft = now - start
@@ -51,6 +54,7 @@ async def stream_chat(http: httpx.AsyncClient, url: str, payload: dict[str, Any]
         return result
     result.latency = time.perf_counter() - start
     result.output_tokens = result.output_tokens or counted
+    result.text = "".join(parts)
     result.ok = counted > 0
     if not result.ok:
         result.error = "no content"

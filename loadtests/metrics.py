@@ -16,6 +16,7 @@ class RequestResult:
     prompt_tokens: int = 0               # from the server's usage
     output_tokens: int = 0               # from the server's usage when given, else counted chunks
     error: str = ""
+    text: str = ""                       # the reply, for multi-turn workloads that send it back
 
     @property
     def tpot(self) -> float | None:
@@ -49,9 +50,38 @@ class Summary:
     e2el_ms: dict[str, float]
     mean_output_tokens: float
     errors: dict[str, int]
+    goodput: float | None = None         # requests/s that met every SLO, when SLOs are given
 
 
-def summarize(results: list[RequestResult], duration_s: float) -> Summary:
+@dataclass(frozen=True, slots=True)
+class SLO:
+    """Service-level objectives in milliseconds; a request counts towards goodput only if it meets all given."""
+
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2el_ms: float | None = None
+
+    def met_by(self, r: RequestResult) -> bool:
+        tpot = r.tpot or 0.0
+        return ((self.ttft_ms is None or r.ttft * 1000 <= self.ttft_ms)
+                and (self.tpot_ms is None or tpot * 1000 <= self.tpot_ms)
+                and (self.e2el_ms is None or r.latency * 1000 <= self.e2el_ms))
+
+    @classmethod
+    def parse(cls, specs: list[str]) -> SLO | None:
+        """From command-line items such as "ttft:500" "tpot:50" (milliseconds)."""
+        if not specs:
+            return None
+        values = {}
+        for spec in specs:
+            name, _, number = spec.partition(":")
+            if name not in ("ttft", "tpot", "e2el") or not number:
+                raise ValueError(f"bad SLO {spec!r}: use ttft:MS, tpot:MS or e2el:MS")
+            values[f"{name}_ms"] = float(number)
+        return cls(**values)
+
+
+def summarize(results: list[RequestResult], duration_s: float, slo: SLO | None = None) -> Summary:
     ok = [r for r in results if r.ok]
     output_tokens = sum(r.output_tokens for r in ok)
     prompt_tokens = sum(r.prompt_tokens for r in ok)
@@ -72,4 +102,5 @@ def summarize(results: list[RequestResult], duration_s: float) -> Summary:
         e2el_ms=_stats([r.latency for r in ok]),
         mean_output_tokens=output_tokens / len(ok) if ok else 0.0,
         errors=errors,
+        goodput=(sum(1 for r in ok if slo.met_by(r)) / duration_s if duration_s else 0.0) if slo else None,
     )

@@ -1,42 +1,99 @@
-"""Prompts of an exact token length, random but seeded, so that no two requests share a prefix."""
+"""Workloads: what each simulated user sends. Fixed lengths, a realistic length mix, and multi-turn conversations."""
 
 from __future__ import annotations
 
+import json
 import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loadtests.metrics import RequestResult
+
 DEFAULT_TOKENIZER = Path.home() / ".cache" / "codeface" / "models" / "SmolLM2-135M-Instruct"
+LENGTHS_FILE = Path(__file__).parent / "data" / "chat_lengths.json"
+
+SendChat = Callable[[dict[str, Any]], Awaitable[RequestResult]]
 
 
-def random_prompts(tokenizer_path: str | Path, count: int, input_len: int, seed: int = 0) -> list[str]:
-    """`count` texts of `input_len` tokens each (before the chat template), as vllm bench's random dataset."""
-    from transformers import AutoTokenizer
+@dataclass(slots=True)
+class Job:
+    """One simulated user's work: one request, or several turns of one conversation."""
 
-    tokenizer: Any = AutoTokenizer.from_pretrained(str(tokenizer_path))
-    rng = random.Random(seed)
-    special = set(tokenizer.all_special_ids)
-    vocab = [i for i in range(tokenizer.vocab_size) if i not in special]
-    prompts = []
-    for _ in range(count):
-        ids = [rng.choice(vocab) for _ in range(input_len)]
-        # Decoding and re-encoding can merge or split tokens: trim or pad until the length is exact.
-        for _ in range(10):
-            ids = tokenizer.encode(tokenizer.decode(ids), add_special_tokens=False)[:input_len]
-            if len(ids) == input_len:
+    turns: list[str]
+    output_lens: list[int]
+    model: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    async def run(self, send: SendChat) -> list[RequestResult]:
+        history: list[dict[str, str]] = []
+        results = []
+        for text, output_len in zip(self.turns, self.output_lens):
+            history.append({"role": "user", "content": text})
+            result = await send(chat_payload(self.model, history, output_len, self.extra))
+            results.append(result)
+            if not result.ok:
                 break
-            ids += [rng.choice(vocab) for _ in range(input_len - len(ids))]
-        prompts.append(tokenizer.decode(ids))
-    return prompts
+            history.append({"role": "assistant", "content": result.text})
+        return results
 
 
-def chat_payload(model: str | None, prompt: str, output_len: int) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": output_len,
-        "temperature": 0.0,
-        "ignore_eos": True,
-    }
+def chat_payload(model: str | None, messages: list[dict[str, str]], output_len: int,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    # ignore_eos makes every reply exactly output_len tokens, so that servers are compared on equal work.
+    payload: dict[str, Any] = {"messages": list(messages), "max_tokens": output_len, "temperature": 0.0,
+                               "ignore_eos": True, **(extra or {})}
     if model:
         payload["model"] = model
     return payload
+
+
+class PromptMaker:
+    """Seeded random texts of an exact token length, as vllm bench's random dataset makes them."""
+
+    def __init__(self, tokenizer_path: str | Path, seed: int = 0) -> None:
+        from transformers import AutoTokenizer
+
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(str(tokenizer_path))
+        self.rng = random.Random(seed)
+        special = set(self.tokenizer.all_special_ids)
+        self.vocab = [i for i in range(self.tokenizer.vocab_size) if i not in special]
+
+    def text(self, num_tokens: int) -> str:
+        ids = [self.rng.choice(self.vocab) for _ in range(num_tokens)]
+        # Decoding and re-encoding can merge or split tokens: trim or pad until the length is exact.
+        for _ in range(10):
+            ids = self.tokenizer.encode(self.tokenizer.decode(ids), add_special_tokens=False)[:num_tokens]
+            if len(ids) == num_tokens:
+                break
+            ids += [self.rng.choice(self.vocab) for _ in range(num_tokens - len(ids))]
+        return self.tokenizer.decode(ids)
+
+
+def sample_lengths(count: int, seed: int, path: Path = LENGTHS_FILE) -> list[tuple[int, int]]:
+    """(input, output) token counts drawn from the shipped histogram, uniform within a bin."""
+    data = json.loads(path.read_text())
+    rng = random.Random(seed)
+
+    def draw(spec: dict[str, list[float]]) -> int:
+        edges, weights = spec["edges"], spec["weights"]
+        (low, high), = rng.choices(list(zip(edges[:-1], edges[1:])), weights=weights)
+        return rng.randint(int(low), int(high) - 1)
+
+    return [(draw(data["input_tokens"]), draw(data["output_tokens"])) for _ in range(count)]
+
+
+def build_jobs(kind: str, count: int, *, input_len: int, output_len: int, turns: int = 4, seed: int = 0,
+               tokenizer: str | Path = DEFAULT_TOKENIZER, model: str | None = None) -> list[Job]:
+    """`kind`: "fixed" (input_len/output_len), "mix" (shipped length histogram), "multiturn" (`turns` turns of
+    input_len/output_len each, history sent back every turn)."""
+    maker = PromptMaker(tokenizer, seed)
+    if kind == "fixed":
+        return [Job([maker.text(input_len)], [output_len], model) for _ in range(count)]
+    if kind == "mix":
+        return [Job([maker.text(i)], [o], model) for i, o in sample_lengths(count, seed)]
+    if kind == "multiturn":
+        return [Job([maker.text(input_len) for _ in range(turns)], [output_len] * turns, model)
+                for _ in range(count)]
+    raise ValueError(f"unknown workload {kind!r}: fixed, mix or multiturn")

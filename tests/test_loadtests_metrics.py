@@ -53,3 +53,17 @@ def test_cli_short_run_against_the_real_server(server_url: str, tmp_path) -> Non
         assert row["completed"] == 2 and row["failed"] == 0
         assert row["mean_output_tokens"] == 8  # ignore_eos makes every reply exactly output-len tokens
         assert row["ttft_ms"]["p50"] > 0 and row["output_throughput"] > 0
+
+
+def test_goodput_counts_requests_meeting_every_slo() -> None:
+    from loadtests.metrics import SLO
+
+    fast = RequestResult(ok=True, ttft=0.1, latency=0.5, output_tokens=11)    # TPOT 40 ms
+    slow_start = RequestResult(ok=True, ttft=0.9, latency=1.3, output_tokens=11)
+    slow_tokens = RequestResult(ok=True, ttft=0.1, latency=1.1, output_tokens=11)  # TPOT 100 ms
+    slo = SLO.parse(["ttft:500", "tpot:50"])
+    assert slo == SLO(ttft_ms=500, tpot_ms=50)
+    assert summarize([fast, slow_start, slow_tokens], duration_s=2.0, slo=slo).goodput == pytest.approx(0.5)
+    assert summarize([fast], duration_s=1.0).goodput is None
+    with pytest.raises(ValueError):
+        SLO.parse(["latency:3"])

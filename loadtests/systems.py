@@ -1,0 +1,114 @@
+"""The systems a comparison starts, one at a time, from one CodeFace profile: the same engine arguments for each."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from engine import EngineConfig
+from server.app import engine_config
+from server.cli import resolve_model
+from server.settings import load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def profile_engine_config(config_file: Path, overrides: dict[str, str]) -> EngineConfig:
+    settings = load_settings(config_file, **overrides)
+    return engine_config(settings, resolve_model(settings))
+
+
+def engine_env(config: EngineConfig) -> dict[str, str]:
+    env = dict(os.environ)
+    if config.kv_cache_space_gib is not None:
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_space_gib))
+    return env
+
+
+def vllm_serve_args(config: EngineConfig) -> list[str]:
+    """`vllm serve` flags for the same engine options CodeFace passes to AsyncEngineArgs."""
+    args: list[str] = []
+    for name, value in config.engine_kwargs().items():
+        if name == "disable_log_stats":
+            continue  # vllm serve keeps its own default, as its users run it
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif value is False:
+            args.append("--no-" + name.replace("_", "-"))
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+@dataclass
+class ServerProcess:
+    name: str
+    command: list[str]
+    health_path: str
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+    log_path: Path | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 600.0) -> float:
+        """Start and wait until the health route answers 200; returns the seconds that took."""
+        started = time.perf_counter()
+        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
+        # A session of its own, so that stop() ends the engine core processes too.
+        self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env or None, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        while time.perf_counter() - started < timeout_s:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}")
+            try:
+                if httpx.get(self.base_url + self.health_path, timeout=2).status_code == 200:
+                    return time.perf_counter() - started
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"{self.name} was not ready in {timeout_s} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def vllm_server(config: EngineConfig, log_dir: Path) -> ServerProcess:
+    port = free_port()
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *vllm_serve_args(config),
+               "--host", "127.0.0.1", "--port", str(port)]
+    return ServerProcess("vllm", command, "/health", port, engine_env(config), log_dir / "vllm.log")
+
+
+def codeface_server(config_file: Path, overrides: dict[str, str], log_dir: Path, run_id: str) -> ServerProcess:
+    port = free_port()
+    sets = [item for key, value in overrides.items() for item in ("--set", f"{key}={value}")]
+    command = [sys.executable, "-m", "server", "serve", "--config", str(config_file), "--port", str(port), *sets]
+    env = {**os.environ, "DATABASE_URL": f"sqlite+aiosqlite:///{log_dir / f'codeface-{run_id}.db'}"}
+    return ServerProcess("codeface", command, "/readyz", port, env, log_dir / "codeface.log")
