@@ -11,8 +11,12 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from engine import ChatEngine, EngineConfig
+from server.db_telemetry import instrument
 from server.errors import EXCEPTION_HANDLERS
+from server.logs import adopt_loggers
+from server.metrics import metrics_endpoint
 from server.middleware import BodySizeLimitMiddleware
+from server.observability import ObservabilityMiddleware
 from server.routes.chat import chat_completions
 from server.routes.system import healthz, list_models, readyz
 from server.settings import Settings
@@ -40,14 +44,18 @@ def engine_config(settings: Settings, model_path: str) -> EngineConfig:
     )
 
 
-def create_app(settings: Settings, model_path: str) -> Starlette:
-    """`model_path` is a local model folder, already prepared (see server.cli)."""
+def create_app(settings: Settings, model_path: str, *, tracing: bool | None = None) -> Starlette:
+    """`model_path` is a local model folder, already prepared (see server.cli). `tracing` defaults to whether
+    settings name a trace exporter; the process's tracer provider is set up by the caller (server.tracing)."""
+    tracing = settings.trace_exporter != "none" if tracing is None else tracing
     engine = ChatEngine(engine_config(settings, model_path))
     database = Database(settings.database_url, pool_size=settings.database_pool_size)
+    instrument(database.engine, tracing=tracing)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await engine.start()
+        adopt_loggers("vllm")
         # uvicorn binds the socket right after this returns.
         logger.info("CodeFace ready: serving %s (%s, context %d tokens) on http://%s:%d", engine.model_name,
                     model_path, engine.max_model_len, settings.host, settings.port)
@@ -62,10 +70,14 @@ def create_app(settings: Settings, model_path: str) -> Starlette:
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)],
+        middleware=[
+            Middleware(ObservabilityMiddleware, tracing=tracing, access_log=settings.access_log),
+            Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

@@ -35,13 +35,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from server.app import create_app
     from storage import upgrade_database
 
+    from server.logs import configure_logging
+    from server.tracing import setup_tracing
+
     settings = settings_from(args)
+    configure_logging(settings.log_level, log_format=settings.log_format, log_file=settings.log_file,
+                      max_bytes=settings.log_max_bytes, backup_count=settings.log_backup_count)
     model_path = resolve_model(settings)
     if settings.migrate_on_start:
         upgrade_database(settings.database_url)
+    provider = setup_tracing(settings.trace_exporter, endpoint=settings.trace_endpoint,
+                             sample_ratio=settings.trace_sample_ratio)
     app = create_app(settings, model_path)
+    # log_config=None: uvicorn's records go through our handler; our middleware writes the access lines.
     uvicorn.run(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-                log_level=settings.log_level, timeout_graceful_shutdown=10)
+                log_config=None, access_log=False, timeout_graceful_shutdown=10)
+    if provider is not None:
+        provider.shutdown()
     return 0
 
 
@@ -81,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Until `serve` configures JSON logs from the settings; the other commands keep this plain format.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     return args.handler(args)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 from pydantic_settings import (
@@ -25,7 +25,19 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = 1_048_576
+
+    # Logs: JSON lines on stdout by default, or a rotating file
     log_level: str = "info"
+    log_format: Literal["json", "text"] = "json"
+    log_file: Path | None = None
+    log_max_bytes: int = 10_485_760
+    log_backup_count: int = 5
+    access_log: bool = True
+
+    # Traces: off by default (no-op tracer, zero cost)
+    trace_exporter: Literal["none", "console", "otlp-grpc", "otlp-http"] = "none"
+    trace_endpoint: str | None = None
+    trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
 
     # Model and engine. model_path unset = the default SmolLM2-135M-Instruct, prepared under model_cache_dir.
     model_path: str | None = None

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import subprocess
-import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -34,40 +34,67 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Start `python -m server serve` with the CPU profile and a throwaway SQLite file; stop it at the end."""
-    port = free_port()
-    data = tmp_path_factory.mktemp("server")
-    log_path = data / "server.log"
-    env = {**os.environ, "DATABASE_URL": f"sqlite+aiosqlite:///{data / 'codeface.db'}"}
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--config", str(ROOT / "configs/cpu.yaml"),
-             "--port", str(port), "--set", "max_body_bytes=65536"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
+class ThreadedServer:
+    """The real app on a real uvicorn (uvloop, httptools) and socket, in a thread of the test process, so that
+    tests can read its in-memory spans. The engine core runs in its own process, as in production."""
+
+    def __init__(self, app: object, port: int) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
+                                log_config=None, access_log=False, timeout_graceful_shutdown=5)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="codeface-test-server", daemon=True)
+
+    def start(self, url: str) -> None:
+        self.thread.start()
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
+        while time.monotonic() < deadline:
+            if not self.thread.is_alive():
+                pytest.fail("the test server stopped during start-up; see the log above")
             try:
                 if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
+                    return
             except httpx.TransportError:
                 pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server was not ready in {SERVER_START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(1)
+            time.sleep(0.5)
+        pytest.fail(f"the test server was not ready in {SERVER_START_TIMEOUT_S} s")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def span_exporter() -> InMemorySpanExporter:
+    """Every span the test server records (tracing is on for the test server, with the SDK's in-memory exporter)."""
+    from server.tracing import setup_tracing
+
+    exporter = InMemorySpanExporter()
+    setup_tracing("none", exporter=exporter)
+    return exporter
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory, span_exporter: InMemorySpanExporter) -> Iterator[str]:
+    """One real server for the session: CPU profile, the default model, a throwaway SQLite database."""
+    from server.app import create_app
+    from server.cli import resolve_model
+    from server.settings import load_settings
+    from storage import upgrade_database
+
+    port = free_port()
+    data = tmp_path_factory.mktemp("server")
+    settings = load_settings(ROOT / "configs/cpu.yaml", port=port, max_body_bytes=65536,
+                             database_url=f"sqlite+aiosqlite:///{data / 'codeface.db'}")
+    upgrade_database(settings.database_url)
+    server = ThreadedServer(create_app(settings, resolve_model(settings), tracing=True), port)
+    url = f"http://127.0.0.1:{port}"
+    server.start(url)
+    try:
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -13,17 +13,18 @@ from engine import (
     ChatEngine,
     EngineUnavailableError,
     InvalidRequestError,
-    Prompt,
     PromptTooLongError,
     SamplingOptions,
     StepOutput,
     TokenLogprob,
 )
 from server.disconnect import EventStreamResponse, cancel_on_disconnect
-from server.errors import APIError
+from server.errors import ERROR_TYPES, APIError
+from server.metrics import aborted_requests, sse_streams_active
 from server.openai_format import DONE_EVENT, ChunkWriter, completion_body, completion_id, sse_event
 from server.schemas import ChatCompletionRequest, ChatMessage, chat_request_decoder
 from server.settings import Settings
+from server.tracing import GenerationSpans, tracer
 
 _PATH_IN_ERROR = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 
@@ -99,8 +100,10 @@ async def chat_completions(request: Request) -> Response:
     messages = to_chat_messages(body.messages)
     options = sampling_options(body, settings)
     request_id = completion_id()
+    spans = GenerationSpans(engine.model_name, request_id, options.max_tokens, options.temperature)
     try:
-        prompt = await engine.render(messages)
+        with tracer.start_as_current_span("prompt.build"):
+            prompt = await engine.render(messages)
         steps = engine.generate(prompt, options, request_id)
     except PromptTooLongError as exc:
         raise APIError(400, str(exc), param="messages") from None
@@ -114,60 +117,99 @@ async def chat_completions(request: Request) -> Response:
             raise APIError(400, f"the model's chat template rejected these messages: {exc}",
                            param="messages") from None
         raise
+    tally = Tally(engine.model_name, prompt.num_tokens, body.n, spans, request.scope.setdefault("state", {}))
 
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         writer = ChunkWriter(request_id, engine.model_name, include_usage=include_usage)
-        return EventStreamResponse(stream_events(steps, writer, prompt, body.n))
+        return EventStreamResponse(stream_events(steps, writer, tally))
 
-    result = await cancel_on_disconnect(request.receive, lambda: collect(steps, body.n, options.logprobs is not None))
+    result = await cancel_on_disconnect(request.receive, lambda: collect(steps, tally, options.logprobs is not None))
     if result is None:
+        tally.aborted("client_disconnect")
         return Response(status_code=499)  # the client is gone; nobody reads this
-    texts, finish_reasons, logprobs, completion_tokens = result
+    texts, logprobs = result
     return Response(
-        msgspec.json.encode(completion_body(request_id, engine.model_name, texts, finish_reasons, logprobs,
-                                            prompt.num_tokens, completion_tokens)),
+        msgspec.json.encode(completion_body(request_id, engine.model_name, texts, tally.finish_reasons, logprobs,
+                                            prompt.num_tokens, tally.completion_tokens)),
         media_type="application/json",
     )
 
 
-async def collect(steps: AsyncIterator[StepOutput], n: int, want_logprobs: bool
-                  ) -> tuple[list[str], list[str | None], list[list[TokenLogprob]] | None, int]:
+class Tally:
+    """What one generation produced so far: token counts and finish reasons, for the response, the access log,
+    the span attributes and the metrics."""
+
+    def __init__(self, model: str, prompt_tokens: int, n: int, spans: GenerationSpans, state: dict) -> None:
+        self.model = model
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0
+        self.finish_reasons: list[str | None] = [None] * n
+        self.spans = spans
+        self.state = state
+
+    def add(self, step: StepOutput) -> None:
+        if self.completion_tokens == 0:
+            self.spans.first_token()
+        for choice in step.choices:
+            self.completion_tokens += choice.num_tokens
+            if choice.finish_reason is not None:
+                self.finish_reasons[choice.index] = choice.finish_reason
+
+    def close(self) -> None:
+        self.state["usage"] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+        self.spans.finish(self.prompt_tokens, self.completion_tokens, [r or "abort" for r in self.finish_reasons])
+
+    def aborted(self, reason: str) -> None:
+        aborted_requests.labels(self.model, reason).inc()
+        self.close()
+
+
+async def collect(steps: AsyncIterator[StepOutput], tally: Tally, want_logprobs: bool
+                  ) -> tuple[list[str], list[list[TokenLogprob]] | None]:
+    n = len(tally.finish_reasons)
     texts: list[list[str]] = [[] for _ in range(n)]
-    finish_reasons: list[str | None] = [None] * n
     logprobs: list[list[TokenLogprob]] | None = [[] for _ in range(n)] if want_logprobs else None
-    completion_tokens = 0
     try:
         async for step in steps:
+            tally.add(step)
             for choice in step.choices:
                 texts[choice.index].append(choice.text)
-                completion_tokens += choice.num_tokens
-                if choice.finish_reason is not None:
-                    finish_reasons[choice.index] = choice.finish_reason
                 if logprobs is not None and choice.logprobs:
                     logprobs[choice.index].extend(choice.logprobs)
     except InvalidRequestError as exc:
         raise APIError(400, str(exc)) from None
-    return ["".join(parts) for parts in texts], finish_reasons, logprobs, completion_tokens
+    tally.close()
+    return ["".join(parts) for parts in texts], logprobs
 
 
-async def stream_events(steps: AsyncIterator[StepOutput], writer: ChunkWriter, prompt: Prompt, n: int
-                        ) -> AsyncIterator[bytes]:
-    completion_tokens = 0
-    yield writer.role(n)
+async def stream_events(steps: AsyncIterator[StepOutput], writer: ChunkWriter, tally: Tally) -> AsyncIterator[bytes]:
+    active = sse_streams_active.labels(tally.model)
+    active.inc()
+    finished = False
     try:
-        async for step in steps:
-            completion_tokens += sum(choice.num_tokens for choice in step.choices)
-            event = writer.deltas(step.choices)
-            if event is not None:
-                yield event
-    except (InvalidRequestError, EngineUnavailableError) as exc:
-        # The status line is sent already: report in-band, as OpenAI and vLLM do, then end the stream.
-        yield sse_event({"error": {"message": str(exc), "type": "invalid_request_error", "code": 400,
-                                   "param": None, "path": "/v1/chat/completions"}})
-    else:
-        if writer.include_usage:
-            yield writer.usage(prompt.num_tokens, completion_tokens)
+        yield writer.role(len(tally.finish_reasons))
+        try:
+            async for step in steps:
+                tally.add(step)
+                event = writer.deltas(step.choices)
+                if event is not None:
+                    yield event
+        except (InvalidRequestError, EngineUnavailableError) as exc:
+            # The status line is sent already: report in-band, as OpenAI and vLLM do, then end the stream.
+            status = 503 if isinstance(exc, EngineUnavailableError) else 400
+            yield sse_event({"error": {"message": str(exc), "type": ERROR_TYPES[status], "code": status,
+                                       "param": None, "path": "/v1/chat/completions"}})
+        else:
+            if writer.include_usage:
+                yield writer.usage(tally.prompt_tokens, tally.completion_tokens)
+        finally:
+            await steps.aclose()  # type: ignore[attr-defined]
+        yield DONE_EVENT
+        finished = True
     finally:
-        await steps.aclose()  # type: ignore[attr-defined]
-    yield DONE_EVENT
+        active.dec()
+        if finished:
+            tally.close()
+        else:
+            tally.aborted("client_disconnect")

@@ -1,0 +1,37 @@
+"""Prometheus metrics CodeFace adds to vLLM's own (vllm:* are re-exported as they are, from the same registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+
+# From 5 ms (a probe) to 10 minutes (a long generation).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 600)
+DB_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+http_requests = Counter("codeface_http_requests", "HTTP requests by route template, method and status",
+                        ["route", "method", "status"])
+http_duration = Histogram("codeface_http_request_duration_seconds",
+                          "HTTP request duration, to the last byte of the response", ["route", "method"],
+                          buckets=LATENCY_BUCKETS)
+http_in_flight = Gauge("codeface_http_requests_in_flight", "HTTP requests being served")
+
+aborted_requests = Counter("codeface_requests_aborted", "Generations aborted before their end, by reason",
+                           ["model", "reason"])
+rate_limit_rejections = Counter("codeface_rate_limit_rejections", "Requests refused by a rate limit",
+                                ["model", "limit"])
+admission_rejections = Counter("codeface_admission_rejections", "Requests refused by global admission control",
+                               ["model"])
+sse_streams_active = Gauge("codeface_sse_streams_active", "Server-sent event streams open now", ["model"])
+sse_streams_resumed = Counter("codeface_sse_streams_resumed", "Streams re-attached with Last-Event-ID", ["model"])
+
+db_operation = Histogram("codeface_db_operation_seconds", "Database statement latency", ["operation"],
+                         buckets=DB_BUCKETS)
+db_errors = Counter("codeface_db_errors", "Database statements that raised", ["operation"])
+db_pool_checked_out = Gauge("codeface_db_pool_connections_in_use", "Pooled database connections checked out")
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """GET /metrics: CodeFace's metrics and vLLM's (vllm:*), in Prometheus text format."""
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
