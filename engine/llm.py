@@ -44,6 +44,7 @@ class ChatEngine:
         # Chat templates are Jinja plus tokenization: CPU work kept off the event loop, as vllm serve does.
         self._render_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-template")
         self._client_errors: tuple[type[BaseException], ...] = (ValueError, TypeError)
+        self._aborts: set[asyncio.Future[None]] = set()
 
     @property
     def model_name(self) -> str:
@@ -82,9 +83,13 @@ class ChatEngine:
             return False
         return True
 
+    @property
+    def requests_in_flight(self) -> int:
+        """Requests the engine holds (running or waiting), as its frontend counts them (n>1 counts n)."""
+        return self._llm.get_num_unfinished_requests() if self._llm is not None else 0
+
     def stats(self) -> EngineStats:
-        in_flight = self._llm.get_num_unfinished_requests() if self._llm is not None else 0
-        return self._stats.snapshot(in_flight)
+        return self._stats.snapshot(self.requests_in_flight)
 
     async def render(self, messages: Sequence[dict[str, str]]) -> Prompt:
         """Apply the model's own chat template and tokenize, in a worker thread."""
@@ -127,18 +132,25 @@ class ChatEngine:
                       ) -> AsyncIterator[StepOutput]:
         stream = self._llm.generate({"prompt_token_ids": prompt.token_ids}, params, request_id)
         want_logprobs = top_logprobs is not None
+        finished = False
         try:
             async for output in stream:
+                finished = output.finished
                 yield StepOutput(
                     choices=[_choice_delta(choice, want_logprobs, top_logprobs or 0) for choice in output.outputs],
                     prompt_tokens=prompt.num_tokens,
                     cached_tokens=output.num_cached_tokens or 0,
-                    finished=output.finished,
+                    finished=finished,
                 )
         except self._client_errors as exc:
-            raise InvalidRequestError(str(exc)) from exc
+            raise InvalidRequestError(str(exc)) from None
         finally:
-            # Closing vLLM's generator is what aborts the request there (it catches GeneratorExit).
+            if not finished:
+                # A cancelled consumer (client gone) may have every await here interrupted again (anyio delivers
+                # cancellation until its scope exits), so the abort that frees the engine runs as its own task.
+                abort = asyncio.ensure_future(self._llm.abort(request_id))
+                self._aborts.add(abort)
+                abort.add_done_callback(self._aborts.discard)
             await stream.aclose()
 
     async def abort(self, request_id: str) -> None:

@@ -73,12 +73,28 @@ async def run(args: argparse.Namespace, folder: Path) -> dict[int, tuple[Summary
     return levels
 
 
+def turn_table(results: list[RequestResult]) -> str:
+    """Median TTFT and prompt length per turn: how a conversation's growing history costs (prefix caching)."""
+    import statistics
+
+    rows = []
+    for turn in sorted({r.turn for r in results if r.ok}):
+        at_turn = [r for r in results if r.ok and r.turn == turn]
+        rows.append([str(turn + 1), str(len(at_turn)), f"{statistics.median(r.ttft for r in at_turn) * 1000:.1f}",
+                     f"{statistics.median(r.prompt_tokens for r in at_turn):.0f}"])
+    return text_table(["turn", "requests", "med TTFT ms", "med prompt tokens"], rows)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     folder = out_dir(args, "run")
     levels = asyncio.run(run(args, folder))
     summaries = {c: s for c, (s, _) in levels.items()}
     table = text_table(COLUMNS, summary_rows(summaries))
     print(table)
+    if args.workload == "multiturn":
+        for point, (_, results) in levels.items():
+            print(f"\nlevel {point}: by turn")
+            print(turn_table(results))
     context = {"url": args.base_url, "workload": args.workload, "input_len": args.input_len,
                "output_len": args.output_len, "rate": args.rate, "burstiness": args.burstiness,
                "concurrency": args.concurrency, "slo": args.slo, "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -118,6 +134,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_conversations(args: argparse.Namespace) -> int:
+    from loadtests.conversations import run as run_conversations
+
+    report = asyncio.run(run_conversations(args.base_url, args.api_key, args.conversations, args.turns,
+                                           args.max_tokens))
+    print(json.dumps(report, indent=2))
+    return 0 if report["conversations_with_problems"] == 0 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -141,6 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--repeats", type=int, default=3)
     add_workload_args(c)
     c.set_defaults(handler=cmd_compare)
+    v = commands.add_parser("conversations", help="concurrent multi-turn conversations, then audit what was stored")
+    v.add_argument("--base-url", default="http://127.0.0.1:8000")
+    v.add_argument("--api-key", default=None)
+    v.add_argument("--conversations", type=int, default=64)
+    v.add_argument("--turns", type=int, default=4)
+    v.add_argument("--max-tokens", type=int, default=32)
+    v.set_defaults(handler=cmd_conversations)
     args = parser.parse_args(argv)
     return args.handler(args)
 

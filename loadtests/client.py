@@ -59,3 +59,25 @@ async def stream_chat(http: httpx.AsyncClient, url: str, payload: dict[str, Any]
     if not result.ok:
         result.error = "no content"
     return result
+
+
+async def stream_sse_reply(http: httpx.AsyncClient, path: str, body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    """POST to a CodeFace conversation route with stream=true; returns TTFT and the final event's data."""
+    start = time.perf_counter()
+    ttft = 0.0
+    final: dict[str, Any] = {}
+    event = ""
+    async with http.stream("POST", path, json=body) as response:
+        if response.status_code != 200:
+            await response.aread()
+            return 0.0, {"status": f"http {response.status_code}"}
+        async for line in response.aiter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                data = msgspec.json.decode(line[6:])
+                if event == "message.delta" and not ttft:
+                    ttft = time.perf_counter() - start
+                elif event in ("message.completed", "message.error"):
+                    final = data
+    return ttft, final

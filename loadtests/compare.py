@@ -43,7 +43,7 @@ async def measure_server(server: ServerProcess, plan: Plan) -> Measured:
     try:
         url = server.base_url + "/v1/chat/completions"
         levels = {}
-        async with http_client(max(plan.levels)) as http:
+        async with http_client(max(plan.levels), server.api_key) as http:
             send = http_sender(http, url)
             await run_closed_loop(send, plan.warmup, max(1, len(plan.warmup)))
             for concurrency, jobs in plan.levels.items():
@@ -82,7 +82,8 @@ async def measure(system: str, plan: Plan, run_id: str) -> Measured:
         return await measure_server(vllm_server(profile_engine_config(plan.config_file, plan.overrides),
                                                 plan.out_dir), plan)
     if system == "codeface":
-        return await measure_server(codeface_server(plan.config_file, plan.overrides, plan.out_dir, run_id), plan)
+        return await measure_server(await codeface_server(plan.config_file, plan.overrides, plan.out_dir, run_id),
+                                    plan)
     if system == "engine":
         return measure_raw_engine(plan, run_id)
     raise ValueError(f"unknown system {system!r}")

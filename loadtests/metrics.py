@@ -17,6 +17,7 @@ class RequestResult:
     output_tokens: int = 0               # from the server's usage when given, else counted chunks
     error: str = ""
     text: str = ""                       # the reply, for multi-turn workloads that send it back
+    turn: int = 0                        # position in its conversation (multi-turn workloads)
 
     @property
     def tpot(self) -> float | None:

@@ -63,6 +63,7 @@ class ServerProcess:
     port: int
     env: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
+    api_key: str | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -106,9 +107,27 @@ def vllm_server(config: EngineConfig, log_dir: Path) -> ServerProcess:
     return ServerProcess("vllm", command, "/health", port, engine_env(config), log_dir / "vllm.log")
 
 
-def codeface_server(config_file: Path, overrides: dict[str, str], log_dir: Path, run_id: str) -> ServerProcess:
+# Limits far above what the benchmark sends: they are checked on every request, and never refuse one.
+BENCH_LIMITS = {"requests_per_minute": 10 ** 7, "tokens_per_minute": 10 ** 10, "max_concurrent_streams": 10 ** 5}
+
+
+async def codeface_server(config_file: Path, overrides: dict[str, str], log_dir: Path, run_id: str
+                          ) -> ServerProcess:
+    """CodeFace as a shared deployment runs it: auth on (an API key), rate limits checked, metrics on, a fresh
+    database."""
+    import asyncio
+
+    from server import admin
+    from storage import upgrade_database
+
+    database_url = f"sqlite+aiosqlite:///{log_dir / f'codeface-{run_id}.db'}"
+    settings = load_settings(config_file, **{**overrides, "database_url": database_url, "auth_enabled": "true"})
+    await asyncio.to_thread(upgrade_database, database_url)
+    await admin.create_user(settings, "bench", "bench-password", False)
+    api_key = await admin.create_key(settings, "bench", "bench", None, BENCH_LIMITS)
     port = free_port()
     sets = [item for key, value in overrides.items() for item in ("--set", f"{key}={value}")]
-    command = [sys.executable, "-m", "server", "serve", "--config", str(config_file), "--port", str(port), *sets]
-    env = {**os.environ, "DATABASE_URL": f"sqlite+aiosqlite:///{log_dir / f'codeface-{run_id}.db'}"}
-    return ServerProcess("codeface", command, "/readyz", port, env, log_dir / "codeface.log")
+    command = [sys.executable, "-m", "server", "serve", "--config", str(config_file), "--port", str(port), *sets,
+               "--set", "auth_enabled=true"]
+    env = {**os.environ, "DATABASE_URL": database_url}
+    return ServerProcess("codeface", command, "/readyz", port, env, log_dir / "codeface.log", api_key=api_key)

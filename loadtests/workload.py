@@ -29,9 +29,10 @@ class Job:
     async def run(self, send: SendChat) -> list[RequestResult]:
         history: list[dict[str, str]] = []
         results = []
-        for text, output_len in zip(self.turns, self.output_lens):
+        for turn, (text, output_len) in enumerate(zip(self.turns, self.output_lens)):
             history.append({"role": "user", "content": text})
             result = await send(chat_payload(self.model, history, output_len, self.extra))
+            result.turn = turn
             results.append(result)
             if not result.ok:
                 break

@@ -69,6 +69,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_admin(args: argparse.Namespace) -> int:
+    from server import admin
+
+    return admin.run(args, settings_from(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codeface", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -87,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("prepare-model", cmd_prepare_model, "convert the default model once and print its folder")
     migrate = add("migrate", cmd_migrate, "apply database migrations")
     migrate.add_argument("--revision", default="head")
+    from server.admin import add_commands
+
+    add_commands(add("admin", cmd_admin, "create users and API keys"))
     return parser
 
 

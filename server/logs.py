@@ -20,8 +20,10 @@ class ContextFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
-        record.user_id = user_id_var.get()
-        if not hasattr(record, "trace_id"):  # the access line passes its span's id itself
+        # The access line is written after the request's context is gone: it passes these two itself.
+        if not hasattr(record, "user_id"):
+            record.user_id = user_id_var.get()
+        if not hasattr(record, "trace_id"):
             record.trace_id = current_trace_id()
         return True
 

@@ -98,6 +98,7 @@ class ObservabilityMiddleware:
     def _log_access(self, scope: Scope, route: str, status: int, duration: float, span: trace.Span | None) -> None:
         state = scope.get("state") or {}
         usage = state.get("usage") or {}
+        principal = state.get("principal")
         client = scope.get("client")
         access_logger.info("request", extra={
             "method": scope["method"],
@@ -109,4 +110,5 @@ class ObservabilityMiddleware:
             "prompt_tokens": usage.get("prompt_tokens"),
             "completion_tokens": usage.get("completion_tokens"),
             "trace_id": format(span.get_span_context().trace_id, "032x") if span is not None else None,
+            "user_id": str(principal.user_id) if principal is not None else None,
         })

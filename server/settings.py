@@ -60,14 +60,39 @@ class Settings(BaseSettings):
     temperature: float = 1.0
     max_tokens: int | None = None
 
+    # Conversations
+    conversation_max_tokens: int = 512      # reply length when a message does not say
+    conversation_grace_s: float = 30.0      # a reply with no listener goes on this long, then is cancelled
+    conversation_flush_s: float = 1.0       # partial replies are written this often (off the token path)
+    sse_heartbeat_s: float = 15.0
+
     # Storage
     database_url: str = f"sqlite+aiosqlite:///{DATA_DIR / 'codeface.db'}"
     database_pool_size: int = 10
     migrate_on_start: bool = True
 
-    # Security (used by the auth layer)
-    secret_key: str = "change-me"
+    # Auth. Off only by this explicit flag; the server then serves everyone as `default_user` and says so loudly.
+    auth_enabled: bool = True
     default_user: str = "local"
+    open_paths: list[str] = ["/healthz", "/readyz", "/metrics"]
+    secret_key: str = "change-me"
+    jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
+    jwt_private_key_file: Path | None = None   # RS256/ES256: PEM used to sign
+    jwt_public_key_file: Path | None = None    # RS256/ES256: PEM used to verify
+    jwt_issuer: str = "codeface"
+    jwt_audience: str = "codeface-api"
+    access_token_expire_minutes: int = 30
+    api_key_cache_seconds: float = 30.0       # how long a revoked key may still work on another replica
+    cors_allow_origins: list[str] = []
+
+    # Rate limits: defaults per key (and per user for JWTs); a key's own values in the database override them.
+    rate_limit_storage: str = "memory://"      # or async+redis://127.0.0.1:6379 to share budgets across replicas
+    rate_limit_failure: Literal["open", "closed"] = "open"
+    requests_per_minute: int | None = 600
+    tokens_per_minute: int | None = 400_000
+    max_concurrent_streams: int | None = 64
+    # Global admission control: past this many generations in flight (running or queued), answer 503 at once.
+    max_inflight_generations: int = 1024
 
     @classmethod
     def settings_customise_sources(

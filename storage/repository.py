@@ -36,8 +36,11 @@ class ApiKeys:
         self.session = session
 
     async def create(self, owner_id: uuid.UUID, *, key_hash: str, prefix: str, name: str = "",
-                     expires_at: datetime | None = None) -> ApiKey:
-        key = ApiKey(owner_id=owner_id, key_hash=key_hash, prefix=prefix, name=name, expires_at=expires_at)
+                     expires_at: datetime | None = None, requests_per_minute: int | None = None,
+                     tokens_per_minute: int | None = None, max_concurrent_streams: int | None = None) -> ApiKey:
+        key = ApiKey(owner_id=owner_id, key_hash=key_hash, prefix=prefix, name=name, expires_at=expires_at,
+                     requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
+                     max_concurrent_streams=max_concurrent_streams)
         self.session.add(key)
         await self.session.flush()
         return key
@@ -50,6 +53,9 @@ class ApiKeys:
             select(ApiKey).where(ApiKey.owner_id == owner_id).order_by(ApiKey.created_at.desc())
         )
         return list(rows)
+
+    async def get(self, owner_id: uuid.UUID, key_id: uuid.UUID) -> ApiKey | None:
+        return await self.session.scalar(select(ApiKey).where(ApiKey.id == key_id, ApiKey.owner_id == owner_id))
 
     async def revoke(self, owner_id: uuid.UUID, key_id: uuid.UUID) -> bool:
         result = await self.session.execute(

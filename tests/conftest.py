@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 SERVER_START_TIMEOUT_S = 300
 
 
@@ -38,22 +39,22 @@ class ThreadedServer:
     """The real app on a real uvicorn (uvloop, httptools) and socket, in a thread of the test process, so that
     tests can read its in-memory spans. The engine core runs in its own process, as in production."""
 
-    def __init__(self, app: object, port: int) -> None:
+    def __init__(self, app: object, port: int, *, lifespan: str = "on") -> None:
         import uvicorn
 
         config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
-                                log_config=None, access_log=False, timeout_graceful_shutdown=5)
+                                log_config=None, access_log=False, timeout_graceful_shutdown=5, lifespan=lifespan)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="codeface-test-server", daemon=True)
 
-    def start(self, url: str) -> None:
+    def start(self, url: str, probe: str = "/readyz") -> None:
         self.thread.start()
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while time.monotonic() < deadline:
             if not self.thread.is_alive():
                 pytest.fail("the test server stopped during start-up; see the log above")
             try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{url}{probe}", timeout=2).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -76,18 +77,75 @@ def span_exporter() -> InMemorySpanExporter:
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory, span_exporter: InMemorySpanExporter) -> Iterator[str]:
-    """One real server for the session: CPU profile, the default model, a throwaway SQLite database."""
-    from server.app import create_app
-    from server.cli import resolve_model
-    from server.settings import load_settings
+def redis_url() -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(REDIS_URL)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 6379), timeout=2) as conn:
+            conn.sendall(b"PING\r\n")
+            answer = conn.recv(16)
+    except OSError as exc:
+        unavailable(f"Redis is not reachable at {REDIS_URL}: {exc}")
+    if not answer.startswith(b"+PONG"):
+        unavailable(f"{REDIS_URL} did not answer PING like Redis: {answer!r}")
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def server_database_url(postgres_url: str) -> str:
+    """The test server's database: Postgres, as in production (SQLite serves the replicas' tests too)."""
     from storage import upgrade_database
 
+    upgrade_database(postgres_url)
+    return postgres_url
+
+
+@pytest.fixture(scope="session")
+def sqlite_server_database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from storage import upgrade_database
+
+    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('server') / 'codeface.db'}"
+    upgrade_database(url)
+    return url
+
+
+def server_settings(database_url: str, redis_url: str, **overrides: object):  # noqa: ANN201
+    """The CPU profile with auth on and rate limits in Redis, as a production replica would run."""
+    from server.settings import load_settings
+
+    values = {"max_body_bytes": 65536, "database_url": database_url, "auth_enabled": True,
+              "max_inflight_generations": 24, "conversation_grace_s": 3.0, "sse_heartbeat_s": 2.0,
+              "secret_key": "test-secret-key-with-enough-entropy-0123456789",
+              "rate_limit_storage": redis_url, **overrides}
+    return load_settings(ROOT / "configs/cpu.yaml", **values)
+
+
+@pytest.fixture(scope="session")
+def admin_key(server_database_url: str, redis_url: str) -> str:
+    """An admin's API key with no limits of its own (0 = unlimited), for tests that are not about limits."""
+    from server import admin
+
+    settings = server_settings(server_database_url, redis_url)
+    username = f"admin-{uuid.uuid4().hex[:8]}"
+    asyncio.run(admin.create_user(settings, username, "admin-password-1", True))
+    unlimited = {"requests_per_minute": 0, "tokens_per_minute": 0, "max_concurrent_streams": 0}
+    return asyncio.run(admin.create_key(settings, username, "tests", None, unlimited))
+
+
+@pytest.fixture(scope="session")
+def auth_headers(admin_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {admin_key}"}
+
+
+@pytest.fixture(scope="session")
+def server_url(server_database_url: str, redis_url: str, span_exporter: InMemorySpanExporter) -> Iterator[str]:
+    """One real server for the session: CPU engine, the default model, auth on, SQLite, Redis rate limits."""
+    from server.app import create_app
+    from server.cli import resolve_model
+
     port = free_port()
-    data = tmp_path_factory.mktemp("server")
-    settings = load_settings(ROOT / "configs/cpu.yaml", port=port, max_body_bytes=65536,
-                             database_url=f"sqlite+aiosqlite:///{data / 'codeface.db'}")
-    upgrade_database(settings.database_url)
+    settings = server_settings(server_database_url, redis_url, port=port)
     server = ThreadedServer(create_app(settings, resolve_model(settings), tracing=True), port)
     url = f"http://127.0.0.1:{port}"
     server.start(url)
@@ -97,49 +155,26 @@ def server_url(tmp_path_factory: pytest.TempPathFactory, span_exporter: InMemory
         server.stop()
 
 
-@pytest.fixture(scope="session")
-def model_name(server_url: str) -> str:
-    return httpx.get(f"{server_url}/v1/models").json()["data"][0]["id"]
-
-
-def _postgres_admin(statement: str) -> None:
-    import asyncpg
-
-    async def run() -> None:
-        connection = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
-        try:
-            await connection.execute(statement)
-        finally:
-            await connection.close()
-
-    asyncio.run(run())
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A throwaway Postgres database, dropped at the end of the session."""
-    name = f"codeface_test_{uuid.uuid4().hex[:12]}"
-    try:
-        _postgres_admin(f'CREATE DATABASE "{name}"')
-    except (OSError, Exception) as exc:  # connection refused, auth, timeout
-        unavailable(f"Postgres is not reachable at {POSTGRES_ADMIN_URL}: {exc}")
-    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-    try:
-        yield f"{base}/{name}"
-    finally:
-        _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def start_replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """Starts extra app instances on real uvicorn servers without the engine (lifespan off): enough for every
+    route that does not generate (auth, keys, /v1/models). Stopped at the end of the session."""
+    from server.app import create_app
+    from server.cli import resolve_model
 
+    started: list[ThreadedServer] = []
 
-@pytest.fixture(scope="session")
-def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'codeface.db'}"
+    def start(database_url: str, redis_url: str, **overrides: object) -> str:
+        port = free_port()
+        settings = server_settings(database_url, redis_url, port=port, **overrides)
+        server = ThreadedServer(create_app(settings, resolve_model(settings)), port, lifespan="off")
+        url = f"http://127.0.0.1:{port}"
+        server.start(url, probe="/healthz")
+        started.append(server)
+        return url
 
-
-@pytest.fixture(scope="session", params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest) -> str:
-    """Each storage test runs against both databases, each migrated once by Alembic."""
-    from storage import upgrade_database
-
-    url = request.getfixturevalue(f"{request.param}_url")
-    upgrade_database(url)
-    return url
+    yield start
+    for server in started:
+        server.stop()

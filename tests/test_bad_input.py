@@ -13,8 +13,8 @@ HELLO = [{"role": "user", "content": "hello"}]
 
 
 @pytest.fixture(scope="module")
-def http(server_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server_url, timeout=60) as client:
+def http(server_url: str, auth_headers: dict[str, str]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server_url, timeout=60, headers=auth_headers) as client:
         yield client
 
 
@@ -105,8 +105,8 @@ def test_unknown_route_and_wrong_method(http: httpx.Client) -> None:
     assert_envelope(http.get(CHAT), 405)
 
 
-def test_openai_sdk_reads_the_envelope(server_url: str) -> None:
-    client = openai.OpenAI(base_url=f"{server_url}/v1", api_key="unused", max_retries=0)
+def test_openai_sdk_reads_the_envelope(server_url: str, admin_key: str) -> None:
+    client = openai.OpenAI(base_url=f"{server_url}/v1", api_key=admin_key, max_retries=0)
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=[], max_tokens=4)
     assert caught.value.status_code == 400

@@ -11,13 +11,13 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def client(server_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server_url}/v1", api_key="unused", max_retries=0, timeout=120)
+def client(server_url: str, admin_key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server_url}/v1", api_key=admin_key, max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="module")
-def async_client(server_url: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{server_url}/v1", api_key="unused", max_retries=0, timeout=120)
+def async_client(server_url: str, admin_key: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{server_url}/v1", api_key=admin_key, max_retries=0, timeout=120)
 
 
 def ask(text: str) -> list[dict[str, str]]:
@@ -151,9 +151,22 @@ def wait_for_idle(server_url: str, timeout_s: float = 15) -> float:
 LONG_REQUEST = {"messages": ask("Tell me everything."), "max_tokens": 1500, "ignore_eos": True}
 
 
-def test_stream_disconnect_aborts_engine_request(server_url: str) -> None:
+def engine_running(server_url: str) -> int:
+    return httpx.get(f"{server_url}/readyz").json()["engine"]["running"]
+
+
+def assert_engine_dropped_it(server_url: str, headers: dict[str, str]) -> None:
+    """The engine core itself (not only the frontend) dropped the request: a short request run afterwards is
+    the only one the scheduler reports running."""
+    reply = httpx.post(f"{server_url}/v1/chat/completions", headers=headers, timeout=60,
+                       json={"messages": ask("Hi"), "max_tokens": 8, "ignore_eos": True})
+    assert reply.status_code == 200
+    assert engine_running(server_url) == 1
+
+
+def test_stream_disconnect_aborts_engine_request(server_url: str, auth_headers: dict[str, str]) -> None:
     wait_for_idle(server_url)
-    with httpx.Client(timeout=60) as http:
+    with httpx.Client(timeout=60, headers=auth_headers) as http:
         with http.stream("POST", f"{server_url}/v1/chat/completions", json={**LONG_REQUEST, "stream": True}) as r:
             lines = r.iter_lines()
             received = [line for line, _ in zip(lines, range(8)) if line.startswith("data:")]
@@ -161,11 +174,12 @@ def test_stream_disconnect_aborts_engine_request(server_url: str) -> None:
             assert in_flight(server_url) == 1
     # 1500 tokens take over a minute here; the request must leave the engine within seconds.
     assert wait_for_idle(server_url) < 15
+    assert_engine_dropped_it(server_url, auth_headers)
 
 
-async def test_non_stream_disconnect_aborts_engine_request(server_url: str) -> None:
+async def test_non_stream_disconnect_aborts_engine_request(server_url: str, auth_headers: dict[str, str]) -> None:
     wait_for_idle(server_url)
-    async with httpx.AsyncClient(timeout=60) as http:
+    async with httpx.AsyncClient(timeout=60, headers=auth_headers) as http:
         task = asyncio.create_task(http.post(f"{server_url}/v1/chat/completions", json=LONG_REQUEST))
         for _ in range(100):
             await asyncio.sleep(0.1)
@@ -176,3 +190,4 @@ async def test_non_stream_disconnect_aborts_engine_request(server_url: str) -> N
         with pytest.raises(asyncio.CancelledError):
             await task
     assert wait_for_idle(server_url) < 15
+    assert_engine_dropped_it(server_url, auth_headers)

@@ -35,21 +35,22 @@ def test_single_token_requests_have_no_tpot() -> None:
     assert summarize([one], 1.0).tpot_ms["mean"] == 0.0
 
 
-def test_cli_short_run_against_the_real_server(server_url: str, tmp_path) -> None:
+def test_cli_short_run_against_the_real_server(server_url: str, admin_key: str, tmp_path) -> None:
     import json
     import subprocess
     import sys
 
-    out = tmp_path / "results.json"
     completed = subprocess.run(
         [sys.executable, "-m", "loadtests", "run", "--base-url", server_url, "--concurrency", "1,2",
-         "--num-prompts", "2", "--input-len", "32", "--output-len", "8", "--warmup", "1", "--json", str(out)],
+         "--num-prompts", "2", "--input-len", "32", "--output-len", "8", "--warmup", "1", "--api-key", admin_key,
+         "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
     assert "out tok/s" in completed.stdout
-    rows = json.loads(out.read_text())
-    assert [row["concurrency"] for row in rows] == [1, 2]
-    for row in rows:
+    levels = json.loads((tmp_path / "results.json").read_text())["levels"]
+    assert sorted(levels) == ["1", "2"]
+    assert {"report.md", "throughput.png", "latency.png", "ttft_cdf.png"} <= {p.name for p in tmp_path.iterdir()}
+    for row in levels.values():
         assert row["completed"] == 2 and row["failed"] == 0
         assert row["mean_output_tokens"] == 8  # ignore_eos makes every reply exactly output-len tokens
         assert row["ttft_ms"]["p50"] > 0 and row["output_throughput"] > 0

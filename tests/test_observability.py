@@ -33,17 +33,17 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
 
 
-def stream_chat(server_url: str, headers: dict[str, str] | None = None) -> httpx.Response:
-    with httpx.Client(timeout=60) as http:
-        with http.stream("POST", f"{server_url}{CHAT}", json=STREAM, headers=headers or {}) as response:
+def stream_chat(server_url: str, headers: dict[str, str]) -> httpx.Response:
+    with httpx.Client(timeout=60, headers=headers) as http:
+        with http.stream("POST", f"{server_url}{CHAT}", json=STREAM) as response:
             body = b"".join(response.iter_bytes())
     assert response.status_code == 200 and body.endswith(b"data: [DONE]\n\n")
     return response
 
 
-def test_streamed_chat_moves_the_metrics(server_url: str) -> None:
+def test_streamed_chat_moves_the_metrics(server_url: str, auth_headers: dict[str, str]) -> None:
     before = scrape(server_url)
-    stream_chat(server_url)
+    stream_chat(server_url, auth_headers)
     time.sleep(0.5)  # vLLM records its iteration stats right after the last output
     after = scrape(server_url)
 
@@ -67,9 +67,9 @@ def test_streamed_chat_moves_the_metrics(server_url: str) -> None:
     assert delta("codeface_db_operation_seconds_count", operation="SELECT") >= 1
 
 
-def test_client_disconnect_counts_as_aborted(server_url: str) -> None:
+def test_client_disconnect_counts_as_aborted(server_url: str, auth_headers: dict[str, str]) -> None:
     before = scrape(server_url)
-    with httpx.Client(timeout=60) as http:
+    with httpx.Client(timeout=60, headers=auth_headers) as http:
         with http.stream("POST", f"{server_url}{CHAT}", json={**STREAM, "max_tokens": 1000}) as response:
             next(response.iter_lines())
     deadline = time.monotonic() + 10
@@ -88,8 +88,9 @@ def spans_of(exporter: InMemorySpanExporter, trace_id: str) -> list:
     return [s for s in exporter.get_finished_spans() if format(s.context.trace_id, "032x") == trace_id]
 
 
-def test_span_tree_of_a_streamed_chat(server_url: str, span_exporter: InMemorySpanExporter) -> None:
-    stream_chat(server_url, {"traceparent": f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01"})
+def test_span_tree_of_a_streamed_chat(server_url: str, auth_headers: dict[str, str],
+                                     span_exporter: InMemorySpanExporter) -> None:
+    stream_chat(server_url, {**auth_headers, "traceparent": f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01"})
     spans = {s.name: s for s in spans_of(span_exporter, TRACE_ID)}
     root = spans[f"POST {CHAT}"]
     assert format(root.parent.span_id, "016x") == PARENT_SPAN_ID  # the client's traceparent was honoured
@@ -127,8 +128,9 @@ def access_lines() -> Iterator[io.StringIO]:
     access.removeHandler(handler)
 
 
-def test_one_json_access_line_with_the_ids(server_url: str, access_lines: io.StringIO) -> None:
-    response = stream_chat(server_url, {"X-Request-ID": "client-chosen-id-42",
+def test_one_json_access_line_with_the_ids(server_url: str, auth_headers: dict[str, str],
+                                           access_lines: io.StringIO) -> None:
+    response = stream_chat(server_url, {**auth_headers, "X-Request-ID": "client-chosen-id-42",
                                         "traceparent": f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01"})
     assert response.headers["x-request-id"] == "client-chosen-id-42"
     lines = [json.loads(line) for line in access_lines.getvalue().splitlines()]
@@ -137,7 +139,9 @@ def test_one_json_access_line_with_the_ids(server_url: str, access_lines: io.Str
     assert line["request_id"] == "client-chosen-id-42" and line["trace_id"] == TRACE_ID
     assert (line["route"], line["method"], line["status"]) == (CHAT, "POST", 200)
     assert line["completion_tokens"] == 12 and line["prompt_tokens"] > 0 and line["duration_ms"] > 0
+    assert line["user_id"]  # the authenticated caller
     assert "Say hello" not in access_lines.getvalue()  # no message text in logs
+    assert auth_headers["Authorization"].split()[1] not in access_lines.getvalue()  # no secrets either
 
 
 def test_request_id_is_made_when_absent_or_unsafe(server_url: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 
+import anyio
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,7 +21,9 @@ from engine import (
 )
 from server.disconnect import EventStreamResponse, cancel_on_disconnect
 from server.errors import ERROR_TYPES, APIError
-from server.metrics import aborted_requests, sse_streams_active
+from server.auth import Principal
+from server.metrics import aborted_requests, admission_rejections, rate_limit_rejections, sse_streams_active
+from server.ratelimit import LimiterUnavailable, LimitExceeded, RateLimits, Reservation
 from server.openai_format import DONE_EVENT, ChunkWriter, completion_body, completion_id, sse_event
 from server.schemas import ChatCompletionRequest, ChatMessage, chat_request_decoder
 from server.settings import Settings
@@ -117,16 +120,23 @@ async def chat_completions(request: Request) -> Response:
             raise APIError(400, f"the model's chat template rejected these messages: {exc}",
                            param="messages") from None
         raise
-    tally = Tally(engine.model_name, prompt.num_tokens, body.n, spans, request.scope.setdefault("state", {}))
+    reservation = await admit(request, engine, prompt.num_tokens + engine.output_budget(prompt, options.max_tokens)
+                              * options.n)
+    tally = Tally(engine.model_name, prompt.num_tokens, body.n, spans, request.scope.setdefault("state", {}),
+                  reservation)
 
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         writer = ChunkWriter(request_id, engine.model_name, include_usage=include_usage)
         return EventStreamResponse(stream_events(steps, writer, tally))
 
-    result = await cancel_on_disconnect(request.receive, lambda: collect(steps, tally, options.logprobs is not None))
+    try:
+        result = await cancel_on_disconnect(request.receive,
+                                            lambda: collect(steps, tally, options.logprobs is not None))
+    finally:
+        await tally.close()
     if result is None:
-        tally.aborted("client_disconnect")
+        aborted_requests.labels(engine.model_name, "client_disconnect").inc()
         return Response(status_code=499)  # the client is gone; nobody reads this
     texts, logprobs = result
     return Response(
@@ -136,17 +146,40 @@ async def chat_completions(request: Request) -> Response:
     )
 
 
+async def admit(request: Request, engine: ChatEngine, tokens: int) -> Reservation | None:
+    """Global admission control, then the caller's token budget and stream slot; raises 503 or 429."""
+    settings: Settings = request.app.state.settings
+    if engine.requests_in_flight >= settings.max_inflight_generations:
+        admission_rejections.labels(engine.model_name).inc()
+        raise APIError(503, f"the server is at capacity ({settings.max_inflight_generations} generations in "
+                            "flight); retry shortly", headers={"Retry-After": "1"})
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None:
+        return None
+    limits: RateLimits = request.app.state.limits
+    try:
+        return await limits.reserve(principal.subject, principal.quota, tokens)
+    except LimitExceeded as exc:
+        rate_limit_rejections.labels(engine.model_name, exc.limit).inc()
+        raise APIError(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from None
+    except LimiterUnavailable as exc:
+        raise APIError(503, str(exc), headers={"Retry-After": "5"}) from None
+
+
 class Tally:
     """What one generation produced so far: token counts and finish reasons, for the response, the access log,
-    the span attributes and the metrics."""
+    the span attributes, the metrics and the caller's token budget."""
 
-    def __init__(self, model: str, prompt_tokens: int, n: int, spans: GenerationSpans, state: dict) -> None:
+    def __init__(self, model: str, prompt_tokens: int, n: int, spans: GenerationSpans, state: dict,
+                 reservation: Reservation | None) -> None:
         self.model = model
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = 0
         self.finish_reasons: list[str | None] = [None] * n
         self.spans = spans
         self.state = state
+        self.reservation = reservation
+        self.closed = False
 
     def add(self, step: StepOutput) -> None:
         if self.completion_tokens == 0:
@@ -156,13 +189,17 @@ class Tally:
             if choice.finish_reason is not None:
                 self.finish_reasons[choice.index] = choice.finish_reason
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Record the outcome and give back the unused token budget. Runs even when the client is gone."""
+        if self.closed:
+            return
+        self.closed = True
         self.state["usage"] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
         self.spans.finish(self.prompt_tokens, self.completion_tokens, [r or "abort" for r in self.finish_reasons])
-
-    def aborted(self, reason: str) -> None:
-        aborted_requests.labels(self.model, reason).inc()
-        self.close()
+        if self.reservation is not None:
+            # Shielded: a cancelled request (client gone) would otherwise have this await cancelled too.
+            with anyio.CancelScope(shield=True):
+                await self.reservation.settle(self.prompt_tokens + self.completion_tokens)
 
 
 async def collect(steps: AsyncIterator[StepOutput], tally: Tally, want_logprobs: bool
@@ -179,7 +216,6 @@ async def collect(steps: AsyncIterator[StepOutput], tally: Tally, want_logprobs:
                     logprobs[choice.index].extend(choice.logprobs)
     except InvalidRequestError as exc:
         raise APIError(400, str(exc)) from None
-    tally.close()
     return ["".join(parts) for parts in texts], logprobs
 
 
@@ -209,7 +245,6 @@ async def stream_events(steps: AsyncIterator[StepOutput], writer: ChunkWriter, t
         finished = True
     finally:
         active.dec()
-        if finished:
-            tally.close()
-        else:
-            tally.aborted("client_disconnect")
+        if not finished:
+            aborted_requests.labels(tally.model, "client_disconnect").inc()
+        await tally.close()

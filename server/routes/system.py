@@ -16,8 +16,9 @@ from storage import Database
 STARTED_AT = int(time.time())
 
 
-def json_response(payload: object, status_code: int = 200) -> Response:
-    return Response(msgspec.json.encode(payload), status_code=status_code, media_type="application/json")
+def json_response(payload: object, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(msgspec.json.encode(payload), status_code=status_code, headers=headers,
+                    media_type="application/json")
 
 
 async def healthz(request: Request) -> Response:

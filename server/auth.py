@@ -1,0 +1,111 @@
+"""Who is calling: a JWT or an API key in `Authorization: Bearer ...`, resolved to a Principal with its quota."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from server.credentials import api_key_hash, looks_like_api_key
+from server.ratelimit import Quota
+from server.tokens import InvalidTokenError, TokenService
+from storage import Database
+from storage.repository import ApiKeys, Users
+
+logger = logging.getLogger(__name__)
+
+
+class AuthenticationError(Exception):
+    """No usable credentials: answered 401 with the same vague message whatever the cause."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: uuid.UUID
+    username: str
+    is_admin: bool
+    quota: Quota
+    key_id: uuid.UUID | None = None
+
+    @property
+    def subject(self) -> str:
+        """The rate-limit identity: the key for API keys, the user for JWTs."""
+        return f"key:{self.key_id}" if self.key_id is not None else f"user:{self.user_id}"
+
+
+def bearer_token(authorization: bytes | None) -> str:
+    if not authorization:
+        raise AuthenticationError("missing Authorization header: send 'Authorization: Bearer <API key or token>'")
+    scheme, _, token = authorization.decode("latin-1").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationError("the Authorization header must be 'Bearer <API key or token>'")
+    return token.strip()
+
+
+class Authenticator:
+    """Verifies JWTs locally and API keys against the database, with a short in-process cache of key lookups."""
+
+    def __init__(self, database: Database, tokens: TokenService, default_quota: Quota, cache_seconds: float) -> None:
+        self.database = database
+        self.tokens = tokens
+        self.default_quota = default_quota
+        self.cache_seconds = cache_seconds
+        self._keys: dict[str, tuple[float, Principal, datetime | None]] = {}
+
+    async def authenticate(self, token: str) -> Principal:
+        if looks_like_api_key(token):
+            return await self._api_key(token)
+        try:
+            claims = self.tokens.verify(token)
+        except InvalidTokenError as exc:
+            logger.info("rejected a token: %s", exc)
+            raise AuthenticationError("invalid or expired credentials") from None
+        return Principal(claims.user_id, claims.username, claims.is_admin, self.default_quota)
+
+    async def _api_key(self, key: str) -> Principal:
+        digest = api_key_hash(key)
+        cached = self._keys.get(digest)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            _, principal, expires_at = cached
+            if expires_at is None or expires_at > datetime.now(timezone.utc):
+                return principal
+        async with self.database.session() as session:
+            record = await ApiKeys(session).by_hash(digest)
+            user = await Users(session).get(record.owner_id) if record is not None else None
+        if record is None or user is None or not hmac.compare_digest(record.key_hash, digest):
+            raise AuthenticationError("invalid or expired credentials")
+        expires_at = _aware(record.expires_at)
+        if record.revoked_at is not None or (expires_at is not None and expires_at <= datetime.now(timezone.utc)):
+            self._keys.pop(digest, None)
+            raise AuthenticationError("invalid or expired credentials")
+        quota = Quota(
+            requests_per_minute=_override(record.requests_per_minute, self.default_quota.requests_per_minute),
+            tokens_per_minute=_override(record.tokens_per_minute, self.default_quota.tokens_per_minute),
+            max_concurrent_streams=_override(record.max_concurrent_streams,
+                                             self.default_quota.max_concurrent_streams),
+        )
+        principal = Principal(user.id, user.username, user.is_admin, quota, key_id=record.id)
+        self._keys[digest] = (now + self.cache_seconds, principal, expires_at)
+        return principal
+
+    def forget_key(self, key_hash: str) -> None:
+        """Drop a revoked key from this process's cache at once (other replicas drop it within cache_seconds)."""
+        self._keys.pop(key_hash, None)
+
+
+def _override(value: int | None, default: int | None) -> int | None:
+    # In the database, 0 means "unlimited" for this key; NULL means "the server's default".
+    if value is None:
+        return default
+    return None if value == 0 else value
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; they were stored as UTC.
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment

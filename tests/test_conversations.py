@@ -1,0 +1,331 @@
+"""Conversations against the real engine and Postgres (and SQLite for the routes that do not generate): history
+the model sees, trimming, SSE events, resume with Last-Event-ID, grace-period cancel, cancel, failures, 409s,
+pagination, isolation and every 4xx."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+API = "/api/v1/conversations"
+
+
+@dataclass
+class Event:
+    id: int
+    event: str
+    data: dict
+
+
+@dataclass
+class SSEReader:
+    """Reads named SSE events off a streaming httpx response; keeps the last event id, as EventSource does."""
+
+    response: httpx.Response
+    last_id: int = 0
+    comments: int = 0
+    _lines: Iterator[str] | None = field(default=None, repr=False)
+
+    def next(self) -> Event:
+        if self._lines is None:
+            self._lines = self.response.iter_lines()
+        fields: dict[str, str] = {}
+        for line in self._lines:
+            if line.startswith(":"):
+                self.comments += 1
+            elif not line:
+                if fields:
+                    event = Event(int(fields["id"]), fields["event"], json.loads(fields["data"]))
+                    self.last_id = event.id
+                    return event
+            else:
+                name, _, value = line.partition(": ")
+                fields[name] = value
+        raise EOFError
+
+    def rest(self) -> list[Event]:
+        events = []
+        while True:
+            try:
+                events.append(self.next())
+            except EOFError:
+                return events
+
+
+@pytest.fixture(scope="module")
+def http(server_url: str, auth_headers: dict[str, str]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server_url, headers=auth_headers, timeout=120) as client:
+        yield client
+
+
+def new_conversation(http: httpx.Client, title: str = "") -> str:
+    response = http.post(API, json={"title": title})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def messages_of(http: httpx.Client, conversation_id: str) -> list[dict]:
+    return http.get(f"{API}/{conversation_id}", params={"limit": 500}).json()["messages"]
+
+
+def wait_for_status(http: httpx.Client, conversation_id: str, message_id: str, timeout_s: float = 30) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        reply = next(m for m in messages_of(http, conversation_id) if m["id"] == message_id)
+        if reply["status"] != "in_progress":
+            return reply
+        time.sleep(0.2)
+    pytest.fail(f"reply {message_id} stayed in_progress")
+
+
+def test_multi_turn_history_reaches_the_model(http: httpx.Client) -> None:
+    conversation_id = new_conversation(http)
+    prompt_tokens = []
+    for text in ("My name is Ada.", "I live in Paris.", "What is my name?"):
+        response = http.post(f"{API}/{conversation_id}/messages", json={"content": text, "max_tokens": 24,
+                                                                       "temperature": 0})
+        assert response.status_code == 201, response.text
+        body = response.json()
+        assert body["message"]["status"] in ("completed", "length") and body["message"]["content"]
+        assert body["user_message"]["content"] == text and body["dropped_turns"] == 0
+        prompt_tokens.append(body["message"]["prompt_tokens"])
+    # Every turn carries the earlier ones: the prompt grows by more than the new message.
+    assert prompt_tokens[0] < prompt_tokens[1] < prompt_tokens[2]
+    stored = messages_of(http, conversation_id)
+    assert [m["role"] for m in stored] == ["user", "assistant"] * 3
+    assert [m["seq"] for m in stored] == list(range(1, 7))
+    assert all(m["completion_tokens"] > 0 for m in stored if m["role"] == "assistant")
+    assert http.get(f"{API}/{conversation_id}").json()["title"] == "My name is Ada."
+
+
+def test_trimming_at_the_context_limit(http: httpx.Client) -> None:
+    conversation_id = new_conversation(http)
+    long_text = "The quick brown fox jumps over the lazy dog. " * 70  # about 700 tokens
+    dropped = []
+    for _ in range(3):
+        response = http.post(f"{API}/{conversation_id}/messages",
+                             json={"content": long_text, "max_tokens": 300, "temperature": 0})
+        assert response.status_code == 201, response.text
+        dropped.append(response.json()["dropped_turns"])
+        assert response.json()["message"]["prompt_tokens"] + 300 <= 2048
+    assert dropped[0] == 0 and dropped[-1] >= 2
+    assert len(messages_of(http, conversation_id)) == 6  # trimming drops turns from the prompt, not the database
+
+
+def test_stream_disconnect_then_resume_loses_nothing(http: httpx.Client) -> None:
+    conversation_id = new_conversation(http)
+    body = {"content": "Tell me a long story.", "stream": True, "max_tokens": 120, "ignore_eos": True}
+    with http.stream("POST", f"{API}/{conversation_id}/messages", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        message_id = response.headers["x-message-id"]
+        reader = SSEReader(response)
+        first = [reader.next() for _ in range(5)]
+    assert [e.id for e in first] == [1, 2, 3, 4, 5] and all(e.event == "message.delta" for e in first)
+    time.sleep(1.0)  # the reply goes on while nobody listens
+    with http.stream("GET", f"{API}/{conversation_id}/stream", params={"message_id": message_id},
+                     headers={"Last-Event-ID": str(reader.last_id)}) as resumed:
+        assert resumed.status_code == 200
+        rest = SSEReader(resumed).rest()
+    assert [e.id for e in rest] == list(range(6, 6 + len(rest)))  # no duplicate, no gap
+    assert rest[-1].event == "message.completed" and rest[-1].data["status"] == "length"
+    assert rest[-1].data["completion_tokens"] == 120
+    streamed = "".join(e.data["delta"] for e in first + rest[:-1])
+    stored = wait_for_status(http, conversation_id, message_id)
+    assert stored["content"] == streamed and stored["completion_tokens"] == 120
+
+
+def test_no_listener_for_the_grace_period_cancels(http: httpx.Client, server_url: str) -> None:
+    """The test server's grace period is 3 s."""
+    conversation_id = new_conversation(http)
+    body = {"content": "Go on and on.", "stream": True, "max_tokens": 1500, "ignore_eos": True}
+    with http.stream("POST", f"{API}/{conversation_id}/messages", json=body) as response:
+        message_id = response.headers["x-message-id"]
+        SSEReader(response).next()
+    reply = wait_for_status(http, conversation_id, message_id, timeout_s=20)
+    assert reply["status"] == "cancelled" and reply["content"] and 0 < reply["completion_tokens"] < 1500
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{server_url}/readyz").json()["engine"]["requests_in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert httpx.get(f"{server_url}/readyz").json()["engine"]["requests_in_flight"] == 0
+
+
+def test_explicit_cancel_stops_at_once(http: httpx.Client) -> None:
+    conversation_id = new_conversation(http)
+    body = {"content": "Count forever.", "stream": True, "max_tokens": 1500, "ignore_eos": True}
+    with http.stream("POST", f"{API}/{conversation_id}/messages", json=body) as response:
+        message_id = response.headers["x-message-id"]
+        reader = SSEReader(response)
+        reader.next()
+        cancelled = http.post(f"{API}/{conversation_id}/messages/{message_id}/cancel")
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        rest = reader.rest()
+    assert rest[-1].event == "message.completed" and rest[-1].data["status"] == "cancelled"
+    assert http.post(f"{API}/{conversation_id}/messages/{message_id}/cancel").status_code == 409
+
+
+def test_engine_refusal_is_stored_as_failed(http: httpx.Client) -> None:
+    """vLLM refuses min_tokens > max_tokens; the user's message is already committed, so the reply is `failed`."""
+    conversation_id = new_conversation(http)
+    with http.stream("POST", f"{API}/{conversation_id}/messages",
+                     json={"content": "Hi", "stream": True, "max_tokens": 5, "min_tokens": 50}) as response:
+        events = SSEReader(response).rest()
+    assert [e.event for e in events] == ["message.error"] and events[0].data["status"] == "failed"
+    stored = messages_of(http, conversation_id)
+    assert [(m["role"], m["status"]) for m in stored] == [("user", "completed"), ("assistant", "failed")]
+
+
+def test_second_post_while_generating_gets_409(http: httpx.Client) -> None:
+    conversation_id = new_conversation(http)
+    body = {"content": "A long answer please.", "stream": True, "max_tokens": 400, "ignore_eos": True}
+    with http.stream("POST", f"{API}/{conversation_id}/messages", json=body) as response:
+        message_id = response.headers["x-message-id"]
+        SSEReader(response).next()
+        clash = http.post(f"{API}/{conversation_id}/messages", json={"content": "me too"})
+        assert clash.status_code == 409 and clash.json()["error"]["type"] == "conflict_error"
+        http.post(f"{API}/{conversation_id}/messages/{message_id}/cancel")
+    assert [m["role"] for m in messages_of(http, conversation_id)] == ["user", "assistant"]
+
+
+def test_seed_routes(http: httpx.Client) -> None:
+    started = http.post("/api/v1/chat", json={"message": "Hello there"})
+    assert started.status_code == 201
+    conversation_id = started.json()["conversation_id"]
+    again = http.post("/api/v1/chat", json={"message": "And again", "conversation_id": conversation_id})
+    assert again.status_code == 201 and again.json()["conversation_id"] == conversation_id
+    assert len(messages_of(http, conversation_id)) == 4
+    # GET /api/v1/stream/{id}: attaches to the reply in progress.
+    with http.stream("POST", "/api/v1/chat", json={"message": "Stream it", "conversation_id": conversation_id,
+                                                    "stream": True}) as posted:
+        SSEReader(posted).next()
+        with http.stream("GET", f"/api/v1/stream/{conversation_id}") as attached:
+            events = SSEReader(attached).rest()
+    assert events[-1].event == "message.completed"
+
+
+# --- routes that do not generate: on Postgres (the main server) and SQLite (a replica) ---------------------------
+
+@pytest.fixture(scope="module", params=["postgres", "sqlite"])
+def crud(request: pytest.FixtureRequest, server_url: str, auth_headers: dict[str, str]) -> Iterator[httpx.Client]:
+    if request.param == "postgres":
+        base = server_url
+        headers = auth_headers
+    else:
+        start = request.getfixturevalue("start_replica")
+        base = start(request.getfixturevalue("sqlite_server_database_url"), request.getfixturevalue("redis_url"),
+                     auth_enabled=False, default_user=f"solo-{uuid.uuid4().hex[:6]}")
+        headers = {}
+    with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
+        yield client
+
+
+def test_create_rename_delete(crud: httpx.Client) -> None:
+    conversation_id = new_conversation(crud, "first title")
+    renamed = crud.patch(f"{API}/{conversation_id}", json={"title": "second title"})
+    assert renamed.status_code == 200 and renamed.json()["title"] == "second title"
+    assert crud.delete(f"{API}/{conversation_id}").status_code == 204
+    assert crud.get(f"{API}/{conversation_id}").status_code == 404
+    assert crud.delete(f"{API}/{conversation_id}").status_code == 404
+
+
+def test_list_pagination_newest_first(crud: httpx.Client) -> None:
+    made = [new_conversation(crud, f"page-{i}") for i in range(5)]
+    seen, cursor = [], None
+    while True:
+        page = crud.get(API, params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()
+        seen += [c["id"] for c in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen.index(made[4]) < seen.index(made[0])
+    assert set(made) <= set(seen) and len(seen) == len(set(seen))
+
+
+@pytest.mark.parametrize("method, path, body, status", [
+    ("POST", API, b"{", 400),
+    ("POST", API, b'{"title": 5}', 400),
+    ("POST", API, b'{"colour": "red"}', 400),
+    ("GET", API + "?limit=0", None, 400),
+    ("GET", API + "?limit=abc", None, 400),
+    ("GET", API + "?cursor=%%%", None, 400),
+    ("GET", API + "/not-a-uuid", None, 404),
+    ("GET", API + f"/{uuid.uuid4()}", None, 404),
+    ("PATCH", API + f"/{uuid.uuid4()}", b'{"title": "x"}', 404),
+    ("DELETE", API + f"/{uuid.uuid4()}", None, 404),
+    ("POST", API + f"/{uuid.uuid4()}/messages", b'{"content": "hi"}', 404),
+    ("GET", API + f"/{uuid.uuid4()}/stream", None, 404),
+    ("POST", API + f"/{uuid.uuid4()}/messages/{uuid.uuid4()}/cancel", None, 404),
+    ("GET", f"/api/v1/stream/{uuid.uuid4()}", None, 404),
+    ("POST", "/api/v1/chat", b'{"message": ""}', 400),
+    ("POST", "/api/v1/chat", b'{"message": "hi", "conversation_id": "nope"}', 404),
+])
+def test_bad_requests(crud: httpx.Client, method: str, path: str, body: bytes | None, status: int) -> None:
+    response = crud.request(method, path, content=body)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == status
+
+
+def test_bad_message_bodies_change_nothing(http: httpx.Client) -> None:
+    conversation_id = new_conversation(http)
+    for body in (b'{"content": ""}', b'{"content": 3}', b'{"content": "hi", "max_tokens": 0}',
+                 b'{"content": "hi", "stop": [""]}', b'{"content": "hi", "temperature": 9}', b"nope"):
+        response = http.post(f"{API}/{conversation_id}/messages", content=body)
+        assert response.status_code == 400, body
+    assert messages_of(http, conversation_id) == []
+    response = http.get(f"{API}/{conversation_id}/stream", headers={"Last-Event-ID": "abc"})
+    assert response.status_code in (400, 404)
+
+
+def test_another_users_conversation_does_not_exist(http: httpx.Client, server_url: str) -> None:
+    conversation_id = new_conversation(http, "private")
+    reply = http.post(f"{API}/{conversation_id}/messages", json={"content": "secret", "max_tokens": 4}).json()
+    message_id = reply["message"]["id"]
+    username, password = f"other-{uuid.uuid4().hex[:6]}", "other-password"
+    assert http.post("/api/v1/users", json={"username": username, "password": password}).status_code == 201
+    token = httpx.post(f"{server_url}/api/v1/auth/token",
+                       data={"username": username, "password": password}).json()["access_token"]
+    with httpx.Client(base_url=server_url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as other:
+        assert all(c["id"] != conversation_id for c in other.get(API).json()["data"])
+        for method, path, body in [
+            ("GET", f"{API}/{conversation_id}", None),
+            ("PATCH", f"{API}/{conversation_id}", {"title": "mine now"}),
+            ("POST", f"{API}/{conversation_id}/messages", {"content": "hijack"}),
+            ("GET", f"{API}/{conversation_id}/stream", None),
+            ("GET", f"{API}/{conversation_id}/stream?message_id={message_id}", None),
+            ("POST", f"{API}/{conversation_id}/messages/{message_id}/cancel", None),
+            ("GET", f"/api/v1/stream/{conversation_id}", None),
+            ("POST", "/api/v1/chat", {"message": "hijack", "conversation_id": conversation_id}),
+            ("DELETE", f"{API}/{conversation_id}", None),
+        ]:
+            response = other.request(method, path, json=body)
+            assert response.status_code == 404, (method, path, response.status_code)
+    assert http.get(f"{API}/{conversation_id}").json()["title"] == "private"
+    assert len(messages_of(http, conversation_id)) == 2
+
+
+def test_resume_on_another_replica(http: httpx.Client, start_replica, server_database_url: str, redis_url: str,
+                                   auth_headers: dict[str, str]) -> None:
+    """Without sticky routing a resume can land on a replica that does not hold the reply: it says so (409) while
+    the reply runs, and replays the stored reply once it has ended."""
+    other = start_replica(server_database_url, redis_url)
+    conversation_id = new_conversation(http)
+    body = {"content": "Keep talking.", "stream": True, "max_tokens": 1500, "ignore_eos": True}
+    with http.stream("POST", f"{API}/{conversation_id}/messages", json=body) as response:
+        message_id = response.headers["x-message-id"]
+        SSEReader(response).next()
+        elsewhere = httpx.get(f"{other}{API}/{conversation_id}/stream", params={"message_id": message_id},
+                              headers={**auth_headers, "Last-Event-ID": "1"})
+        assert elsewhere.status_code == 409 and "replica" in elsewhere.json()["error"]["message"]
+        http.post(f"{API}/{conversation_id}/messages/{message_id}/cancel")
+    with httpx.stream("GET", f"{other}{API}/{conversation_id}/stream", params={"message_id": message_id},
+                      headers=auth_headers) as replayed:
+        events = SSEReader(replayed).rest()
+    stored = wait_for_status(http, conversation_id, message_id)
+    assert [e.event for e in events] == ["message.completed"]
+    assert events[0].data["replayed"] and events[0].data["content"] == stored["content"]
