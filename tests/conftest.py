@@ -158,6 +158,54 @@ def server_url(server_database_url: str, redis_url: str, span_exporter: InMemory
 
 
 @pytest.fixture(scope="session")
+def model_name(server_url: str, auth_headers: dict[str, str]) -> str:
+    return httpx.get(f"{server_url}/v1/models", headers=auth_headers).json()["data"][0]["id"]
+
+
+def _postgres_admin(statement: str) -> None:
+    import asyncpg
+
+    async def run() -> None:
+        connection = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway Postgres database, dropped at the end of the session."""
+    name = f"codeface_test_{uuid.uuid4().hex[:12]}"
+    try:
+        _postgres_admin(f'CREATE DATABASE "{name}"')
+    except (OSError, Exception) as exc:  # connection refused, auth, timeout
+        unavailable(f"Postgres is not reachable at {POSTGRES_ADMIN_URL}: {exc}")
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    try:
+        yield f"{base}/{name}"
+    finally:
+        _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'codeface.db'}"
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Each storage test runs against both databases, each migrated once by Alembic."""
+    from storage import upgrade_database
+
+    url = request.getfixturevalue(f"{request.param}_url")
+    upgrade_database(url)
+    return url
+
+
+@pytest.fixture(scope="session")
 def start_replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """Starts extra app instances on real uvicorn servers without the engine (lifespan off): enough for every
     route that does not generate (auth, keys, /v1/models). Stopped at the end of the session."""

@@ -161,11 +161,26 @@ def test_rs256_key_pair(tmp_path: Path) -> None:
     token, _ = rs.issue(uuid.uuid4(), "ann", False)
     assert rs.verify(token).username == "ann"
     # An HS256 token signed with the public key as its secret (algorithm confusion) is refused.
-    confused = jwt.encode({"alg": "HS256"}, {"iss": "codeface", "aud": "codeface-api", "sub": str(uuid.uuid4()),
-                                             "iat": int(time.time()), "exp": int(time.time()) + 60, "jti": "x"},
-                          OctKey.import_key(key.as_pem(private=False)))
     with pytest.raises(InvalidTokenError):
-        rs.verify(confused)
+        rs.verify(hs256_signed_with(key.as_pem(private=False), {"iss": "codeface", "aud": "codeface-api",
+                                                                "sub": str(uuid.uuid4()), "iat": int(time.time()),
+                                                                "exp": int(time.time()) + 60, "jti": "x"}))
+
+
+def hs256_signed_with(secret: bytes, claims: dict[str, object]) -> str:
+    """By hand: JOSE libraries refuse to use a public key as an HMAC secret, which is what an attacker does."""
+    import base64
+    import hashlib
+    import hmac
+    import json
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = json.dumps({"alg": "HS256", "typ": "JWT"}).encode()
+    signing_input = b64(header) + "." + b64(json.dumps(claims).encode())
+    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64(signature)}"
 
 
 # --- API keys -------------------------------------------------------------------------------------------------

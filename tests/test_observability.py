@@ -44,6 +44,7 @@ def stream_chat(server_url: str, headers: dict[str, str]) -> httpx.Response:
 def test_streamed_chat_moves_the_metrics(server_url: str, auth_headers: dict[str, str]) -> None:
     before = scrape(server_url)
     stream_chat(server_url, auth_headers)
+    assert httpx.get(f"{server_url}/readyz").is_success  # pings the database
     time.sleep(0.5)  # vLLM records its iteration stats right after the last output
     after = scrape(server_url)
 
@@ -63,7 +64,6 @@ def test_streamed_chat_moves_the_metrics(server_url: str, auth_headers: dict[str
     assert delta("vllm:request_queue_time_seconds_count") == 1
     assert delta("vllm:prompt_tokens_total") > 0
     assert ("vllm:kv_cache_usage_perc" in {name for name, _ in after})
-    # Storage: /readyz pings the database.
     assert delta("codeface_db_operation_seconds_count", operation="SELECT") >= 1
 
 
@@ -84,14 +84,21 @@ def test_client_disconnect_counts_as_aborted(server_url: str, auth_headers: dict
     assert value(after, "codeface_sse_streams_active") == 0
 
 
-def spans_of(exporter: InMemorySpanExporter, trace_id: str) -> list:
-    return [s for s in exporter.get_finished_spans() if format(s.context.trace_id, "032x") == trace_id]
+def spans_of(exporter: InMemorySpanExporter, trace_id: str, root: str) -> list:
+    """The trace's finished spans, once its root has ended (it ends just after the last byte reaches the client)."""
+    deadline = time.monotonic() + 5
+    while True:
+        spans = [s for s in exporter.get_finished_spans() if format(s.context.trace_id, "032x") == trace_id]
+        if any(s.name == root for s in spans) or time.monotonic() > deadline:
+            return spans
+        time.sleep(0.05)
 
 
 def test_span_tree_of_a_streamed_chat(server_url: str, auth_headers: dict[str, str],
                                      span_exporter: InMemorySpanExporter) -> None:
     stream_chat(server_url, {**auth_headers, "traceparent": f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01"})
-    spans = {s.name: s for s in spans_of(span_exporter, TRACE_ID)}
+    spans = {s.name: s for s in spans_of(span_exporter, TRACE_ID, f"POST {CHAT}")}
+    assert f"POST {CHAT}" in spans, sorted(spans)
     root = spans[f"POST {CHAT}"]
     assert format(root.parent.span_id, "016x") == PARENT_SPAN_ID  # the client's traceparent was honoured
     for child in ("prompt.build", "llm.queue_prefill", "llm.decode"):
@@ -108,7 +115,7 @@ def test_span_tree_of_a_streamed_chat(server_url: str, auth_headers: dict[str, s
 def test_database_spans_join_the_request_trace(server_url: str, span_exporter: InMemorySpanExporter) -> None:
     trace_id = "0af7651916cd43dd8448eb211c80319c"
     assert httpx.get(f"{server_url}/readyz", headers={"traceparent": f"00-{trace_id}-b7ad6b7169203331-01"}).is_success
-    spans = spans_of(span_exporter, trace_id)
+    spans = spans_of(span_exporter, trace_id, "GET /readyz")
     root = next(s for s in spans if s.name == "GET /readyz")
     database = [s for s in spans if s.name.startswith("db ")]
     assert database and all(s.parent.span_id == root.context.span_id for s in database)
@@ -133,6 +140,9 @@ def test_one_json_access_line_with_the_ids(server_url: str, auth_headers: dict[s
     response = stream_chat(server_url, {**auth_headers, "X-Request-ID": "client-chosen-id-42",
                                         "traceparent": f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01"})
     assert response.headers["x-request-id"] == "client-chosen-id-42"
+    deadline = time.monotonic() + 5  # the line is written once the last byte has gone out
+    while not access_lines.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.05)
     lines = [json.loads(line) for line in access_lines.getvalue().splitlines()]
     assert len(lines) == 1
     line = lines[0]

@@ -110,7 +110,8 @@ def test_two_replicas_share_one_redis_budget(start_replica, server_database_url:
 def test_redis_down_over_http(start_replica, server_database_url: str, server_url: str,
                               auth_headers: dict[str, str], policy: str, status: int) -> None:
     url = start_replica(server_database_url, DEAD_REDIS, rate_limit_failure=policy)
-    response = httpx.get(f"{url}/v1/models", headers=auth_headers)
+    key = limited_key(server_url, auth_headers, requests_per_minute=100)
+    response = httpx.get(f"{url}/v1/models", headers=key)
     assert response.status_code == status
     assert httpx.get(f"{url}/healthz").status_code == 200  # the server keeps serving either way
 
@@ -135,7 +136,8 @@ async def test_concurrent_streams_over_http(server_url: str, auth_headers: dict[
     async with httpx.AsyncClient(base_url=server_url, headers=key, timeout=60) as http:
         async with http.stream("POST", CHAT, json=long) as first:
             assert first.status_code == 200
-            await first.aiter_lines().__anext__()
+            lines = first.aiter_lines()  # held: a dropped iterator would close the stream (httpx)
+            await lines.__anext__()
             second = await http.post(CHAT, json={**long, "stream": False, "max_tokens": 4})
             assert second.status_code == 429 and "concurrent" in second.json()["error"]["message"]
         # Closing the first stream gives its slot back.

@@ -272,6 +272,8 @@ async def cancel_message(request: Request) -> Response:
         await load_conversation(request, conversation_id)
         raise APIError(409 if await stored_reply(request, conversation_id, message_id) else 404,
                        "this reply is not being generated here", param="message_id")
+    if run.done:
+        raise APIError(409, "this reply has already ended", param="message_id")
     if registry.cancel(run) and run.task is not None:
         await asyncio.gather(run.task, return_exceptions=True)
     reply = await stored_reply(request, conversation_id, message_id)
