@@ -58,6 +58,10 @@ class ChatEngine:
     def is_running(self) -> bool:
         return self._llm is not None and not self._llm.errored
 
+    def load_backend(self) -> None:
+        """Import vLLM (a few seconds; it sets up its logger on import). start() does it too if needed."""
+        import vllm.v1.engine.async_llm  # noqa: F401
+
     async def start(self) -> None:
         """Start the engine core process and load the model (tens of seconds)."""
         from vllm.v1.engine.async_llm import AsyncLLM

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -129,5 +130,5 @@ async def codeface_server(config_file: Path, overrides: dict[str, str], log_dir:
     sets = [item for key, value in overrides.items() for item in ("--set", f"{key}={value}")]
     command = [sys.executable, "-m", "server", "serve", "--config", str(config_file), "--port", str(port), *sets,
                "--set", "auth_enabled=true"]
-    env = {**os.environ, "DATABASE_URL": database_url}
+    env = {**os.environ, "DATABASE_URL": database_url, "SECRET_KEY": secrets.token_urlsafe(32)}
     return ServerProcess("codeface", command, "/readyz", port, env, log_dir / "codeface.log", api_key=api_key)

@@ -32,6 +32,8 @@ from server.tokens import TokenService
 from storage import Database
 
 TOKEN_PATH = "/api/v1/auth/token"
+DEFAULT_SECRET = "change-me"
+MIN_SECRET_LENGTH = 32
 
 logger = logging.getLogger("codeface")
 
@@ -59,6 +61,10 @@ def create_app(settings: Settings, model_path: str, *, tracing: bool | None = No
     """`model_path` is a local model folder, already prepared (see server.cli). `tracing` defaults to whether
     settings name a trace exporter; the process's tracer provider is set up by the caller (server.tracing)."""
     tracing = settings.trace_exporter != "none" if tracing is None else tracing
+    if settings.auth_enabled and settings.jwt_algorithm == "HS256" and (
+            settings.secret_key == DEFAULT_SECRET or len(settings.secret_key) < MIN_SECRET_LENGTH):
+        raise ValueError(f"auth is on: set SECRET_KEY to a random string of at least {MIN_SECRET_LENGTH} "
+                         "characters (it signs the access tokens)")
     engine = ChatEngine(engine_config(settings, model_path))
     database = Database(settings.database_url, pool_size=settings.database_pool_size)
     instrument(database.engine, tracing=tracing)
@@ -82,8 +88,9 @@ def create_app(settings: Settings, model_path: str, *, tracing: bool | None = No
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        engine.load_backend()
+        adopt_loggers("vllm")  # vLLM set its own handler on import: its lines go through ours instead
         await engine.start()
-        adopt_loggers("vllm")
         # uvicorn binds the socket right after this returns.
         logger.info("CodeFace ready: serving %s (%s, context %d tokens) on http://%s:%d", engine.model_name,
                     model_path, engine.max_model_len, settings.host, settings.port)

@@ -30,17 +30,19 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from server.logs import configure_logging
+
+    settings = settings_from(args)
+    # First, so that every later line (imports included) is JSON.
+    configure_logging(settings.log_level, log_format=settings.log_format, log_file=settings.log_file,
+                      max_bytes=settings.log_max_bytes, backup_count=settings.log_backup_count)
+
     import uvicorn
 
     from server.app import create_app
+    from server.tracing import setup_tracing
     from storage import upgrade_database
 
-    from server.logs import configure_logging
-    from server.tracing import setup_tracing
-
-    settings = settings_from(args)
-    configure_logging(settings.log_level, log_format=settings.log_format, log_file=settings.log_file,
-                      max_bytes=settings.log_max_bytes, backup_count=settings.log_backup_count)
     model_path = resolve_model(settings)
     if settings.migrate_on_start:
         upgrade_database(settings.database_url)

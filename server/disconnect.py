@@ -57,18 +57,11 @@ class EventStreamResponse:
         ] + [(key.lower().encode("latin-1"), value.encode("latin-1")) for key, value in (headers or {}).items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with aclosing(self.events), anyio.create_task_group() as group:
+        async def stream() -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+            async for event in self.events:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-            async def stream() -> None:
-                await send({"type": "http.response.start", "status": 200, "headers": self.headers})
-                async for event in self.events:
-                    await send({"type": "http.response.body", "body": event, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                group.cancel_scope.cancel()
-
-            async def watch() -> None:
-                await wait_for_disconnect(receive)
-                group.cancel_scope.cancel()
-
-            group.start_soon(stream)
-            group.start_soon(watch)
+        async with aclosing(self.events):
+            await cancel_on_disconnect(receive, stream)

@@ -265,3 +265,13 @@ def test_auth_off_serves_everyone_as_the_default_user(start_replica, server_data
     created = httpx.post(f"{url}/api/v1/keys", json={"name": "made without credentials"})
     assert created.status_code == 201
     assert [k["name"] for k in httpx.get(f"{url}/api/v1/keys").json()["data"]] == ["made without credentials"]
+
+
+def test_auth_on_needs_a_real_secret(server_database_url: str, redis_url: str) -> None:
+    from conftest import server_settings
+
+    from server.app import create_app
+
+    for weak in ("change-me", "short"):
+        with pytest.raises(ValueError, match="SECRET_KEY"):
+            create_app(server_settings(server_database_url, redis_url, secret_key=weak), "/models/unused")
