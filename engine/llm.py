@@ -90,7 +90,8 @@ class ChatEngine:
     @property
     def requests_in_flight(self) -> int:
         """Requests the engine holds (running or waiting), as its frontend counts them (n>1 counts n)."""
-        return self._llm.get_num_unfinished_requests() if self._llm is not None else 0
+        # The output processor's count: AsyncLLM.get_num_unfinished_requests exists in vLLM 0.32, not in 0.26.
+        return self._llm.output_processor.get_num_unfinished_requests() if self._llm is not None else 0
 
     def stats(self) -> EngineStats:
         return self._stats.snapshot(self.requests_in_flight)

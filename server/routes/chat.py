@@ -223,20 +223,26 @@ async def stream_events(steps: AsyncIterator[StepOutput], writer: ChunkWriter, t
     active = sse_streams_active.labels(tally.model)
     active.inc()
     finished = False
+    # The role chunk goes out with the first token, as vllm serve sends it: a client that times the first chunk
+    # (vllm bench serve does) then measures time to first token, not time to an empty chunk.
+    role = writer.role(len(tally.finish_reasons))
     try:
-        yield writer.role(len(tally.finish_reasons))
         try:
             async for step in steps:
                 tally.add(step)
                 event = writer.deltas(step.choices)
                 if event is not None:
-                    yield event
+                    yield role + event if role else event
+                    role = b""
         except (InvalidRequestError, EngineUnavailableError) as exc:
             # The status line is sent already: report in-band, as OpenAI and vLLM do, then end the stream.
             status = 503 if isinstance(exc, EngineUnavailableError) else 400
-            yield sse_event({"error": {"message": str(exc), "type": ERROR_TYPES[status], "code": status,
-                                       "param": None, "path": "/v1/chat/completions"}})
+            yield role + sse_event({"error": {"message": str(exc), "type": ERROR_TYPES[status], "code": status,
+                                              "param": None, "path": "/v1/chat/completions"}})
+            role = b""
         else:
+            if role:
+                yield role
             if writer.include_usage:
                 yield writer.usage(tally.prompt_tokens, tally.completion_tokens)
         finally:
