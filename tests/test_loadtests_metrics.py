@@ -68,3 +68,32 @@ def test_goodput_counts_requests_meeting_every_slo() -> None:
     assert summarize([fast], duration_s=1.0).goodput is None
     with pytest.raises(ValueError):
         SLO.parse(["latency:3"])
+
+
+def test_arrival_gaps_have_the_asked_rate_and_burstiness() -> None:
+    import statistics
+
+    from loadtests.runner import arrival_gaps
+
+    poisson = arrival_gaps(20_000, rate=4.0, burstiness=1.0, seed=1)
+    bursty = arrival_gaps(20_000, rate=4.0, burstiness=0.25, seed=1)
+    assert statistics.mean(poisson) == pytest.approx(0.25, rel=0.03)
+    assert statistics.mean(bursty) == pytest.approx(0.25, rel=0.05)
+    # Same mean, more spread: gamma with shape k has coefficient of variation 1/sqrt(k).
+    assert statistics.stdev(poisson) / statistics.mean(poisson) == pytest.approx(1.0, rel=0.05)
+    assert statistics.stdev(bursty) / statistics.mean(bursty) == pytest.approx(2.0, rel=0.1)
+
+
+def test_workloads_have_the_asked_shapes() -> None:
+    from loadtests.workload import DEFAULT_TOKENIZER, PromptMaker, build_jobs, sample_lengths
+
+    fixed = build_jobs("fixed", 3, input_len=40, output_len=7)
+    maker = PromptMaker(DEFAULT_TOKENIZER)
+    assert all(len(maker.tokenizer.encode(job.turns[0], add_special_tokens=False)) == 40 for job in fixed)
+    assert all(job.output_lens == [7] for job in fixed)
+    assert len({job.turns[0] for job in fixed}) == 3
+    turns = build_jobs("multiturn", 2, input_len=10, output_len=5, turns=3)
+    assert all(len(job.turns) == 3 and job.output_lens == [5, 5, 5] for job in turns)
+    lengths = sample_lengths(500, seed=0)
+    assert all(4 <= i < 1024 and 4 <= o < 512 for i, o in lengths)
+    assert 80 < sorted(i for i, _ in lengths)[250] < 300  # the shipped histogram's median is about 150
