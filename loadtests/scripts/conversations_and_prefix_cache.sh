@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
+# Conversation load check (64 conversations x 4 turns, then an audit of what was stored) and TTFT by turn with
+# prefix caching on, then off. Prints the audit JSON, the stored rows by role and status, and two turn tables.
 set -u
-cd "$(dirname "$0")/../.."
-NOLIMITS=$(mktemp --suffix=.yaml)  # the CPU profile with auth off and no limits: measures the rest
-{ grep -v "^auth_enabled" configs/cpu.yaml; printf "auth_enabled: false\nrequests_per_minute: null\ntokens_per_minute: null\nmax_concurrent_streams: null\n"; } > "$NOLIMITS"
-wait_ready() { for i in $(seq 90); do curl -sf localhost:$1/readyz >/dev/null && return; sleep 1; done; echo "not ready $1"; }
+source "$(dirname "$0")/common.sh"
 mkdir -p /tmp/conv; rm -f /tmp/conv/*.db*
 export DATABASE_URL=sqlite+aiosqlite:////tmp/conv/cf.db
 setsid .venv/bin/codeface serve --config "$NOLIMITS" --port 8051 > /tmp/conv/server.log 2>&1 &

@@ -1,15 +1,12 @@
 #!/usr/bin/env bash
 # Per-request overhead at concurrency 1: 1-token replies to 16-token prompts.
 set -u
-cd "$(dirname "$0")/../.."
-NOLIMITS=$(mktemp --suffix=.yaml)  # the CPU profile with auth off and no limits: measures the rest
-{ grep -v "^auth_enabled" configs/cpu.yaml; printf "auth_enabled: false\nrequests_per_minute: null\ntokens_per_minute: null\nmax_concurrent_streams: null\n"; } > "$NOLIMITS"
+source "$(dirname "$0")/common.sh"
 M=$(.venv/bin/codeface prepare-model 2>/dev/null | tail -1)
 run() {  # name port key
   .venv/bin/python -m loadtests run --base-url http://127.0.0.1:$2 ${3:+--api-key $3} --concurrency 1 --num-prompts 200 \
     --input-len 16 --output-len 1 --warmup 10 --out /tmp/overhead/$1 2>/dev/null | sed -n 3p | sed "s/^/$1 /"
 }
-wait_ready() { for i in $(seq 90); do curl -sf localhost:$1$2 >/dev/null && return; sleep 1; done; echo "not ready $1"; }
 mkdir -p /tmp/overhead
 for round in 1 2; do
 # vllm serve

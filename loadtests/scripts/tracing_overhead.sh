@@ -1,9 +1,7 @@
 #!/usr/bin/env bash
+# Tracing overhead: 16 concurrent streams against CodeFace with trace_exporter none vs console, three rounds.
 set -u
-cd "$(dirname "$0")/../.."
-NOLIMITS=$(mktemp --suffix=.yaml)  # the CPU profile with auth off and no limits: measures the rest
-{ grep -v "^auth_enabled" configs/cpu.yaml; printf "auth_enabled: false\nrequests_per_minute: null\ntokens_per_minute: null\nmax_concurrent_streams: null\n"; } > "$NOLIMITS"
-wait_ready() { for i in $(seq 90); do curl -sf localhost:$1/readyz >/dev/null && return; sleep 1; done; echo "not ready $1"; }
+source "$(dirname "$0")/common.sh"
 mkdir -p /tmp/obs; rm -f /tmp/obs/*.db*
 export DATABASE_URL=sqlite+aiosqlite:////tmp/obs/cf.db
 for round in 1 2 3; do

@@ -1,0 +1,11 @@
+# Sourced by the scripts here: run from the repository root, a no-limits profile, and a readiness wait.
+cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 1
+# The CPU profile with auth off and no limits: what the other features cost is measured against it.
+NOLIMITS=$(mktemp --suffix=.yaml)
+{ grep -v "^auth_enabled" configs/cpu.yaml
+  printf "auth_enabled: false\nrequests_per_minute: null\ntokens_per_minute: null\nmax_concurrent_streams: null\n"
+} > "$NOLIMITS"
+wait_ready() {  # PORT [PATH]: up to 90 s
+  for _ in $(seq 90); do curl -sf "localhost:$1${2:-/readyz}" >/dev/null && return 0; sleep 1; done
+  echo "not ready on port $1" >&2; return 1
+}
