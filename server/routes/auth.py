@@ -108,7 +108,7 @@ async def list_keys(request: Request) -> Response:
     return json_response({"object": "list", "data": [key_view(k) for k in keys]})
 
 
-def parse_uuid(value: str, param: str) -> uuid.UUID | None:
+def parse_uuid(value: str) -> uuid.UUID | None:
     try:
         return uuid.UUID(value)
     except ValueError:
@@ -117,7 +117,7 @@ def parse_uuid(value: str, param: str) -> uuid.UUID | None:
 
 async def revoke_key(request: Request) -> Response:
     principal = principal_of(request)
-    key_id = parse_uuid(request.path_params["key_id"], "key_id")
+    key_id = parse_uuid(request.path_params["key_id"])
     async with request.app.state.database.session() as session:
         keys = ApiKeys(session)
         record = await keys.get(principal.user_id, key_id) if key_id else None

@@ -74,7 +74,7 @@ def owner(request: Request) -> uuid.UUID:
 
 
 def path_uuid(request: Request, name: str) -> uuid.UUID:
-    value = parse_uuid(request.path_params[name], name)
+    value = parse_uuid(request.path_params[name])
     if value is None:  # a malformed id names nothing: the same 404 as someone else's
         raise APIError(404, f"no such {name.removesuffix('_id')}", param=name)
     return value
@@ -227,7 +227,7 @@ async def resume_stream(request: Request) -> Response:
     after = last_event_id(request)
     message_id = request.query_params.get("message_id")
     if message_id is not None:
-        parsed = parse_uuid(message_id, "message_id")
+        parsed = parse_uuid(message_id)
         run = registry.get(parsed, owner(request)) if parsed else None
     else:
         run = registry.current(conversation_id, owner(request))
@@ -298,7 +298,7 @@ async def seed_chat(request: Request) -> Response:
             await session.commit()
         conversation_id = conversation.id
     else:
-        parsed = parse_uuid(spec.conversation_id, "conversation_id")
+        parsed = parse_uuid(spec.conversation_id)
         if parsed is None:
             raise APIError(404, "no such conversation", param="conversation_id")
         conversation_id = parsed
