@@ -41,46 +41,53 @@ class ConversationService:
         self.registry = registry
         self.flush_s = flush_s
         self.default_max_tokens = default_max_tokens
-        self._locks: dict[uuid.UUID, asyncio.Lock] = {}
+        self._posting: set[uuid.UUID] = set()
 
     async def post(self, owner_id: uuid.UUID, conversation_id: uuid.UUID, content: str,
                    options: SamplingOptions) -> Started:
         """Commit the user's message and an in-progress reply, then start generating. 409 while a reply runs."""
-        lock = self._locks.setdefault(conversation_id, asyncio.Lock())
-        if lock.locked() or self.registry.running(conversation_id):
+        if conversation_id in self._posting or self.registry.running(conversation_id):
             raise APIError(409, "a reply is still being generated in this conversation; wait for it or cancel it",
                            param="conversation_id")
-        async with lock:
+        # Marked from here until the reply's task is started: a second post meanwhile gets the 409 above.
+        self._posting.add(conversation_id)
+        try:
+            return await self._post(owner_id, conversation_id, content, options)
+        finally:
+            self._posting.discard(conversation_id)
+
+    async def _post(self, owner_id: uuid.UUID, conversation_id: uuid.UUID, content: str,
+                    options: SamplingOptions) -> Started:
+        async with self.database.session() as session:
+            conversation = await Conversations(session).get(owner_id, conversation_id)
+            if conversation is None:
+                raise APIError(404, "no such conversation", param="conversation_id")
+            history = await Messages(session).history(conversation_id)
+        if any(m.status == "in_progress" for m in history):
+            raise APIError(409, "a reply is still being generated in this conversation (on another replica)",
+                           param="conversation_id")
+        turns = visible_turns(history) + [{"role": "user", "content": content}]
+        assembled = await assemble(self.engine, turns, options.max_tokens or self.default_max_tokens)
+        options.max_tokens = assembled.max_tokens
+        try:
             async with self.database.session() as session:
-                conversation = await Conversations(session).get(owner_id, conversation_id)
-                if conversation is None:
-                    raise APIError(404, "no such conversation", param="conversation_id")
-                history = await Messages(session).history(conversation_id)
-            if any(m.status == "in_progress" for m in history):
-                raise APIError(409, "a reply is still being generated in this conversation (on another replica)",
-                               param="conversation_id")
-            turns = visible_turns(history) + [{"role": "user", "content": content}]
-            assembled = await assemble(self.engine, turns, options.max_tokens or self.default_max_tokens)
-            options.max_tokens = assembled.max_tokens
-            try:
-                async with self.database.session() as session:
-                    messages = Messages(session)
-                    user = await messages.append(conversation_id, "user", content,
-                                                 prompt_tokens=assembled.prompt.num_tokens)
-                    reply = await messages.append(conversation_id, "assistant", "", status="in_progress",
-                                                  prompt_tokens=assembled.prompt.num_tokens)
-                    if not conversation.title:
-                        await Conversations(session).rename(owner_id, conversation_id, content[:80])
-                    await session.commit()
-            except IntegrityError:
-                raise APIError(409, "another message was posted to this conversation at the same time",
-                               param="conversation_id") from None
-            except SQLAlchemyError:
-                logger.exception("could not store the user's message; nothing was generated")
-                raise APIError(503, "the message could not be stored; nothing was generated",
-                               headers={"Retry-After": "1"}) from None
-            run = Run(reply.id, conversation_id, owner_id)
-            self.registry.start(run, lambda run: self._produce(run, assembled.prompt, options))
+                messages = Messages(session)
+                user = await messages.append(conversation_id, "user", content,
+                                             prompt_tokens=assembled.prompt.num_tokens)
+                reply = await messages.append(conversation_id, "assistant", "", status="in_progress",
+                                              prompt_tokens=assembled.prompt.num_tokens)
+                if not conversation.title:
+                    await Conversations(session).rename(owner_id, conversation_id, content[:80])
+                await session.commit()
+        except IntegrityError:
+            raise APIError(409, "another message was posted to this conversation at the same time",
+                           param="conversation_id") from None
+        except SQLAlchemyError:
+            logger.exception("could not store the user's message; nothing was generated")
+            raise APIError(503, "the message could not be stored; nothing was generated",
+                           headers={"Retry-After": "1"}) from None
+        run = Run(reply.id, conversation_id, owner_id)
+        self.registry.start(run, lambda run: self._produce(run, assembled.prompt, options))
         return Started(run, user.id, assembled.prompt.num_tokens, assembled.dropped_turns)
 
     async def _produce(self, run: Run, prompt: Any, options: SamplingOptions) -> None:

@@ -55,7 +55,7 @@ class Run:
         while True:
             async with self._changed:
                 if position >= len(self.events) and not self.done:
-                    with contextlib.suppress(TimeoutError):
+                    with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._changed.wait(), heartbeat_s)
                 pending = self.events[position:]
                 done = self.done
