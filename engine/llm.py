@@ -100,12 +100,12 @@ class ChatEngine:
         """Apply the model's own chat template and tokenize, in a worker thread."""
         self._require_running()
         loop = asyncio.get_running_loop()
-        token_ids = await loop.run_in_executor(self._render_pool, self._render_sync, list(messages))
-        return Prompt(token_ids=token_ids)
+        text, token_ids = await loop.run_in_executor(self._render_pool, self._render_sync, list(messages))
+        return Prompt(token_ids=token_ids, text=text)
 
-    def _render_sync(self, messages: list[dict[str, str]]) -> list[int]:
+    def _render_sync(self, messages: list[dict[str, str]]) -> tuple[str, list[int]]:
         text = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return list(self._tokenizer.encode(text, add_special_tokens=False))
+        return text, list(self._tokenizer.encode(text, add_special_tokens=False))
 
     def output_budget(self, prompt: Prompt, max_tokens: int | None) -> int:
         """The number of tokens the reply may have; raises PromptTooLongError when the context cannot hold it."""
@@ -135,7 +135,11 @@ class ChatEngine:
 
     async def _stream(self, prompt: Prompt, params: Any, top_logprobs: int | None, request_id: str
                       ) -> AsyncIterator[StepOutput]:
-        stream = self._llm.generate({"prompt_token_ids": prompt.token_ids}, params, request_id)
+        engine_prompt: dict[str, Any] = {"prompt_token_ids": prompt.token_ids}
+        if prompt.text is not None:
+            # Without the text, vLLM decodes the whole prompt again (in a thread) before scheduling it.
+            engine_prompt["prompt"] = prompt.text
+        stream = self._llm.generate(engine_prompt, params, request_id)
         want_logprobs = top_logprobs is not None
         finished = False
         try:

@@ -28,6 +28,8 @@ class SamplingOptions:
 @dataclass(slots=True)
 class Prompt:
     token_ids: list[int]
+    # The rendered text, passed along so that vLLM does not decode the token ids back into it.
+    text: str | None = None
 
     @property
     def num_tokens(self) -> int:
