@@ -47,8 +47,12 @@ class EventStreamResponse:
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[bytes], headers: Mapping[str, str] | None = None) -> None:
+    def __init__(self, events: AsyncIterator[bytes], headers: Mapping[str, str] | None = None,
+                 finalize: Callable[[], Awaitable[None]] | None = None) -> None:
+        """`finalize` runs once the response is over, however it ended: even when the client left before the
+        first event, when `events` never started and its own cleanup never ran."""
         self.events = events
+        self.finalize = finalize
         self.headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"),
@@ -63,5 +67,10 @@ class EventStreamResponse:
                 await send({"type": "http.response.body", "body": event, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-        async with aclosing(self.events):
-            await cancel_on_disconnect(receive, stream)
+        try:
+            async with aclosing(self.events):
+                await cancel_on_disconnect(receive, stream)
+        finally:
+            if self.finalize is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.finalize()

@@ -128,7 +128,7 @@ async def chat_completions(request: Request) -> Response:
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         writer = ChunkWriter(request_id, engine.model_name, include_usage=include_usage)
-        return EventStreamResponse(stream_events(steps, writer, tally))
+        return EventStreamResponse(stream_events(steps, writer, tally), finalize=tally.close)
 
     try:
         result = await cancel_on_disconnect(request.receive,
