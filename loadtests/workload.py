@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.model_prep import DEFAULT_MODEL_NAME, default_cache_dir
 from loadtests.metrics import RequestResult
 
-DEFAULT_TOKENIZER = Path.home() / ".cache" / "codeface" / "models" / "SmolLM2-135M-Instruct"
+# The default model's folder, where `codeface prepare-model` puts it.
+DEFAULT_TOKENIZER = default_cache_dir() / DEFAULT_MODEL_NAME
 LENGTHS_FILE = Path(__file__).parent / "data" / "chat_lengths.json"
 
 SendChat = Callable[[dict[str, Any]], Awaitable[RequestResult]]

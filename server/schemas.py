@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta
+
+from server.errors import APIError
+
+T = TypeVar("T")
+_PATH_IN_ERROR = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 
 Role = Literal["system", "developer", "user", "assistant"]
 Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
@@ -56,4 +62,25 @@ class ChatCompletionRequest(msgspec.Struct, frozen=True):
     repetition_penalty: Annotated[float, Meta(gt=0.0, le=2.0)] | None = None
 
 
-chat_request_decoder = msgspec.json.Decoder(ChatCompletionRequest)
+def decode_body(body: bytes, schema: type[T], *, empty_means: bytes | None = b"{}") -> T:
+    """Decode and validate a JSON body; every failure is a 400 naming the offending field as `param`.
+
+    `empty_means`: what an empty body stands for (an object of defaults), or None to refuse it.
+    """
+    if not body.strip():
+        if empty_means is None:
+            raise APIError(400, "the request body is empty; send a JSON object")
+        body = empty_means
+    try:
+        return msgspec.json.decode(body, type=schema)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = _PATH_IN_ERROR.search(message)
+        raise APIError(400, message, param=match.group("path") if match else None) from None
+    except msgspec.DecodeError as exc:
+        raise APIError(400, f"the request body is not valid JSON: {exc}") from None
+
+
+def decode_chat_request(body: bytes) -> ChatCompletionRequest:
+    return decode_body(body, ChatCompletionRequest, empty_means=None)
+

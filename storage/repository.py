@@ -126,13 +126,16 @@ class Messages:
         await self.session.flush()
         return message
 
+    async def get(self, conversation_id: uuid.UUID, message_id: uuid.UUID) -> Message | None:
+        return await self.session.scalar(
+            select(Message).where(Message.id == message_id, Message.conversation_id == conversation_id)
+        )
+
     async def finish(self, message_id: uuid.UUID, *, content: str, status: str, finish_reason: str | None,
-                     completion_tokens: int | None, prompt_tokens: int | None = None) -> None:
-        values: dict[str, object] = {"content": content, "status": status, "finish_reason": finish_reason,
-                                     "completion_tokens": completion_tokens, "updated_at": utcnow()}
-        if prompt_tokens is not None:
-            values["prompt_tokens"] = prompt_tokens
-        await self.session.execute(update(Message).where(Message.id == message_id).values(**values))
+                     completion_tokens: int | None) -> None:
+        await self.session.execute(update(Message).where(Message.id == message_id).values(
+            content=content, status=status, finish_reason=finish_reason, completion_tokens=completion_tokens,
+            updated_at=utcnow()))
 
     async def history(self, conversation_id: uuid.UUID, *, after_seq: int = 0, limit: int | None = None
                       ) -> list[Message]:

@@ -17,6 +17,7 @@ from server.auth import Authenticator, Principal
 from server.credentials import api_key_hash, hash_password, new_api_key, verify_password, visible_prefix
 from server.errors import APIError
 from server.routes.system import json_response
+from server.schemas import decode_body
 from server.tokens import TokenService
 from storage import Database
 from storage.models import ApiKey
@@ -37,15 +38,6 @@ class NewUser(msgspec.Struct, forbid_unknown_fields=True):
     username: Annotated[str, Meta(min_length=1, max_length=150, pattern=r"^[A-Za-z0-9_.@-]+$")]
     password: Annotated[str, Meta(min_length=8, max_length=1024)]
     is_admin: bool = False
-
-
-def decode_body(body: bytes, schema: type[Any]) -> Any:
-    try:
-        return msgspec.json.decode(body or b"{}", type=schema)
-    except msgspec.ValidationError as exc:
-        raise APIError(400, str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise APIError(400, f"the request body is not valid JSON: {exc}") from None
 
 
 def principal_of(request: Request) -> Principal:

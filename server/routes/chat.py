@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 
 import anyio
@@ -25,25 +24,9 @@ from server.auth import Principal
 from server.metrics import aborted_requests, admission_rejections, rate_limit_rejections, sse_streams_active
 from server.ratelimit import LimiterUnavailable, LimitExceeded, RateLimits, Reservation
 from server.openai_format import DONE_EVENT, ChunkWriter, completion_body, completion_id, sse_event
-from server.schemas import ChatCompletionRequest, ChatMessage, chat_request_decoder
+from server.schemas import ChatCompletionRequest, ChatMessage, decode_chat_request
 from server.settings import Settings
 from server.tracing import GenerationSpans, tracer
-
-_PATH_IN_ERROR = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
-
-
-def decode_request(body: bytes) -> ChatCompletionRequest:
-    if not body.strip():
-        raise APIError(400, "the request body is empty; send a JSON object")
-    try:
-        return chat_request_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        match = _PATH_IN_ERROR.search(message)
-        raise APIError(400, message, param=match.group("path") if match else None) from None
-    except msgspec.DecodeError as exc:
-        raise APIError(400, f"the request body is not valid JSON: {exc}") from None
-
 
 def message_text(message: ChatMessage, index: int) -> str:
     if message.content is None:
@@ -96,7 +79,7 @@ def sampling_options(request: ChatCompletionRequest, settings: Settings) -> Samp
 async def chat_completions(request: Request) -> Response:
     engine: ChatEngine = request.app.state.engine
     settings: Settings = request.app.state.settings
-    body = decode_request(await request.body())
+    body = decode_chat_request(await request.body())
     if body.model is not None and body.model != engine.model_name:
         raise APIError(404, f"the model {body.model!r} does not exist; this server serves {engine.model_name!r}",
                        param="model")

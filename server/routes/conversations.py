@@ -21,8 +21,9 @@ from server.disconnect import EventStreamResponse, cancel_on_disconnect
 from server.errors import APIError
 from server.generations import Registry, Run, sse
 from server.metrics import sse_streams_resumed
-from server.routes.auth import decode_body, parse_uuid
+from server.routes.auth import parse_uuid
 from server.routes.system import json_response
+from server.schemas import decode_body
 from storage.models import Conversation, Message
 from storage.repository import Conversations, Messages
 
@@ -199,11 +200,13 @@ async def start_reply(request: Request, conversation_id: uuid.UUID, spec: NewMes
     if finished is None and not started.run.done:
         return Response(status_code=499)  # gone; the reply goes on for the grace period, then is cancelled
     async with request.app.state.database.session() as session:
-        messages = await Messages(session).history(conversation_id, after_seq=0)
-    by_id = {m.id: m for m in messages}
+        messages = Messages(session)
+        user_message = await messages.get(conversation_id, started.user_message_id)
+        reply = await messages.get(conversation_id, started.run.message_id)
+    assert user_message is not None and reply is not None
     return json_response({"conversation_id": str(conversation_id),
-                          "user_message": message_view(by_id[started.user_message_id]),
-                          "message": message_view(by_id[started.run.message_id]),
+                          "user_message": message_view(user_message),
+                          "message": message_view(reply),
                           "dropped_turns": started.dropped_turns}, status_code=201, headers=headers)
 
 
@@ -283,8 +286,8 @@ async def cancel_message(request: Request) -> Response:
 
 async def stored_reply(request: Request, conversation_id: uuid.UUID, message_id: uuid.UUID) -> Message | None:
     async with request.app.state.database.session() as session:
-        messages = await Messages(session).history(conversation_id)
-    return next((m for m in messages if m.id == message_id and m.role == "assistant"), None)
+        message = await Messages(session).get(conversation_id, message_id)
+    return message if message is not None and message.role == "assistant" else None
 
 
 # --- the seed's shapes ------------------------------------------------------------------------------------------
