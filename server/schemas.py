@@ -16,7 +16,12 @@ _PATH_IN_ERROR = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 Role = Literal["system", "developer", "user", "assistant"]
 Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
-PositiveInt = Annotated[int, Meta(ge=1)]
+# Bounds that the engine's wire format (int64 seeds) and the database (32-bit integers) can hold: anything
+# larger is a 400 here instead of an error deep in vLLM or the database.
+INT32_MAX = 2**31 - 1
+PositiveInt = Annotated[int, Meta(ge=1, le=INT32_MAX)]
+Count = Annotated[int, Meta(ge=0, le=INT32_MAX)]
+Seed = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
 
 MAX_CHOICES = 16
 MAX_STOP_SEQUENCES = 16
@@ -46,7 +51,7 @@ class ChatCompletionRequest(msgspec.Struct, frozen=True):
     temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
     stop: str | Annotated[list[str], Meta(max_length=MAX_STOP_SEQUENCES)] | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     n: Annotated[int, Meta(ge=1, le=MAX_CHOICES)] = 1
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
@@ -57,8 +62,8 @@ class ChatCompletionRequest(msgspec.Struct, frozen=True):
     user: str | None = None
     # vLLM's extensions, which load generators (vllm bench serve among them) send.
     ignore_eos: bool = False
-    top_k: Annotated[int, Meta(ge=-1)] | None = None
-    min_tokens: Annotated[int, Meta(ge=0)] = 0
+    top_k: Annotated[int, Meta(ge=-1, le=INT32_MAX)] | None = None
+    min_tokens: Count = 0
     repetition_penalty: Annotated[float, Meta(gt=0.0, le=2.0)] | None = None
 
 

@@ -232,7 +232,7 @@ def test_only_admins_set_limits_or_create_users(server_url: str, admin: httpx.Cl
 
 
 @pytest.mark.parametrize("body", [b"{", b'{"name": 5}', b'{"unknown": 1}', b'{"expires_in_days": 0}',
-                                  b'{"requests_per_minute": -1}'])
+                                  b'{"requests_per_minute": -1}', b'{"tokens_per_minute": 100000000000000}'])
 def test_bad_key_requests(admin: httpx.Client, body: bytes) -> None:
     response = admin.post("/api/v1/keys", content=body)
     assert response.status_code == 400 and response.json()["error"]["path"] == "/api/v1/keys"

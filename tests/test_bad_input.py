@@ -60,6 +60,9 @@ def test_malformed_bodies(http: httpx.Client, body: bytes, mentions: str) -> Non
     ({"messages": HELLO, "stream": "yes"}, "stream"),
     ({"messages": HELLO, "stop": [1, 2]}, "stop[0]"),
     ({"messages": HELLO, "seed": 1.5}, "seed"),
+    ({"messages": HELLO, "seed": 2**70}, "seed"),
+    ({"messages": HELLO, "top_k": 10**30}, "top_k"),
+    ({"messages": HELLO, "max_tokens": 10**20}, "max_tokens"),
 ])
 def test_schema_violations(http: httpx.Client, payload: dict[str, object], param: str | None) -> None:
     assert_envelope(http.post(CHAT, json=payload), 400, param=param)

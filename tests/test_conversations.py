@@ -274,7 +274,8 @@ def test_bad_requests(crud: httpx.Client, method: str, path: str, body: bytes | 
 def test_bad_message_bodies_change_nothing(http: httpx.Client) -> None:
     conversation_id = new_conversation(http)
     for body in (b'{"content": ""}', b'{"content": 3}', b'{"content": "hi", "max_tokens": 0}',
-                 b'{"content": "hi", "stop": [""]}', b'{"content": "hi", "temperature": 9}', b"nope"):
+                 b'{"content": "hi", "stop": [""]}', b'{"content": "hi", "temperature": 9}', b"nope",
+                 b'{"content": "hi", "seed": 99999999999999999999999}'):
         response = http.post(f"{API}/{conversation_id}/messages", content=body)
         assert response.status_code == 400, body
     assert messages_of(http, conversation_id) == []

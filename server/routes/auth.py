@@ -17,13 +17,13 @@ from server.auth import Authenticator, Principal
 from server.credentials import api_key_hash, hash_password, new_api_key, verify_password, visible_prefix
 from server.errors import APIError
 from server.routes.system import json_response
-from server.schemas import decode_body
+from server.schemas import Count, decode_body
 from server.tokens import TokenService
 from storage import Database
 from storage.models import ApiKey
 from storage.repository import ApiKeys, Users
 
-Limit = Annotated[int, Meta(ge=0)]  # 0 = unlimited for this key
+Limit = Count  # 0 = unlimited for this key
 
 
 class NewKey(msgspec.Struct, forbid_unknown_fields=True):

@@ -23,7 +23,7 @@ from server.generations import Registry, Run, sse
 from server.metrics import sse_streams_resumed
 from server.routes.auth import parse_uuid
 from server.routes.system import json_response
-from server.schemas import decode_body
+from server.schemas import Count, PositiveInt, Seed, decode_body
 from storage.models import Conversation, Message
 from storage.repository import Conversations, Messages
 
@@ -42,14 +42,14 @@ class Rename(msgspec.Struct, forbid_unknown_fields=True):
 class NewMessage(msgspec.Struct, forbid_unknown_fields=True):
     content: Annotated[str, Meta(min_length=1, max_length=200_000)]
     stream: bool = False
-    max_tokens: Annotated[int, Meta(ge=1)] | None = None
+    max_tokens: PositiveInt | None = None
     temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
     stop: str | Annotated[list[str], Meta(max_length=16)] | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     # vLLM's extensions, for load tests that need replies of an exact length.
     ignore_eos: bool = False
-    min_tokens: Annotated[int, Meta(ge=0)] = 0
+    min_tokens: Count = 0
 
 
 class SeedChat(msgspec.Struct, forbid_unknown_fields=True):
