@@ -1,8 +1,9 @@
 """The inference engine: vLLM's AsyncLLM (v1) wrapped for chat, the same code on the CPU and CUDA builds."""
 
-from engine.config import EngineConfig
+from engine.config import EngineConfig, EngineOptions
 from engine.llm import ChatEngine
 from engine.types import (
+    ChatTemplateError,
     ChoiceDelta,
     EngineStats,
     EngineUnavailableError,
@@ -15,6 +16,7 @@ from engine.types import (
 )
 
 __all__ = [
-    "ChatEngine", "ChoiceDelta", "EngineConfig", "EngineStats", "EngineUnavailableError", "InvalidRequestError",
-    "Prompt", "PromptTooLongError", "SamplingOptions", "StepOutput", "TokenLogprob",
+    "ChatEngine", "ChatTemplateError", "ChoiceDelta", "EngineConfig", "EngineOptions", "EngineStats",
+    "EngineUnavailableError", "InvalidRequestError", "Prompt", "PromptTooLongError", "SamplingOptions", "StepOutput",
+    "TokenLogprob",
 ]

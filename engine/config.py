@@ -1,20 +1,27 @@
-"""Engine configuration, and its translation to vLLM's AsyncEngineArgs (the one place that knows vLLM versions differ)."""
+"""Engine options, declared once (the server's settings and the load tests reuse them), and their translation to
+vLLM's AsyncEngineArgs: the one place that knows vLLM versions differ."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
-from dataclasses import dataclass
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 logger = logging.getLogger(__name__)
 
+# Options that are CodeFace's own, not AsyncEngineArgs fields.
+NOT_ENGINE_ARGS = frozenset({"kv_cache_space_gib"})
 
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    model: str
-    served_model_name: str
+
+class EngineOptions(BaseModel):
+    """The vLLM engine options a profile may set. Each maps to the AsyncEngineArgs field of the same name (None
+    leaves vLLM's default), except `kv_cache_space_gib`. Adding an option is one line here."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
     dtype: str = "bfloat16"
     max_model_len: int = 2048
     # GPU: fraction of device memory. CPU backend: fraction of host RAM; kv_cache_space_gib is clearer there.
@@ -29,28 +36,34 @@ class EngineConfig:
     load_format: str = "auto"
     seed: int = 0
 
+    def engine_kwargs_without_model(self) -> dict[str, Any]:
+        values = self.model_dump(include=set(EngineOptions.model_fields) - NOT_ENGINE_ARGS)
+        return {name: value for name, value in values.items() if value is not None}
+
+
+class EngineConfig(EngineOptions):
+    """The options plus the model folder they apply to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    model: str
+    served_model_name: str
+
+    @classmethod
+    def for_model(cls, options: EngineOptions, model: str, served_model_name: str | None = None) -> EngineConfig:
+        """`served_model_name` defaults to the model folder's name."""
+        name = served_model_name or model.rstrip("/").rsplit("/", 1)[-1]
+        return cls(model=model, served_model_name=name,
+                   **options.model_dump(include=set(EngineOptions.model_fields)))
+
     def engine_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
+        return {
             "model": self.model,
             "served_model_name": self.served_model_name,
-            "dtype": self.dtype,
-            "max_model_len": self.max_model_len,
-            "enforce_eager": self.enforce_eager,
-            "tensor_parallel_size": self.tensor_parallel_size,
-            "enable_prefix_caching": self.enable_prefix_caching,
-            "load_format": self.load_format,
-            "seed": self.seed,
+            **self.engine_kwargs_without_model(),
             # Our own stat logger keeps the latest scheduler stats; vLLM's periodic log lines are noise here.
             "disable_log_stats": True,
         }
-        optional = {
-            "gpu_memory_utilization": self.gpu_memory_utilization,
-            "max_num_seqs": self.max_num_seqs,
-            "max_num_batched_tokens": self.max_num_batched_tokens,
-            "enable_chunked_prefill": self.enable_chunked_prefill,
-        }
-        kwargs.update({key: value for key, value in optional.items() if value is not None})
-        return kwargs
 
 
 def build_engine_args(config: EngineConfig) -> Any:
@@ -66,3 +79,11 @@ def build_engine_args(config: EngineConfig) -> Any:
         # The CPU backend sizes its KV cache from this variable; the engine core process inherits it.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_space_gib))
     return AsyncEngineArgs(**kwargs)
+
+
+def engine_environment(config: EngineConfig) -> dict[str, str]:
+    """The environment a separate engine process (vllm serve, in the load tests) needs for the same options."""
+    env = dict(os.environ)
+    if config.kv_cache_space_gib is not None:
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_space_gib))
+    return env

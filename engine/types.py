@@ -57,9 +57,6 @@ class ChoiceDelta:
 @dataclass(slots=True)
 class StepOutput:
     choices: list[ChoiceDelta]
-    prompt_tokens: int
-    cached_tokens: int
-    finished: bool
 
 
 @dataclass(slots=True)
@@ -77,6 +74,10 @@ class PromptTooLongError(ValueError):
 
 class InvalidRequestError(ValueError):
     """The engine refused the request's parameters."""
+
+
+class ChatTemplateError(InvalidRequestError):
+    """The model's chat template refused the messages (an order it does not allow, say)."""
 
 
 class EngineUnavailableError(RuntimeError):

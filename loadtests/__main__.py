@@ -16,6 +16,7 @@ from loadtests.metrics import SLO, RequestResult, Summary, summarize
 from loadtests.report import COLUMNS, markdown_table, plot, row_cells, summary_rows, text_table
 from loadtests.runner import http_client, http_sender, run_closed_loop, run_open_loop
 from loadtests.workload import DEFAULT_TOKENIZER, build_jobs
+from server.cli import override
 
 RESULTS_DIR = Path("loadtests/results")
 
@@ -45,14 +46,11 @@ def jobs_for(args: argparse.Namespace, count: int, seed: int) -> list:
                       seed=seed, tokenizer=args.tokenizer, model=getattr(args, "model", None))
 
 
-async def run(args: argparse.Namespace, folder: Path) -> dict[int, tuple[Summary, list[RequestResult]]]:
+async def run(args: argparse.Namespace) -> dict[int, tuple[Summary, list[RequestResult]]]:
     url = args.base_url.rstrip("/") + "/v1/chat/completions"
     slo = SLO.parse(args.slo)
     levels: dict[int, tuple[Summary, list[RequestResult]]] = {}
-    if args.rate:
-        points = [float(r) for r in args.rate.split(",")]
-    else:
-        points = [int(c) for c in args.concurrency.split(",")]
+    points = [float(r) for r in args.rate.split(",")] if args.rate else [int(c) for c in args.concurrency.split(",")]
     async with http_client(int(max(points)) if not args.rate else 256, args.api_key) as http:
         send = http_sender(http, url)
         await run_closed_loop(send, jobs_for(args, args.warmup, seed=args.seed + 999), max(1, args.warmup))
@@ -87,7 +85,7 @@ def turn_table(results: list[RequestResult]) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     folder = out_dir(args, "run")
-    levels = asyncio.run(run(args, folder))
+    levels = asyncio.run(run(args))
     summaries = {c: s for c, (s, _) in levels.items()}
     table = text_table(COLUMNS, summary_rows(summaries))
     print(table)
@@ -114,7 +112,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     folder = out_dir(args, "compare")
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    overrides = dict(item.split("=", 1) for item in args.set)
+    overrides = dict(args.set)
     levels = {c: jobs_for(args, args.num_prompts or max(8, 2 * c), seed=args.seed + i)
               for i, c in enumerate(concurrencies)}
     plan = Plan(args.config, overrides, jobs_for(args, args.warmup, seed=args.seed + 999), levels,
@@ -160,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
 
     c = commands.add_parser("compare", help="vllm serve vs CodeFace vs the raw engine, one after the other")
     c.add_argument("--config", type=Path, default=Path("configs/cpu.yaml"), help="CodeFace profile: engine arguments")
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="profile overrides")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=override,
+                   help="profile overrides")
     c.add_argument("--systems", default="vllm,codeface,engine")
     c.add_argument("--concurrency", default="1,16,64")
     c.add_argument("--repeats", type=int, default=3)

@@ -6,9 +6,10 @@ import time
 from typing import Any
 
 import httpx
-import msgspec
 
 from loadtests.metrics import RequestResult
+from loadtests.sse import aiter_events
+from server.serving.sse import ReplyEvent
 
 
 async def stream_chat(http: httpx.AsyncClient, url: str, payload: dict[str, Any]) -> RequestResult:
@@ -25,13 +26,10 @@ async def stream_chat(http: httpx.AsyncClient, url: str, payload: dict[str, Any]
                 await response.aread()
                 result.error = f"http {response.status_code}"
                 return result
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
+            async for event in aiter_events(response.aiter_lines()):
+                if event.done:
                     break
-                chunk = msgspec.json.decode(data)
+                chunk = event.json()
                 if "error" in chunk:
                     result.error = "in-stream error"
                     return result
@@ -66,18 +64,13 @@ async def stream_sse_reply(http: httpx.AsyncClient, path: str, body: dict[str, A
     start = time.perf_counter()
     ttft = 0.0
     final: dict[str, Any] = {}
-    event = ""
     async with http.stream("POST", path, json=body) as response:
         if response.status_code != 200:
             await response.aread()
             return 0.0, {"status": f"http {response.status_code}"}
-        async for line in response.aiter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                data = msgspec.json.decode(line[6:])
-                if event == "message.delta" and not ttft:
-                    ttft = time.perf_counter() - start
-                elif event in ("message.completed", "message.error"):
-                    final = data
+        async for event in aiter_events(response.aiter_lines()):
+            if event.event == ReplyEvent.DELTA and not ttft:
+                ttft = time.perf_counter() - start
+            elif event.event in (ReplyEvent.COMPLETED, ReplyEvent.ERROR):
+                final = event.json()
     return ttft, final

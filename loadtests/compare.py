@@ -136,7 +136,8 @@ def tables(runs: dict[str, list[Measured]], concurrencies: list[int]) -> tuple[l
     for system, measured in runs.items():
         for c in concurrencies:
             rows.append([system, str(c), _spread(_median(measured, c, "output_throughput")),
-                         _spread(_median(measured, c, "ttft_ms", "p50")), _spread(_median(measured, c, "ttft_ms", "p99")),
+                         _spread(_median(measured, c, "ttft_ms", "p50")),
+                         _spread(_median(measured, c, "ttft_ms", "p99")),
                          _spread(_median(measured, c, "itl_ms", "p50")),
                          f"{statistics.median(m.start_s for m in measured):.1f}"])
     if "codeface" in runs:
@@ -144,7 +145,8 @@ def tables(runs: dict[str, list[Measured]], concurrencies: list[int]) -> tuple[l
             for c in concurrencies:
                 ours, theirs = runs["codeface"], runs[other]
                 rows.append([f"codeface / {other}", str(c),
-                             _ratio(_median(ours, c, "output_throughput"), _median(theirs, c, "output_throughput"), True),
+                             _ratio(_median(ours, c, "output_throughput"), _median(theirs, c, "output_throughput"),
+                                    True),
                              _ratio(_median(ours, c, "ttft_ms", "p50"), _median(theirs, c, "ttft_ms", "p50"), False),
                              _ratio(_median(ours, c, "ttft_ms", "p99"), _median(theirs, c, "ttft_ms", "p99"), False),
                              _ratio(_median(ours, c, "itl_ms", "p50"), _median(theirs, c, "itl_ms", "p50"), False),

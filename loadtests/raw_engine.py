@@ -14,6 +14,7 @@ from typing import Any
 from loadtests.metrics import RequestResult
 from loadtests.runner import run_closed_loop
 from loadtests.workload import Job, SendChat
+from server.cli import override
 
 
 def raw_sender(llm: Any, tokenizer: Any) -> SendChat:
@@ -77,11 +78,11 @@ async def run(config_file: Path, overrides: dict[str, str], plan: dict[str, Any]
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m loadtests.raw_engine")
     parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--set", action="append", default=[], type=override)
     parser.add_argument("--plan", type=Path, required=True, help="JSON: warmup jobs, levels, max_duration_s")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    overrides = dict(item.split("=", 1) for item in args.set)
+    overrides = dict(args.set)
     report = asyncio.run(run(args.config, overrides, json.loads(args.plan.read_text())))
     args.out.write_text(json.dumps(report))
 

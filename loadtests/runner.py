@@ -47,7 +47,8 @@ async def run_open_loop(send: SendChat, jobs: list[Job], rate: float, *, burstin
     results: list[RequestResult] = []
     tasks = []
     start = time.perf_counter()
-    with tqdm(total=len(jobs), desc=label or f"r={rate}", unit="job", leave=False, disable=None if label else True) as bar:
+    with tqdm(total=len(jobs), desc=label or f"r={rate}", unit="job", leave=False,
+              disable=None if label else True) as bar:
 
         async def one(job: Job) -> None:
             results.extend(await job.run(send))

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from engine import EngineConfig
-from server.app import engine_config
+from engine.config import engine_environment
 from server.cli import resolve_model
 from server.settings import load_settings
 
@@ -29,15 +29,9 @@ def free_port() -> int:
 
 
 def profile_engine_config(config_file: Path, overrides: dict[str, str]) -> EngineConfig:
+    """The engine options of a CodeFace profile (with overrides): what every compared system runs."""
     settings = load_settings(config_file, **overrides)
-    return engine_config(settings, resolve_model(settings))
-
-
-def engine_env(config: EngineConfig) -> dict[str, str]:
-    env = dict(os.environ)
-    if config.kv_cache_space_gib is not None:
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_space_gib))
-    return env
+    return settings.engine_config(resolve_model(settings))
 
 
 def vllm_serve_args(config: EngineConfig) -> list[str]:
@@ -74,10 +68,10 @@ class ServerProcess:
     def start(self, timeout_s: float = 600.0) -> float:
         """Start and wait until the health route answers 200; returns the seconds that took."""
         started = time.perf_counter()
-        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
-        # A session of its own, so that stop() ends the engine core processes too.
-        self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env or None, stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        # A session of its own, so that stop() ends the engine core processes too. The child keeps the log open.
+        with open(self.log_path or os.devnull, "wb") as log:
+            self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env or None, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
         while time.perf_counter() - started < timeout_s:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}")
@@ -105,7 +99,7 @@ def vllm_server(config: EngineConfig, log_dir: Path) -> ServerProcess:
     port = free_port()
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *vllm_serve_args(config),
                "--host", "127.0.0.1", "--port", str(port)]
-    return ServerProcess("vllm", command, "/health", port, engine_env(config), log_dir / "vllm.log")
+    return ServerProcess("vllm", command, "/health", port, engine_environment(config), log_dir / "vllm.log")
 
 
 # Limits far above what the benchmark sends: they are checked on every request, and never refuse one.

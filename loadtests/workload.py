@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections.abc import Awaitable, Callable
@@ -81,7 +82,7 @@ def sample_lengths(count: int, seed: int, path: Path = LENGTHS_FILE) -> list[tup
 
     def draw(spec: dict[str, list[float]]) -> int:
         edges, weights = spec["edges"], spec["weights"]
-        (low, high), = rng.choices(list(zip(edges[:-1], edges[1:])), weights=weights)
+        (low, high), = rng.choices(list(itertools.pairwise(edges)), weights=weights)
         return rng.randint(int(low), int(high) - 1)
 
     return [(draw(data["input_tokens"]), draw(data["output_tokens"])) for _ in range(count)]

@@ -1,4 +1,5 @@
-"""`codeface admin create-user|create-key`: bootstrap identities from the command line."""
+"""`codeface admin create-user|create-key`: bootstrap identities from the command line. The functions here are a
+library too (tests and load tests call them) and raise domain errors; only `run` turns them into an exit."""
 
 from __future__ import annotations
 
@@ -6,60 +7,61 @@ import argparse
 import asyncio
 import getpass
 import sys
-from datetime import datetime, timedelta, timezone
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
-from server.credentials import api_key_hash, hash_password, new_api_key, visible_prefix
+from server.exceptions import ServiceError
+from server.protocol.identity import MIN_PASSWORD_LENGTH, NewKey
+from server.serving.identity import IdentityService
 from server.settings import Settings
 from storage import Database, upgrade_database
-from storage.repository import ApiKeys, Users
+
+T = TypeVar("T")
+
+
+async def _with_identity(settings: Settings, work: Callable[[IdentityService], Awaitable[T]]) -> T:
+    database = Database(settings.database_url)
+    try:
+        return await work(IdentityService(database, tokens=None, authenticator=None))
+    finally:
+        await database.close()
 
 
 async def create_user(settings: Settings, username: str, password: str, is_admin: bool) -> str:
-    database = Database(settings.database_url)
-    try:
-        async with database.session() as session:
-            users = Users(session)
-            if await users.by_username(username) is not None:
-                raise SystemExit(f"the username {username!r} is taken")
-            user = await users.create(username, password_hash=await hash_password(password), is_admin=is_admin)
-            await session.commit()
-            return str(user.id)
-    finally:
-        await database.close()
+    """Returns the new user's id; raises Conflict when the name is taken."""
+    user = await _with_identity(settings, lambda identity: identity.create_user(None, username, password, is_admin))
+    return str(user.id)
 
 
 async def create_key(settings: Settings, username: str, name: str, expires_in_days: int | None,
                      limits: dict[str, int | None]) -> str:
-    database = Database(settings.database_url)
-    try:
-        async with database.session() as session:
-            user = await Users(session).by_username(username)
-            if user is None:
-                raise SystemExit(f"no user {username!r}: create it first with `codeface admin create-user`")
-            key = new_api_key()
-            expires_at = (datetime.now(timezone.utc) + timedelta(days=expires_in_days)) if expires_in_days else None
-            await ApiKeys(session).create(user.id, key_hash=api_key_hash(key), prefix=visible_prefix(key), name=name,
-                                          expires_at=expires_at, **limits)
-            await session.commit()
-            return key
-    finally:
-        await database.close()
+    """Returns the key (shown once); raises NotFound for an unknown user."""
+    spec = NewKey(name=name, expires_in_days=expires_in_days, **limits)
+
+    async def issue(identity: IdentityService) -> str:
+        user = await identity.user_by_name(username)
+        return (await identity.issue_key_for(user.id, spec)).secret
+
+    return await _with_identity(settings, issue)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     upgrade_database(settings.database_url)
-    if args.admin_command == "create-user":
-        password = args.password or getpass.getpass(f"password for {args.username}: ")
-        if len(password) < 8:
-            raise SystemExit("the password must have at least 8 characters")
-        user_id = asyncio.run(create_user(settings, args.username, password, args.admin))
-        print(f"created user {args.username} ({user_id}){' with the admin role' if args.admin else ''}")
-    else:
-        limits = {"requests_per_minute": args.rpm, "tokens_per_minute": args.tpm,
-                  "max_concurrent_streams": args.streams}
-        key = asyncio.run(create_key(settings, args.username, args.name, args.expires_in_days, limits))
-        print("API key (shown once; only its hash is stored):", file=sys.stderr)
-        print(key)
+    try:
+        if args.admin_command == "create-user":
+            password = args.password or getpass.getpass(f"password for {args.username}: ")
+            if len(password) < MIN_PASSWORD_LENGTH:
+                raise SystemExit(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+            user_id = asyncio.run(create_user(settings, args.username, password, args.admin))
+            print(f"created user {args.username} ({user_id}){' with the admin role' if args.admin else ''}")
+        else:
+            limits = {"requests_per_minute": args.rpm, "tokens_per_minute": args.tpm,
+                      "max_concurrent_streams": args.streams}
+            key = asyncio.run(create_key(settings, args.username, args.name, args.expires_in_days, limits))
+            print("API key (shown once; only its hash is stored):", file=sys.stderr)
+            print(key)
+    except ServiceError as exc:
+        raise SystemExit(str(exc)) from None
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The Starlette application: routes, middleware, error handlers and the engine/database lifespan."""
+"""The Starlette application: explicit wiring of engine, database, security and services; routes, middleware,
+error handlers and the engine/database lifespan."""
 
 from __future__ import annotations
 
@@ -9,63 +10,68 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import Route
 
-from engine import ChatEngine, EngineConfig
-from server.access import AccessControlMiddleware, AccessPolicy
-from server.auth import Authenticator
-from server.conversations import ConversationService
-from server.db_telemetry import instrument
+from engine import ChatEngine
 from server.errors import EXCEPTION_HANDLERS
-from server.generations import Registry
-from server.logs import adopt_loggers
-from server.metrics import metrics_endpoint
-from server.middleware import BodySizeLimitMiddleware
-from server.observability import ObservabilityMiddleware
-from server.ratelimit import Quota, RateLimits
-from server.routes.auth import create_key, create_user, issue_token, list_keys, revoke_key
-from server.routes import conversations as c
-from server.routes.chat import chat_completions
-from server.routes.system import healthz, list_models, readyz
+from server.middleware.access import AccessControlMiddleware
+from server.middleware.body_size import BodySizeLimitMiddleware
+from server.middleware.observability import ObservabilityMiddleware
+from server.protocol.sampling import SamplingDefaults
+from server.routes import all_routes
+from server.routes.identity import TOKEN_PATH
+from server.security.access import AccessPolicy
+from server.security.auth import Authenticator
+from server.security.ratelimit import Quota, RateLimits
+from server.security.tokens import TokenService
+from server.serving.chat import ChatCompletions
+from server.serving.conversations import ConversationService
+from server.serving.generation import Admission, Generator
+from server.serving.identity import IdentityService
+from server.serving.replies import Registry
+from server.serving.reply_writer import ReplyWriter
 from server.settings import Settings
-from server.tokens import TokenService
+from server.state import AppServices
+from server.telemetry.db_telemetry import instrument
+from server.telemetry.logs import adopt_loggers
 from storage import Database
 
-TOKEN_PATH = "/api/v1/auth/token"
 DEFAULT_SECRET = "change-me"
 MIN_SECRET_LENGTH = 32
+CORS_HEADERS = ["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"]
+CORS_EXPOSED = ["X-Request-ID", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Retry-After"]
 
 logger = logging.getLogger("codeface")
 
 
-def engine_config(settings: Settings, model_path: str) -> EngineConfig:
-    return EngineConfig(
-        model=model_path,
-        served_model_name=settings.served_model_name or model_path.rstrip("/").rsplit("/", 1)[-1],
-        dtype=settings.dtype,
-        max_model_len=settings.max_model_len,
-        gpu_memory_utilization=settings.gpu_memory_utilization,
-        kv_cache_space_gib=settings.kv_cache_space_gib,
-        enforce_eager=settings.enforce_eager,
-        max_num_seqs=settings.max_num_seqs,
-        max_num_batched_tokens=settings.max_num_batched_tokens,
-        tensor_parallel_size=settings.tensor_parallel_size,
-        enable_prefix_caching=settings.enable_prefix_caching,
-        enable_chunked_prefill=settings.enable_chunked_prefill,
-        load_format=settings.load_format,
-        seed=settings.seed,
-    )
-
-
-def create_app(settings: Settings, model_path: str, *, tracing: bool | None = None) -> Starlette:
-    """`model_path` is a local model folder, already prepared (see server.cli). `tracing` defaults to whether
-    settings name a trace exporter; the process's tracer provider is set up by the caller (server.tracing)."""
-    tracing = settings.trace_exporter != "none" if tracing is None else tracing
+def check_secret(settings: Settings) -> None:
     if settings.auth_enabled and settings.jwt_algorithm == "HS256" and (
             settings.secret_key == DEFAULT_SECRET or len(settings.secret_key) < MIN_SECRET_LENGTH):
         raise ValueError(f"auth is on: set SECRET_KEY to a random string of at least {MIN_SECRET_LENGTH} "
                          "characters (it signs the access tokens)")
-    engine = ChatEngine(engine_config(settings, model_path))
+
+
+def build_services(settings: Settings, engine: ChatEngine, database: Database, tokens: TokenService,
+                   authenticator: Authenticator | None, limits: RateLimits) -> AppServices:
+    registry = Registry(settings.conversation_grace_s, heartbeat_s=settings.sse_heartbeat_s)
+    generator = Generator(engine, Admission(engine, limits, settings.max_inflight_generations))
+    chat_defaults = SamplingDefaults(temperature=settings.temperature, max_tokens=settings.max_tokens)
+    reply_defaults = SamplingDefaults(temperature=settings.temperature, max_tokens=settings.conversation_max_tokens)
+    conversations = ConversationService(engine, database, registry, generator,
+                                        ReplyWriter(database, settings.conversation_flush_s), reply_defaults)
+    return AppServices(settings=settings, engine=engine, database=database, limits=limits, registry=registry,
+                       chat=ChatCompletions(engine, generator, chat_defaults), conversations=conversations,
+                       identity=IdentityService(database, tokens, authenticator))
+
+
+def create_app(settings: Settings, model_path: str, *, tracing: bool | None = None,
+               engine: ChatEngine | None = None) -> Starlette:
+    """`model_path` is a local model folder, already prepared (see server.cli). `tracing` defaults to whether
+    settings name a trace exporter; the process's tracer provider is set up by the caller (server.telemetry.tracing).
+    `engine`: a ready-made engine (the fast test tier passes a fake one); by default vLLM's, started in the
+    lifespan."""
+    tracing = settings.trace_exporter != "none" if tracing is None else tracing
+    check_secret(settings)
+    engine = engine or ChatEngine(settings.engine_config(model_path))
     database = Database(settings.database_url, pool_size=settings.database_pool_size)
     instrument(database.engine, tracing=tracing)
     tokens = TokenService(settings.jwt_algorithm, secret=settings.secret_key, issuer=settings.jwt_issuer,
@@ -75,19 +81,15 @@ def create_app(settings: Settings, model_path: str, *, tracing: bool | None = No
     default_quota = Quota(settings.requests_per_minute, settings.tokens_per_minute, settings.max_concurrent_streams)
     authenticator = (Authenticator(database, tokens, default_quota, settings.api_key_cache_seconds)
                      if settings.auth_enabled else None)
-    policy = AccessPolicy(authenticator, RateLimits(settings.rate_limit_storage,
-                                                    fail_open=settings.rate_limit_failure == "open"),
-                          {*settings.open_paths, TOKEN_PATH}, engine.model_name, database, settings.default_user,
-                          default_quota)
-    registry = Registry(settings.conversation_grace_s, heartbeat_s=settings.sse_heartbeat_s)
-    conversations = ConversationService(engine, database, registry, flush_s=settings.conversation_flush_s,
-                                        default_max_tokens=settings.conversation_max_tokens)
+    limits = RateLimits(settings.rate_limit_storage, fail_open=settings.rate_limit_failure == "open")
+    held = build_services(settings, engine, database, tokens, authenticator, limits)
+    policy = AccessPolicy(authenticator, database, settings.default_user, default_quota)
     if not settings.auth_enabled:
         logger.warning("AUTH IS OFF (auth_enabled: false): anyone who can reach this server uses it as %r. "
                        "Set AUTH_ENABLED=true for any shared deployment.", settings.default_user)
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         engine.load_backend()
         adopt_loggers("vllm")  # vLLM set its own handler on import: its lines go through ours instead
         await engine.start()
@@ -97,55 +99,24 @@ def create_app(settings: Settings, model_path: str, *, tracing: bool | None = No
         try:
             yield
         finally:
-            await registry.shutdown()
+            await held.registry.shutdown()
             await engine.shutdown()
             await database.close()
 
-    routes = [
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/v1/models", list_models, methods=["GET"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
-        Route(TOKEN_PATH, issue_token, methods=["POST"]),
-        Route("/api/v1/keys", create_key, methods=["POST"]),
-        Route("/api/v1/keys", list_keys, methods=["GET"]),
-        Route("/api/v1/keys/{key_id}", revoke_key, methods=["DELETE"]),
-        Route("/api/v1/users", create_user, methods=["POST"]),
-        Route("/api/v1/conversations", c.create_conversation, methods=["POST"]),
-        Route("/api/v1/conversations", c.list_conversations, methods=["GET"]),
-        Route("/api/v1/conversations/{conversation_id}", c.get_conversation, methods=["GET"]),
-        Route("/api/v1/conversations/{conversation_id}", c.rename_conversation, methods=["PATCH"]),
-        Route("/api/v1/conversations/{conversation_id}", c.delete_conversation, methods=["DELETE"]),
-        Route("/api/v1/conversations/{conversation_id}/messages", c.post_message, methods=["POST"]),
-        Route("/api/v1/conversations/{conversation_id}/stream", c.resume_stream, methods=["GET"]),
-        Route("/api/v1/conversations/{conversation_id}/messages/{message_id}/cancel", c.cancel_message,
-              methods=["POST"]),
-        Route("/api/v1/chat", c.seed_chat, methods=["POST"]),
-        Route("/api/v1/stream/{conversation_id}", c.seed_stream, methods=["GET"]),
-    ]
     cors = ([Middleware(CORSMiddleware, allow_origins=settings.cors_allow_origins, allow_methods=["*"],
-                        allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"],
-                        expose_headers=["X-Request-ID", "RateLimit-Limit", "RateLimit-Remaining",
-                                        "RateLimit-Reset", "Retry-After"])]
+                        allow_headers=CORS_HEADERS, expose_headers=CORS_EXPOSED)]
             if settings.cors_allow_origins else [])
     app = Starlette(
-        routes=routes,
+        routes=all_routes(),
         middleware=[
             Middleware(ObservabilityMiddleware, tracing=tracing, access_log=settings.access_log),
             *cors,
             Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
-            Middleware(AccessControlMiddleware, policy=policy),
+            Middleware(AccessControlMiddleware, policy=policy, limits=limits,
+                       open_paths={*settings.open_paths, TOKEN_PATH}, model=engine.model_name),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.engine = engine
-    app.state.database = database
-    app.state.tokens = tokens
-    app.state.authenticator = authenticator
-    app.state.limits = policy.limits
-    app.state.registry = registry
-    app.state.conversations = conversations
+    app.state.services = held
     return app

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from server.settings import Settings, load_settings
+from server.settings import Settings, SettingsError, load_settings, parse_override
 
 logger = logging.getLogger("codeface")
 
@@ -23,14 +24,22 @@ def resolve_model(settings: Settings) -> str:
     return str(prepare_default_model(settings.model_cache_dir))
 
 
+def override(item: str) -> tuple[str, str]:
+    """argparse's `type` for --set: a malformed item is a usage error that says how to write it."""
+    try:
+        return parse_override(item)
+    except SettingsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     config = args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-    overrides = dict(item.split("=", 1) for item in args.set)
-    return load_settings(config, host=getattr(args, "host", None), port=getattr(args, "port", None), **overrides)
+    return load_settings(config, host=getattr(args, "host", None), port=getattr(args, "port", None),
+                         **dict(args.set))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from server.logs import configure_logging
+    from server.telemetry.logs import configure_logging
 
     settings = settings_from(args)
     # First, so that every later line (imports included) is JSON.
@@ -40,7 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from server.app import create_app
-    from server.tracing import setup_tracing
+    from server.telemetry.tracing import setup_tracing
     from storage import upgrade_database
 
     model_path = resolve_model(settings)
@@ -84,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, handler: object, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--config", type=Path, help=f"YAML profile (default: {DEFAULT_CONFIG})")
-        sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+        sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=override,
                          help="override any setting, e.g. --set max_model_len=4096 (repeatable)")
         sub.set_defaults(handler=handler)
         return sub
@@ -105,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     # Until `serve` configures JSON logs from the settings; the other commands keep this plain format.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
 
 
 if __name__ == "__main__":

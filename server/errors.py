@@ -1,4 +1,5 @@
-"""One JSON error envelope for every error, readable by the openai SDK: {"error": {message, type, code, param, path}}."""
+"""The one mapping from domain errors to HTTP: status, headers, and one JSON envelope readable by the openai SDK:
+{"error": {message, type, code, param, path}}."""
 
 from __future__ import annotations
 
@@ -10,7 +11,35 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
+from engine import EngineUnavailableError, InvalidRequestError, PromptTooLongError
+from server.exceptions import (
+    AuthenticationFailed,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    ServiceError,
+    Unavailable,
+)
+
 logger = logging.getLogger(__name__)
+
+STATUS_OF: dict[type[Exception], int] = {
+    InvalidRequest: 400,
+    AuthenticationFailed: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    PayloadTooLarge: 413,
+    RateLimited: 429,
+    Unavailable: 503,
+    # The engine's own errors, when a service lets one through unchanged.
+    PromptTooLongError: 400,
+    InvalidRequestError: 400,
+    EngineUnavailableError: 503,
+}
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -27,60 +56,71 @@ ERROR_TYPES = {
 }
 
 
-class APIError(Exception):
-    """An error a route raises on purpose; rendered as the envelope with its status."""
-
-    def __init__(self, status_code: int, message: str, *, param: str | None = None,
-                 error_type: str | None = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.message = message
-        self.param = param
-        self.error_type = error_type or ERROR_TYPES.get(status_code, "server_error" if status_code >= 500 else
-                                                        "invalid_request_error")
-        self.headers = headers
+def status_of(error: Exception) -> int:
+    for cls in type(error).__mro__:
+        if cls in STATUS_OF:
+            return STATUS_OF[cls]
+    return 500
 
 
-def error_body(status_code: int, message: str, *, path: str, param: str | None = None,
-               error_type: str | None = None) -> dict[str, dict[str, object]]:
-    return {"error": {
-        "message": message,
-        "type": error_type or ERROR_TYPES.get(status_code, "server_error" if status_code >= 500 else "api_error"),
-        "code": status_code,
-        "param": param,
-        "path": path,
-    }}
+def error_type(status_code: int) -> str:
+    return ERROR_TYPES.get(status_code, "server_error" if status_code >= 500 else "invalid_request_error")
+
+
+def error_body(status_code: int, message: str, *, path: str, param: str | None = None) -> dict[str, object]:
+    return {"error": {"message": message, "type": error_type(status_code), "code": status_code, "param": param,
+                      "path": path}}
 
 
 def error_response(status_code: int, message: str, *, path: str, param: str | None = None,
-                   error_type: str | None = None, headers: dict[str, str] | None = None) -> Response:
-    body = msgspec.json.encode(error_body(status_code, message, path=path, param=param, error_type=error_type))
+                   headers: dict[str, str] | None = None) -> Response:
+    body = msgspec.json.encode(error_body(status_code, message, path=path, param=param))
     return Response(body, status_code=status_code, headers=headers, media_type="application/json")
 
 
-def error_for_scope(scope: Scope, status_code: int, message: str, **kwargs: object) -> Response:
+def error_headers(error: Exception) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if isinstance(error, ServiceError) and error.retry_after_s is not None:
+        headers["Retry-After"] = str(error.retry_after_s)
+    if isinstance(error, AuthenticationFailed):
+        headers["WWW-Authenticate"] = "Bearer"
+    window_headers = getattr(error, "window_headers", None)
+    if window_headers:
+        headers.update(window_headers)
+    return headers
+
+
+def response_for(error: Exception, path: str) -> Response:
+    """The response for a domain (or engine) error."""
+    param = error.param if isinstance(error, ServiceError) else None
+    return error_response(status_of(error), str(error), path=path, param=param, headers=error_headers(error))
+
+
+def response_for_scope(scope: Scope, error: Exception) -> Response:
     """For pure ASGI middleware, which has a scope rather than a Request."""
-    return error_response(status_code, message, path=scope.get("path", ""), **kwargs)  # type: ignore[arg-type]
+    return response_for(error, scope.get("path", ""))
 
 
-async def handle_api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, APIError)
-    return error_response(exc.status_code, exc.message, path=request.url.path, param=exc.param,
-                          error_type=exc.error_type, headers=exc.headers)
+async def handle_service_error(request: Request, exc: Exception) -> Response:
+    return response_for(exc, request.url.path)
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return error_response(exc.status_code, str(exc.detail), path=request.url.path, headers=exc.headers)
+    return error_response(exc.status_code, str(exc.detail), path=request.url.path,
+                          headers=dict(exc.headers) if exc.headers else None)
 
 
-async def handle_unexpected(request: Request, exc: Exception) -> Response:
+async def handle_unexpected(request: Request, _exc: Exception) -> Response:
     # ServerErrorMiddleware calls this and then re-raises, so uvicorn still logs the traceback.
     return error_response(500, "internal server error", path=request.url.path)
 
 
 EXCEPTION_HANDLERS = {
-    APIError: handle_api_error,
+    ServiceError: handle_service_error,
+    PromptTooLongError: handle_service_error,
+    InvalidRequestError: handle_service_error,
+    EngineUnavailableError: handle_service_error,
     HTTPException: handle_http_exception,
     Exception: handle_unexpected,
 }

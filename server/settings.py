@@ -1,9 +1,13 @@
-"""Settings: defaults < YAML profile (configs/*.yaml) < .env file < environment variables < command-line overrides."""
+"""Settings: defaults < YAML profile (configs/*.yaml) < .env file < environment variables < command-line overrides,
+layered by pydantic-settings sources and parsed in one place."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import (
@@ -13,13 +17,21 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-DATA_DIR = Path(".data")
+from engine import EngineConfig, EngineOptions
 
-class Settings(BaseSettings):
+DATA_DIR = Path(".data")
+# The profile being loaded: read by the YAML source, set only while load_settings runs.
+_profile: ContextVar[Path | None] = ContextVar("profile", default=None)
+
+
+class SettingsError(ValueError):
+    """A malformed override or profile; the message says which and how to write it."""
+
+
+class Settings(BaseSettings, EngineOptions):
     """Every key can be set in the YAML profile and overridden by an environment variable of the same name."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="forbid", protected_namespaces=())
-    config_file: ClassVar[Path | None] = None
 
     # HTTP
     host: str = "127.0.0.1"
@@ -39,22 +51,11 @@ class Settings(BaseSettings):
     trace_endpoint: str | None = None
     trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
 
-    # Model and engine. model_path unset = the default SmolLM2-135M-Instruct, prepared under model_cache_dir.
+    # Model and engine: the engine options come from EngineOptions. model_path unset = the default
+    # SmolLM2-135M-Instruct, prepared under model_cache_dir.
     model_path: str | None = None
     served_model_name: str | None = None
     model_cache_dir: Path | None = None
-    dtype: str = "bfloat16"
-    max_model_len: int = 2048
-    gpu_memory_utilization: float | None = None
-    kv_cache_space_gib: int | None = Field(default=None, description="CPU backend: KV cache size in GiB")
-    enforce_eager: bool = False
-    max_num_seqs: int | None = None
-    max_num_batched_tokens: int | None = None
-    tensor_parallel_size: int = 1
-    enable_prefix_caching: bool = True
-    enable_chunked_prefill: bool | None = None
-    load_format: str = "auto"
-    seed: int = 0
 
     # Request defaults (OpenAI's when a request leaves them out)
     temperature: float = 1.0
@@ -101,17 +102,41 @@ class Settings(BaseSettings):
         init_settings: PydanticBaseSettingsSource,
         env_settings: PydanticBaseSettingsSource,
         dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003 (pydantic-settings passes it; unused)
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
-        if cls.config_file is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=cls.config_file))
+        profile = _profile.get()
+        if profile is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=profile))
         return tuple(sources)
+
+    def engine_config(self, model_path: str) -> EngineConfig:
+        return EngineConfig.for_model(self, model_path, self.served_model_name)
+
+
+@contextmanager
+def _reading(profile: Path | None) -> Iterator[None]:
+    token = _profile.set(profile)
+    try:
+        yield
+    finally:
+        _profile.reset(token)
 
 
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
     """Read a profile, then let .env, the environment and `overrides` (None values ignored) win over it."""
     if config_file is not None and not Path(config_file).is_file():
         raise FileNotFoundError(f"config file not found: {config_file}")
-    profile = type("ProfileSettings", (Settings,), {"config_file": Path(config_file) if config_file else None})
-    return profile(**{key: value for key, value in overrides.items() if value is not None})
+    with _reading(Path(config_file) if config_file else None):
+        return Settings(**{key: value for key, value in overrides.items() if value is not None})
+
+
+def parse_override(item: str) -> tuple[str, str]:
+    """One `--set KEY=VALUE` item (argparse's `type`): a clear error for anything else."""
+    key, separator, value = item.partition("=")
+    key = key.strip()
+    if not separator or not key:
+        raise SettingsError(f"--set takes KEY=VALUE (e.g. --set max_model_len=4096), not {item!r}")
+    if key not in Settings.model_fields:
+        raise SettingsError(f"--set {key}: no such setting (the keys are the lower-case names in the README)")
+    return key, value

@@ -24,7 +24,3 @@ def upgrade_database(url: str, revision: str = "head") -> None:
     """Bring the database at `url` to `revision`. Blocking: call it before the event loop starts, or in a thread."""
     ensure_sqlite_parent(url)
     command.upgrade(alembic_config(url), revision)
-
-
-def downgrade_database(url: str, revision: str = "base") -> None:
-    command.downgrade(alembic_config(url), revision)

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import CursorResult, Result, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import ApiKey, Conversation, Message, User, utcnow
+from storage.models import ApiKey, Conversation, Message, MessageRole, MessageStatus, User, utcnow
+
+
+def rows_changed(result: Result[Any]) -> int:
+    """An UPDATE's or DELETE's row count (execute() is typed as returning a plain Result)."""
+    return int(cast(CursorResult[Any], result).rowcount)
 
 
 class Users:
@@ -63,7 +69,7 @@ class ApiKeys:
             .where(ApiKey.id == key_id, ApiKey.owner_id == owner_id, ApiKey.revoked_at.is_(None))
             .values(revoked_at=utcnow())
         )
-        return result.rowcount > 0
+        return rows_changed(result) > 0
 
 
 class Conversations:
@@ -107,21 +113,22 @@ class Conversations:
         result = await self.session.execute(
             delete(Conversation).where(Conversation.id == conversation_id, Conversation.owner_id == owner_id)
         )
-        return result.rowcount > 0
+        return rows_changed(result) > 0
 
 
 class Messages:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def append(self, conversation_id: uuid.UUID, role: str, content: str, *,
-                     status: str = "completed", prompt_tokens: int | None = None) -> Message:
+    async def append(self, conversation_id: uuid.UUID, role: MessageRole, content: str, *,
+                     status: MessageStatus = MessageStatus.COMPLETED, prompt_tokens: int | None = None,
+                     message_id: uuid.UUID | None = None) -> Message:
         """Add a message at the end. The unique (conversation, seq) index rejects a concurrent append."""
         last = await self.session.scalar(
             select(func.max(Message.seq)).where(Message.conversation_id == conversation_id)
         )
-        message = Message(conversation_id=conversation_id, seq=(last or 0) + 1, role=role, content=content,
-                          status=status, prompt_tokens=prompt_tokens)
+        message = Message(id=message_id or uuid.uuid4(), conversation_id=conversation_id, seq=(last or 0) + 1,
+                          role=role, content=content, status=status, prompt_tokens=prompt_tokens)
         self.session.add(message)
         await self.session.flush()
         return message
@@ -131,7 +138,7 @@ class Messages:
             select(Message).where(Message.id == message_id, Message.conversation_id == conversation_id)
         )
 
-    async def finish(self, message_id: uuid.UUID, *, content: str, status: str, finish_reason: str | None,
+    async def finish(self, message_id: uuid.UUID, *, content: str, status: MessageStatus, finish_reason: str | None,
                      completion_tokens: int | None) -> None:
         await self.session.execute(update(Message).where(Message.id == message_id).values(
             content=content, status=status, finish_reason=finish_reason, completion_tokens=completion_tokens,

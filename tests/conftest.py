@@ -9,7 +9,9 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -69,7 +71,7 @@ class ThreadedServer:
 @pytest.fixture(scope="session")
 def span_exporter() -> InMemorySpanExporter:
     """Every span the test server records (tracing is on for the test server, with the SDK's in-memory exporter)."""
-    from server.tracing import setup_tracing
+    from server.telemetry.tracing import setup_tracing
 
     exporter = InMemorySpanExporter()
     setup_tracing("none", exporter=exporter)
@@ -110,11 +112,12 @@ def sqlite_server_database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
-def server_settings(database_url: str, redis_url: str, **overrides: object):  # noqa: ANN201
+def server_settings(database_url: str, redis_url: str, **overrides: object):
     """The CPU profile with auth on and rate limits in Redis, as a production replica would run."""
     from server.settings import load_settings
 
     values = {"max_body_bytes": 65536, "database_url": database_url, "auth_enabled": True,
+              "conversation_max_tokens": 48,  # replies that do not say: short, so that the suite stays fast
               "max_inflight_generations": 24, "conversation_grace_s": 3.0, "sse_heartbeat_s": 2.0,
               "secret_key": "test-secret-key-with-enough-entropy-0123456789",
               "rate_limit_storage": redis_url, **overrides}
@@ -138,21 +141,34 @@ def auth_headers(admin_key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {admin_key}"}
 
 
+@dataclass
+class RunningServer:
+    url: str
+    app: Any  # the Starlette app, for tests that inject faults into its engine
+
+
 @pytest.fixture(scope="session")
-def server_url(server_database_url: str, redis_url: str, span_exporter: InMemorySpanExporter) -> Iterator[str]:
-    """One real server for the session: CPU engine, the default model, auth on, SQLite, Redis rate limits."""
+def running_server(server_database_url: str, redis_url: str,
+                   span_exporter: InMemorySpanExporter) -> Iterator[RunningServer]:
+    """One real server for the session: CPU engine, the default model, auth on, Postgres, Redis rate limits."""
     from server.app import create_app
     from server.cli import resolve_model
 
     port = free_port()
     settings = server_settings(server_database_url, redis_url, port=port)
-    server = ThreadedServer(create_app(settings, resolve_model(settings), tracing=True), port)
+    app = create_app(settings, resolve_model(settings), tracing=True)
+    server = ThreadedServer(app, port)
     url = f"http://127.0.0.1:{port}"
     server.start(url)
     try:
-        yield url
+        yield RunningServer(url, app)
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def server_url(running_server: RunningServer) -> str:
+    return running_server.url
 
 
 

@@ -7,7 +7,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -16,8 +16,8 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import OctKey, RSAKey
 
-from server.credentials import api_key_hash, new_api_key, visible_prefix
-from server.tokens import InvalidTokenError, TokenService
+from server.security.credentials import api_key_hash, new_api_key, visible_prefix
+from server.security.tokens import InvalidTokenError, TokenService
 from storage import Database
 from storage.repository import ApiKeys, Users
 
@@ -213,7 +213,7 @@ def test_expired_key_is_refused(server_url: str, server_database_url: str, admin
         async with database.session() as session:
             user = await Users(session).by_username(username)
             await ApiKeys(session).create(user.id, key_hash=api_key_hash(key), prefix=visible_prefix(key),
-                                          expires_at=datetime.now(timezone.utc) - timedelta(minutes=1))
+                                          expires_at=datetime.now(UTC) - timedelta(minutes=1))
             await session.commit()
         await database.close()
 

@@ -168,12 +168,12 @@ def assert_engine_dropped_it(server_url: str, headers: dict[str, str]) -> None:
 
 def test_stream_disconnect_aborts_engine_request(server_url: str, auth_headers: dict[str, str]) -> None:
     wait_for_idle(server_url)
-    with httpx.Client(timeout=60, headers=auth_headers) as http:
-        with http.stream("POST", f"{server_url}/v1/chat/completions", json={**LONG_REQUEST, "stream": True}) as r:
-            lines = r.iter_lines()
-            received = [line for line, _ in zip(lines, range(8)) if line.startswith("data:")]
-            assert len(received) >= 3
-            assert in_flight(server_url) == 1
+    with httpx.Client(timeout=60, headers=auth_headers) as http, \
+            http.stream("POST", f"{server_url}/v1/chat/completions", json={**LONG_REQUEST, "stream": True}) as r:
+        lines = r.iter_lines()
+        received = [line for line, _ in zip(lines, range(8)) if line.startswith("data:")]
+        assert len(received) >= 3
+        assert in_flight(server_url) == 1
     # 1500 tokens take over a minute here; the request must leave the engine within seconds.
     assert wait_for_idle(server_url) < 15
     assert_engine_dropped_it(server_url, auth_headers)

@@ -4,7 +4,6 @@ pagination, isolation and every 4xx."""
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,6 +11,10 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
+from conftest import RunningServer
+from engine_faults import engine_fails
+
+from loadtests.sse import SSEEvent, SSEParser, iter_events
 
 API = "/api/v1/conversations"
 
@@ -25,28 +28,25 @@ class Event:
 
 @dataclass
 class SSEReader:
-    """Reads named SSE events off a streaming httpx response; keeps the last event id, as EventSource does."""
+    """Reads named SSE events off a streaming httpx response with the shared client-side parser; keeps the last
+    event id, as EventSource does."""
 
     response: httpx.Response
     last_id: int = 0
-    comments: int = 0
-    _lines: Iterator[str] | None = field(default=None, repr=False)
+    parser: SSEParser = field(default_factory=SSEParser)
+    _events: Iterator[SSEEvent] | None = field(default=None, repr=False)
+
+    @property
+    def comments(self) -> int:
+        return self.parser.comments
 
     def next(self) -> Event:
-        if self._lines is None:
-            self._lines = self.response.iter_lines()
-        fields: dict[str, str] = {}
-        for line in self._lines:
-            if line.startswith(":"):
-                self.comments += 1
-            elif not line:
-                if fields:
-                    event = Event(int(fields["id"]), fields["event"], json.loads(fields["data"]))
-                    self.last_id = event.id
-                    return event
-            else:
-                name, _, value = line.partition(": ")
-                fields[name] = value
+        if self._events is None:
+            self._events = iter_events(self.response.iter_lines(), self.parser)
+        for raw in self._events:
+            event = Event(int(raw.id or 0), raw.event or "", raw.json())
+            self.last_id = event.id
+            return event
         raise EOFError
 
     def rest(self) -> list[Event]:
@@ -170,15 +170,27 @@ def test_explicit_cancel_stops_at_once(http: httpx.Client) -> None:
     assert http.post(f"{API}/{conversation_id}/messages/{message_id}/cancel").status_code == 409
 
 
-def test_engine_refusal_is_stored_as_failed(http: httpx.Client) -> None:
-    """vLLM refuses min_tokens > max_tokens; the user's message is already committed, so the reply is `failed`."""
+def test_engine_failure_is_stored_as_failed(http: httpx.Client, running_server: RunningServer) -> None:
+    """The engine fails once the reply has started (injected into vLLM's stream): the user's message is already
+    committed, so the reply is stored `failed` and listeners get message.error."""
     conversation_id = new_conversation(http)
-    with http.stream("POST", f"{API}/{conversation_id}/messages",
-                     json={"content": "Hi", "stream": True, "max_tokens": 5, "min_tokens": 50}) as response:
+    with engine_fails(running_server.app), \
+            http.stream("POST", f"{API}/{conversation_id}/messages",
+                        json={"content": "Hi", "stream": True, "max_tokens": 5}) as response:
         events = SSEReader(response).rest()
     assert [e.event for e in events] == ["message.error"] and events[0].data["status"] == "failed"
     stored = messages_of(http, conversation_id)
     assert [(m["role"], m["status"]) for m in stored] == [("user", "completed"), ("assistant", "failed")]
+
+
+def test_engine_refusal_changes_nothing(http: httpx.Client) -> None:
+    """vLLM refuses min_tokens > max_tokens. The one generation path asks the engine before anything is stored,
+    so the refusal is a 400 and the conversation is unchanged."""
+    conversation_id = new_conversation(http)
+    response = http.post(f"{API}/{conversation_id}/messages",
+                         json={"content": "Hi", "stream": True, "max_tokens": 5, "min_tokens": 50})
+    assert response.status_code == 400 and "min_tokens" in response.json()["error"]["message"]
+    assert messages_of(http, conversation_id) == []
 
 
 def test_second_post_while_generating_gets_409(http: httpx.Client) -> None:

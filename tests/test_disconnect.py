@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import anyio
 
-from server.disconnect import EventStreamResponse
+from server.streaming import EventStreamResponse
 
 
 async def client_already_gone() -> dict[str, str]:  # test double for ASGI receive
@@ -19,7 +19,7 @@ async def slow_socket(message: dict[str, object]) -> None:  # test double for AS
 async def test_finalize_runs_even_if_the_events_never_started() -> None:
     started, finalized = [], []
 
-    async def events():  # noqa: ANN202
+    async def events():
         started.append(True)
         yield b"data: never seen\n\n"
 
@@ -36,7 +36,7 @@ async def test_a_finished_stream_is_finalized_once() -> None:
     sent: list[dict[str, object]] = []
     finalized = []
 
-    async def events():  # noqa: ANN202
+    async def events():
         yield b"data: 1\n\n"
         yield b"data: 2\n\n"
 

@@ -13,7 +13,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.logs import ContextFilter, json_formatter
+from server.telemetry.logs import ContextFilter, json_formatter
 
 CHAT = "/v1/chat/completions"
 STREAM = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 12, "ignore_eos": True,
@@ -34,9 +34,9 @@ def value(samples: dict, name: str, **labels: str) -> float:
 
 
 def stream_chat(server_url: str, headers: dict[str, str]) -> httpx.Response:
-    with httpx.Client(timeout=60, headers=headers) as http:
-        with http.stream("POST", f"{server_url}{CHAT}", json=STREAM) as response:
-            body = b"".join(response.iter_bytes())
+    with httpx.Client(timeout=60, headers=headers) as http, \
+            http.stream("POST", f"{server_url}{CHAT}", json=STREAM) as response:
+        body = b"".join(response.iter_bytes())
     assert response.status_code == 200 and body.endswith(b"data: [DONE]\n\n")
     return response
 
@@ -69,9 +69,9 @@ def test_streamed_chat_moves_the_metrics(server_url: str, auth_headers: dict[str
 
 def test_client_disconnect_counts_as_aborted(server_url: str, auth_headers: dict[str, str]) -> None:
     before = scrape(server_url)
-    with httpx.Client(timeout=60, headers=auth_headers) as http:
-        with http.stream("POST", f"{server_url}{CHAT}", json={**STREAM, "max_tokens": 1000}) as response:
-            next(response.iter_lines())
+    with httpx.Client(timeout=60, headers=auth_headers) as http, \
+            http.stream("POST", f"{server_url}{CHAT}", json={**STREAM, "max_tokens": 1000}) as response:
+        next(response.iter_lines())
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         after = scrape(server_url)

@@ -9,7 +9,7 @@ import uuid
 import httpx
 import pytest
 
-from server.ratelimit import LimiterUnavailable, LimitExceeded, Quota, RateLimits
+from server.security.ratelimit import LimiterUnavailable, LimitExceeded, Quota, RateLimits
 
 DEAD_REDIS = "redis://127.0.0.1:1"
 CHAT = "/v1/chat/completions"

@@ -1,1 +1,10 @@
-"""Route handlers, one module per API area."""
+"""HTTP routes, one module per API area; each exports `routes`, mounted by server.app. A handler parses the
+request, calls one service function and builds the response."""
+
+from starlette.routing import BaseRoute
+
+from server.routes import conversations, identity, openai, seed, system
+
+
+def all_routes() -> list[BaseRoute]:
+    return [*openai.routes, *conversations.routes, *seed.routes, *identity.routes, *system.routes]

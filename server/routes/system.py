@@ -1,24 +1,19 @@
-"""Probes and model listing: GET /healthz, GET /readyz, GET /v1/models."""
+"""Probes and metrics: GET /healthz, GET /readyz, GET /metrics."""
 
 from __future__ import annotations
 
 import dataclasses
-import time
 
-import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
-from engine import ChatEngine
-from server.errors import APIError
-from storage import Database
+from server.exceptions import Unavailable
+from server.routes.params import json_response
+from server.state import services
 
-STARTED_AT = int(time.time())
-
-
-def json_response(payload: object, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(msgspec.json.encode(payload), status_code=status_code, headers=headers,
-                    media_type="application/json")
+READY_RETRY_AFTER_S = 5
 
 
 async def healthz(request: Request) -> Response:
@@ -28,29 +23,23 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """The engine and the database both answer: safe to route traffic here."""
-    engine: ChatEngine = request.app.state.engine
-    database: Database = request.app.state.database
-    engine_ok = await engine.check_health()
-    database_ok = await database.ping()
+    held = services(request)
+    engine_ok = await held.engine.check_health()
+    database_ok = await held.database.ping()
     if not (engine_ok and database_ok):
         problems = [name for name, ok in (("engine", engine_ok), ("database", database_ok)) if not ok]
-        raise APIError(503, f"not ready: {', '.join(problems)} unavailable", headers={"Retry-After": "5"})
-    return json_response({
-        "status": "ready",
-        "model": engine.model_name,
-        "engine": dataclasses.asdict(engine.stats()),
-    })
+        raise Unavailable(f"not ready: {', '.join(problems)} unavailable", retry_after_s=READY_RETRY_AFTER_S)
+    return json_response({"status": "ready", "model": held.engine.model_name,
+                          "engine": dataclasses.asdict(held.engine.stats())})
 
 
-async def list_models(request: Request) -> Response:
-    engine: ChatEngine = request.app.state.engine
-    return json_response({
-        "object": "list",
-        "data": [{
-            "id": engine.model_name,
-            "object": "model",
-            "created": STARTED_AT,
-            "owned_by": "codeface",
-            "max_model_len": engine.max_model_len,
-        }],
-    })
+async def metrics(request: Request) -> Response:
+    """CodeFace's metrics and vLLM's (vllm:*), in Prometheus text format."""
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+routes: list[BaseRoute] = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]

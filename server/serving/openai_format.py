@@ -6,20 +6,16 @@ import time
 import uuid
 from typing import Any
 
-import msgspec
-
 from engine import ChoiceDelta, TokenLogprob
+from server.serving.sse import frame
 
-_encode = msgspec.json.encode
-DONE_EVENT = b"data: [DONE]\n\n"
+COMPLETION_ID_PREFIX = "chatcmpl-"
+# vLLM's finish reason for a request stopped before its end; OpenAI's format has no such value.
+ABORTED = "abort"
 
 
 def completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
-
-
-def sse_event(payload: Any) -> bytes:
-    return b"data: " + _encode(payload) + b"\n\n"
+    return f"{COMPLETION_ID_PREFIX}{uuid.uuid4().hex}"
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -52,7 +48,7 @@ class ChunkWriter:
         chunk: dict[str, Any] = {**self.head, "choices": choices}
         if self.include_usage:
             chunk["usage"] = None
-        return sse_event(chunk)
+        return frame(chunk)
 
     def role(self, n: int) -> bytes:
         return self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
@@ -62,7 +58,7 @@ class ChunkWriter:
         """One event carrying every choice's new text; None when the step brought nothing to show."""
         framed = []
         for choice in choices:
-            finish = choice.finish_reason if choice.finish_reason != "abort" else None
+            finish = choice.finish_reason if choice.finish_reason != ABORTED else None
             if not choice.text and finish is None and not choice.logprobs:
                 continue
             framed.append({
@@ -74,7 +70,7 @@ class ChunkWriter:
         return self._chunk(framed) if framed else None
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
-        return sse_event({**self.head, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
+        return frame({**self.head, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
 
 
 def completion_body(request_id: str, model: str, texts: list[str], finish_reasons: list[str | None],

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import aclosing
 from typing import TypeVar
 
 import anyio
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+
+from server.serving.sse import EventStream
 
 T = TypeVar("T")
 
@@ -47,7 +50,7 @@ class EventStreamResponse:
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[bytes], headers: Mapping[str, str] | None = None,
+    def __init__(self, events: EventStream, headers: Mapping[str, str] | None = None,
                  finalize: Callable[[], Awaitable[None]] | None = None) -> None:
         """`finalize` runs once the response is over, however it ended: even when the client left before the
         first event, when `events` never started and its own cleanup never ran."""
@@ -60,7 +63,7 @@ class EventStreamResponse:
             (b"x-accel-buffering", b"no"),
         ] + [(key.lower().encode("latin-1"), value.encode("latin-1")) for key, value in (headers or {}).items()]
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, _scope: Scope, receive: Receive, send: Send) -> None:
         async def stream() -> None:
             await send({"type": "http.response.start", "status": 200, "headers": self.headers})
             async for event in self.events:
@@ -74,3 +77,7 @@ class EventStreamResponse:
             if self.finalize is not None:
                 with anyio.CancelScope(shield=True):
                     await self.finalize()
+
+
+# What a route handler returns: a plain response, or an event stream.
+RouteResponse = Response | EventStreamResponse

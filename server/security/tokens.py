@@ -25,7 +25,6 @@ class TokenClaims:
     user_id: uuid.UUID
     username: str
     is_admin: bool
-    token_id: str
 
 
 class TokenService:
@@ -68,7 +67,6 @@ class TokenService:
             decoded = jwt.decode(token, self.verifying_key, algorithms=[self.algorithm])
             self.registry.validate(decoded.claims)
             claims = decoded.claims
-            return TokenClaims(uuid.UUID(claims["sub"]), str(claims.get("name", "")), bool(claims.get("adm")),
-                               str(claims["jti"]))
+            return TokenClaims(uuid.UUID(claims["sub"]), str(claims.get("name", "")), bool(claims.get("adm")))
         except (JoseError, ValueError, KeyError, TypeError) as exc:
             raise InvalidTokenError(str(exc) or type(exc).__name__) from None

@@ -7,25 +7,24 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from server.credentials import api_key_hash, looks_like_api_key
-from server.ratelimit import Quota
-from server.tokens import InvalidTokenError, TokenService
+from server.exceptions import AuthenticationFailed
+from server.security.credentials import api_key_hash, looks_like_api_key
+from server.security.ratelimit import Quota
+from server.security.tokens import InvalidTokenError, TokenService
 from storage import Database
 from storage.repository import ApiKeys, Users
 
 logger = logging.getLogger(__name__)
 
 
-class AuthenticationError(Exception):
-    """No usable credentials: answered 401 with the same vague message whatever the cause."""
+INVALID_CREDENTIALS = "invalid or expired credentials"
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
     user_id: uuid.UUID
-    username: str
     is_admin: bool
     quota: Quota
     key_id: uuid.UUID | None = None
@@ -38,10 +37,10 @@ class Principal:
 
 def bearer_token(authorization: bytes | None) -> str:
     if not authorization:
-        raise AuthenticationError("missing Authorization header: send 'Authorization: Bearer <API key or token>'")
+        raise AuthenticationFailed("missing Authorization header: send 'Authorization: Bearer <API key or token>'")
     scheme, _, token = authorization.decode("latin-1").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationError("the Authorization header must be 'Bearer <API key or token>'")
+        raise AuthenticationFailed("the Authorization header must be 'Bearer <API key or token>'")
     return token.strip()
 
 
@@ -62,8 +61,8 @@ class Authenticator:
             claims = self.tokens.verify(token)
         except InvalidTokenError as exc:
             logger.info("rejected a token: %s", exc)
-            raise AuthenticationError("invalid or expired credentials") from None
-        return Principal(claims.user_id, claims.username, claims.is_admin, self.default_quota)
+            raise AuthenticationFailed(INVALID_CREDENTIALS) from None
+        return Principal(claims.user_id, claims.is_admin, self.default_quota)
 
     async def _api_key(self, key: str) -> Principal:
         digest = api_key_hash(key)
@@ -71,24 +70,24 @@ class Authenticator:
         now = time.monotonic()
         if cached is not None and cached[0] > now:
             _, principal, expires_at = cached
-            if expires_at is None or expires_at > datetime.now(timezone.utc):
+            if expires_at is None or expires_at > datetime.now(UTC):
                 return principal
         async with self.database.session() as session:
             record = await ApiKeys(session).by_hash(digest)
             user = await Users(session).get(record.owner_id) if record is not None else None
         if record is None or user is None or not hmac.compare_digest(record.key_hash, digest):
-            raise AuthenticationError("invalid or expired credentials")
+            raise AuthenticationFailed(INVALID_CREDENTIALS)
         expires_at = _aware(record.expires_at)
-        if record.revoked_at is not None or (expires_at is not None and expires_at <= datetime.now(timezone.utc)):
+        if record.revoked_at is not None or (expires_at is not None and expires_at <= datetime.now(UTC)):
             self._keys.pop(digest, None)
-            raise AuthenticationError("invalid or expired credentials")
+            raise AuthenticationFailed(INVALID_CREDENTIALS)
         quota = Quota(
             requests_per_minute=_override(record.requests_per_minute, self.default_quota.requests_per_minute),
             tokens_per_minute=_override(record.tokens_per_minute, self.default_quota.tokens_per_minute),
             max_concurrent_streams=_override(record.max_concurrent_streams,
                                              self.default_quota.max_concurrent_streams),
         )
-        principal = Principal(user.id, user.username, user.is_admin, quota, key_id=record.id)
+        principal = Principal(user.id, user.is_admin, quota, key_id=record.id)
         self._keys[digest] = (now + self.cache_seconds, principal, expires_at)
         return principal
 
@@ -107,5 +106,5 @@ def _override(value: int | None, default: int | None) -> int | None:
 def _aware(moment: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes; they were stored as UTC.
     if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
+        return moment.replace(tzinfo=UTC)
     return moment

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine import ChatEngine, Prompt, PromptTooLongError
-from storage.models import Message
+from storage.models import Message, MessageRole, MessageStatus
 
 # Replies that ended in error carry nothing the model should see; cancelled ones were shown to the user: kept.
-VISIBLE_STATUSES = {"completed", "length", "cancelled"}
+VISIBLE_STATUSES = {MessageStatus.COMPLETED, MessageStatus.LENGTH, MessageStatus.CANCELLED}
 
 
 @dataclass(slots=True)
@@ -22,7 +22,7 @@ class AssembledPrompt:
 def visible_turns(messages: list[Message]) -> list[dict[str, str]]:
     turns = []
     for message in messages:
-        if message.role == "assistant" and (message.status not in VISIBLE_STATUSES or not message.content):
+        if message.role == MessageRole.ASSISTANT and (message.status not in VISIBLE_STATUSES or not message.content):
             continue
         turns.append({"role": message.role, "content": message.content})
     return turns
@@ -30,7 +30,7 @@ def visible_turns(messages: list[Message]) -> list[dict[str, str]]:
 
 async def assemble(engine: ChatEngine, turns: list[dict[str, str]], max_tokens: int) -> AssembledPrompt:
     """Render `turns` (ending with the new user message); drop the oldest exchanges until the reply fits."""
-    system = turns[:1] if turns and turns[0]["role"] == "system" else []
+    system = turns[:1] if turns and turns[0]["role"] == MessageRole.SYSTEM else []
     rest = turns[len(system):]
     dropped = 0
     while True:
@@ -45,6 +45,6 @@ async def assemble(engine: ChatEngine, turns: list[dict[str, str]], max_tokens: 
             raise PromptTooLongError(f"the message alone has {prompt.num_tokens} tokens; this model's context is "
                                      f"{engine.max_model_len} tokens")
         # Drop the oldest message, and the reply that answered it, so that roles keep alternating.
-        drop = 2 if len(rest) > 2 and rest[1]["role"] == "assistant" else 1
+        drop = 2 if len(rest) > 2 and rest[1]["role"] == MessageRole.ASSISTANT else 1
         rest = rest[drop:]
         dropped += drop

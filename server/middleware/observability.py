@@ -10,9 +10,10 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.logs import request_id_var
-from server.metrics import http_duration, http_in_flight, http_requests
-from server.tracing import tracer
+from server.state import PRINCIPAL
+from server.telemetry.logs import request_id_var
+from server.telemetry.metrics import http_duration, http_in_flight, http_requests
+from server.telemetry.tracing import tracer
 
 access_logger = logging.getLogger("codeface.access")
 MAX_REQUEST_ID_LENGTH = 128
@@ -22,8 +23,9 @@ def incoming_request_id(scope: Scope) -> str:
     """The client's X-Request-ID when it is a sane token; a new one otherwise."""
     for name, value in scope["headers"]:
         if name == b"x-request-id":
-            if 0 < len(value) <= MAX_REQUEST_ID_LENGTH and value.isascii() and value.decode().isprintable():
-                return value.decode()
+            text: str = value.decode("latin-1")
+            if 0 < len(value) <= MAX_REQUEST_ID_LENGTH and value.isascii() and text.isprintable():
+                return text
             break
     return uuid.uuid4().hex
 
@@ -31,8 +33,8 @@ def incoming_request_id(scope: Scope) -> str:
 def route_template(scope: Scope) -> str:
     # Starlette's router leaves the matched route in the scope; unmatched paths share one label so that
     # scanners cannot explode the metrics' cardinality.
-    route = scope.get("route")
-    return getattr(route, "path", None) or "<unmatched>"
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else "<unmatched>"
 
 
 class ObservabilityMiddleware:
@@ -98,7 +100,7 @@ class ObservabilityMiddleware:
     def _log_access(self, scope: Scope, route: str, status: int, duration: float, span: trace.Span | None) -> None:
         state = scope.get("state") or {}
         usage = state.get("usage") or {}
-        principal = state.get("principal")
+        principal = state.get(PRINCIPAL)
         client = scope.get("client")
         access_logger.info("request", extra={
             "method": scope["method"],

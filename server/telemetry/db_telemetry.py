@@ -9,8 +9,8 @@ from opentelemetry.trace import SpanKind
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from server.metrics import db_errors, db_operation, db_pool_checked_out
-from server.tracing import tracer
+from server.telemetry.metrics import db_errors, db_operation, db_pool_checked_out
+from server.telemetry.tracing import tracer
 
 
 def operation_of(statement: str) -> str:
@@ -24,7 +24,7 @@ def instrument(engine: AsyncEngine, *, tracing: bool) -> None:
     system = sync_engine.dialect.name
 
     @event.listens_for(sync_engine, "before_cursor_execute")
-    def before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+    def before(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         operation = operation_of(statement)
         span = None
         if tracing:
@@ -34,7 +34,7 @@ def instrument(engine: AsyncEngine, *, tracing: bool) -> None:
         conn.info.setdefault("codeface_timers", []).append((time.perf_counter(), operation, span))
 
     @event.listens_for(sync_engine, "after_cursor_execute")
-    def after(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+    def after(conn: Any, *_: Any) -> None:
         started, operation, span = conn.info["codeface_timers"].pop()
         db_operation.labels(operation).observe(time.perf_counter() - started)
         if span is not None:

@@ -1,10 +1,11 @@
-"""Pure ASGI middleware: request body size limit."""
+"""Pure ASGI middleware: the request body size limit."""
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import error_for_scope
+from server.errors import response_for_scope
+from server.exceptions import PayloadTooLarge
 
 
 class BodyTooLargeError(Exception):
@@ -54,5 +55,5 @@ class BodySizeLimitMiddleware:
             await self._reject(scope, receive, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_for_scope(scope, 413, f"the request body is larger than {self.max_bytes} bytes")
+        response = response_for_scope(scope, PayloadTooLarge(f"the request body is larger than {self.max_bytes} bytes"))
         await response(scope, receive, send)

@@ -7,18 +7,26 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import TypeVar
 
 from limits import RateLimitItemPerMinute
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 
+from server.exceptions import RateLimited, Unavailable
+
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A stream slot is normally released when its generation ends; the expiry only bounds a leak from a crashed replica.
 SLOT_EXPIRY_S = 24 * 3600
 WARN_EVERY_S = 30.0
+LIMITER_RETRY_AFTER_S = 5
+MINUTE_S = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +38,12 @@ class Quota:
     max_concurrent_streams: int | None
 
 
+class Limit(StrEnum):
+    REQUESTS_PER_MINUTE = "requests_per_minute"
+    TOKENS_PER_MINUTE = "tokens_per_minute"
+    MAX_CONCURRENT_STREAMS = "max_concurrent_streams"
+
+
 @dataclass(frozen=True, slots=True)
 class Window:
     """What the RateLimit-* response headers report: the requests-per-minute window."""
@@ -38,17 +52,25 @@ class Window:
     remaining: int
     reset_s: int
 
+    def headers(self) -> dict[str, str]:
+        return {"RateLimit-Limit": str(self.limit), "RateLimit-Remaining": str(self.remaining),
+                "RateLimit-Reset": str(self.reset_s)}
 
-class LimitExceeded(Exception):
-    def __init__(self, limit: str, message: str, retry_after_s: int, window: Window | None = None) -> None:
-        super().__init__(message)
+
+class LimitExceeded(RateLimited):
+    """`limit` says which budget is spent; the response carries the window's headers when there is one."""
+
+    def __init__(self, limit: Limit, message: str, retry_after_s: int, window: Window | None = None) -> None:
+        super().__init__(message, retry_after_s=max(1, retry_after_s))
         self.limit = limit
-        self.retry_after_s = max(1, retry_after_s)
-        self.window = window
+        self.window_headers = window.headers() if window is not None else None
 
 
-class LimiterUnavailable(Exception):
+class LimiterUnavailable(Unavailable):
     """The shared storage is down and the policy is to fail closed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after_s=LIMITER_RETRY_AFTER_S)
 
 
 def async_storage_uri(uri: str) -> str:
@@ -90,7 +112,7 @@ class RateLimits:
         self.key_prefix = key_prefix
         self._last_warning = 0.0
 
-    async def guarded(self, operation):  # type: ignore[no-untyped-def]
+    async def guarded(self, operation: Awaitable[T]) -> T | None:
         """Run a storage operation under the failure policy: None when the storage is down and we fail open."""
         try:
             return await operation
@@ -113,10 +135,10 @@ class RateLimits:
         if allowed is None:
             return None
         stats = await self.guarded(self.requests.get_window_stats(item, subject))
-        reset_s = max(0, math.ceil(stats.reset_time - time.time())) if stats is not None else 60
+        reset_s = max(0, math.ceil(stats.reset_time - time.time())) if stats is not None else MINUTE_S
         window = Window(quota.requests_per_minute, stats.remaining if stats is not None else 0, reset_s)
         if not allowed:
-            raise LimitExceeded("requests_per_minute",
+            raise LimitExceeded(Limit.REQUESTS_PER_MINUTE,
                                 f"rate limit exceeded: {quota.requests_per_minute} requests per minute",
                                 reset_s, window)
         return window
@@ -127,17 +149,17 @@ class RateLimits:
         reset_at = 0.0
         if quota.tokens_per_minute is not None:
             if tokens > quota.tokens_per_minute:
-                raise LimitExceeded("tokens_per_minute",
+                raise LimitExceeded(Limit.TOKENS_PER_MINUTE,
                                     f"this request may use {tokens} tokens, more than the key's budget of "
-                                    f"{quota.tokens_per_minute} tokens per minute; lower max_tokens", 60)
+                                    f"{quota.tokens_per_minute} tokens per minute; lower max_tokens", MINUTE_S)
             item = RateLimitItemPerMinute(quota.tokens_per_minute, namespace=f"{self.key_prefix}-tpm")
             allowed = await self.guarded(self.tokens.hit(item, subject, cost=tokens))
             stats = await self.guarded(self.tokens.get_window_stats(item, subject))
-            reset_at = stats.reset_time if stats is not None else time.time() + 60
+            reset_at = stats.reset_time if stats is not None else time.time() + MINUTE_S
             if allowed is False:
                 # A fixed window counts the refused hit too: take it back.
                 await self.guarded(self.storage.incr(item.key_for(subject), item.get_expiry(), amount=-tokens))
-                raise LimitExceeded("tokens_per_minute",
+                raise LimitExceeded(Limit.TOKENS_PER_MINUTE,
                                     f"rate limit exceeded: {quota.tokens_per_minute} tokens per minute",
                                     math.ceil(reset_at - time.time()))
             if allowed is None:
@@ -152,6 +174,6 @@ class RateLimits:
                 await self.guarded(self.storage.incr(slot_key, SLOT_EXPIRY_S, amount=-1))
                 if item is not None:
                     await self.guarded(self.storage.incr(item.key_for(subject), item.get_expiry(), amount=-tokens))
-                raise LimitExceeded("max_concurrent_streams",
+                raise LimitExceeded(Limit.MAX_CONCURRENT_STREAMS,
                                     f"too many concurrent generations: at most {quota.max_concurrent_streams}", 1)
         return Reservation(self, subject, item, tokens if item is not None else 0, reset_at, slot_key)

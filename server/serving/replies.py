@@ -10,20 +10,14 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
-import msgspec
+from server.serving.sse import HEARTBEAT, EventStream, ReplyEvent, frame
 
 logger = logging.getLogger(__name__)
-_encode = msgspec.json.encode
-
-
-def sse(event_id: int, event: str, data: dict[str, Any]) -> bytes:
-    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event_id, event.encode(), _encode(data))
-
-
-HEARTBEAT = b": keep-alive\n\n"
+# How long a finished reply stays here for late re-attaches.
+RETENTION_S = 300.0
 
 
 class Run:
@@ -41,15 +35,20 @@ class Run:
         self._changed = asyncio.Condition()
         self._grace_timer: asyncio.Task[None] | None = None
 
-    async def publish(self, event: str, data: dict[str, Any], *, final: bool = False) -> None:
+    async def publish(self, event: ReplyEvent, data: dict[str, Any], *, final: bool = False) -> None:
         async with self._changed:
-            self.events.append(sse(len(self.events) + 1, event, data))
+            self.events.append(frame(data, event=event, event_id=len(self.events) + 1))
             if final:
                 self.done = True
                 self.finished_at = time.monotonic()
             self._changed.notify_all()
 
-    async def follow(self, after_id: int, heartbeat_s: float) -> AsyncIterator[bytes]:
+    async def wait(self) -> None:
+        """Until the task producing the reply has ended; cancelling the caller does not cancel the task."""
+        if self.task is not None:
+            await asyncio.shield(self.task)
+
+    async def follow(self, after_id: int, heartbeat_s: float) -> EventStream:
         """Every event after `after_id`, then the live rest until the reply ends; heartbeats while idle."""
         position = max(0, after_id)
         while True:
@@ -71,7 +70,7 @@ class Run:
 class Registry:
     """The runs this replica holds, by message id; finished ones are kept `retention_s` for late re-attaches."""
 
-    def __init__(self, grace_s: float, retention_s: float = 300.0, heartbeat_s: float = 15.0) -> None:
+    def __init__(self, grace_s: float, retention_s: float = RETENTION_S, heartbeat_s: float = 15.0) -> None:
         self.grace_s = grace_s
         self.retention_s = retention_s
         self.heartbeat_s = heartbeat_s
@@ -115,7 +114,7 @@ class Registry:
             if run.listeners == 0 and not run.done:
                 self._arm_grace(run)
 
-    async def listen(self, run: Run, after_id: int) -> AsyncIterator[bytes]:
+    async def listen(self, run: Run, after_id: int) -> EventStream:
         with self.attached(run):
             async for chunk in run.follow(after_id, self.heartbeat_s):
                 yield chunk

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
-from starlette.requests import Request
-from starlette.responses import Response
+from enum import StrEnum
+
+from prometheus_client import Counter, Gauge, Histogram
 
 # From 5 ms (a probe) to 10 minutes (a long generation).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 600)
@@ -16,6 +16,12 @@ http_duration = Histogram("codeface_http_request_duration_seconds",
                           "HTTP request duration, to the last byte of the response", ["route", "method"],
                           buckets=LATENCY_BUCKETS)
 http_in_flight = Gauge("codeface_http_requests_in_flight", "HTTP requests being served")
+
+
+
+class AbortReason(StrEnum):
+    CLIENT_DISCONNECT = "client_disconnect"
+
 
 aborted_requests = Counter("codeface_requests_aborted", "Generations aborted before their end, by reason",
                            ["model", "reason"])
@@ -31,7 +37,3 @@ db_operation = Histogram("codeface_db_operation_seconds", "Database statement la
 db_errors = Counter("codeface_db_errors", "Database statements that raised", ["operation"])
 db_pool_checked_out = Gauge("codeface_db_pool_connections_in_use", "Pooled database connections checked out")
 
-
-async def metrics_endpoint(request: Request) -> Response:
-    """GET /metrics: CodeFace's metrics and vLLM's (vllm:*), in Prometheus text format."""
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

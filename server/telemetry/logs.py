@@ -36,11 +36,12 @@ def current_trace_id() -> str | None:
 
 
 def json_formatter() -> logging.Formatter:
-    return JsonFormatter(
+    formatter: logging.Formatter = JsonFormatter(
         "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s %(trace_id)s %(user_id)s",
         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
         timestamp=False,
     )
+    return formatter
 
 
 def configure_logging(level: str = "info", *, log_format: str = "json", log_file: Path | None = None,

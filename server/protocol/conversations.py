@@ -1,0 +1,58 @@
+"""Request bodies of the conversation routes (and the seed's shapes), and the JSON views of what they return."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from server.exceptions import InvalidRequest
+from server.protocol.sampling import SamplingFields
+from storage.models import Conversation, Message
+
+MAX_TITLE_CHARS = 300
+MAX_MESSAGE_CHARS = 200_000
+Title = Annotated[str, Meta(max_length=MAX_TITLE_CHARS)]
+MessageText = Annotated[str, Meta(min_length=1, max_length=MAX_MESSAGE_CHARS)]
+
+
+class NewConversation(msgspec.Struct, forbid_unknown_fields=True):
+    title: Title = ""
+
+
+class Rename(msgspec.Struct, forbid_unknown_fields=True):
+    title: Title
+
+
+class NewMessage(SamplingFields, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A user message and how to sample the reply: the same sampling fields as /v1/chat/completions."""
+
+    content: MessageText
+    stream: bool = False
+
+    def __post_init__(self) -> None:
+        # A conversation stores one reply per message and no log probabilities: refused, never dropped.
+        if self.n != 1:
+            raise InvalidRequest("a conversation reply is one choice: n must be 1", param="n")
+        if self.logprobs:
+            raise InvalidRequest("conversation replies do not carry log probabilities; use /v1/chat/completions",
+                                 param="logprobs")
+        super().__post_init__()
+
+
+class SeedChat(msgspec.Struct, forbid_unknown_fields=True):
+    message: MessageText
+    conversation_id: str | None = None
+    stream: bool = False
+
+
+def conversation_view(c: Conversation) -> dict[str, Any]:
+    return {"id": str(c.id), "title": c.title, "created_at": c.created_at.isoformat(),
+            "updated_at": c.updated_at.isoformat()}
+
+
+def message_view(m: Message) -> dict[str, Any]:
+    return {"id": str(m.id), "seq": m.seq, "role": m.role, "content": m.content, "status": m.status,
+            "prompt_tokens": m.prompt_tokens, "completion_tokens": m.completion_tokens,
+            "finish_reason": m.finish_reason, "created_at": m.created_at.isoformat()}

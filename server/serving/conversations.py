@@ -1,0 +1,290 @@
+"""Conversations: history kept server-side, each new message answered by a reply generated on the one generation
+path in a task of its own, streamed to listeners, resumable, cancellable, and stored whatever happens."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from engine import ChatEngine, InvalidRequestError, PromptTooLongError
+from server.exceptions import Conflict, ConversationBusy, InvalidRequest, NotFound, Unavailable
+from server.protocol.conversations import NewMessage
+from server.protocol.sampling import SamplingDefaults
+from server.security.auth import Principal
+from server.serving.generation import Generator
+from server.serving.history import assemble, visible_turns
+from server.serving.replies import Registry, Run
+from server.serving.reply_writer import ReplyWriter
+from server.serving.sse import HEARTBEAT, EventStream, ReplyEvent, frame
+from server.telemetry.metrics import sse_streams_resumed
+from storage import Database
+from storage.models import Conversation, Message, MessageRole, MessageStatus
+from storage.repository import Conversations, Messages
+
+# A conversation without a title takes the start of its first message.
+TITLE_FROM_MESSAGE_CHARS = 80
+WAIT_FOR_NEXT_REPLY_S = 300.0
+NEXT_REPLY_POLL_S = 0.25
+STORE_RETRY_AFTER_S = 1
+
+
+@dataclass(slots=True)
+class Started:
+    run: Run
+    user_message_id: uuid.UUID
+    dropped_turns: int
+
+
+@dataclass(slots=True)
+class Page:
+    items: list[Any]
+    more: bool
+
+
+class ConversationService:
+    def __init__(self, engine: ChatEngine, database: Database, registry: Registry, generator: Generator,
+                 writer: ReplyWriter, defaults: SamplingDefaults) -> None:
+        self.engine = engine
+        self.database = database
+        self.registry = registry
+        self.generator = generator
+        self.writer = writer
+        self.defaults = defaults
+        self._posting: set[uuid.UUID] = set()
+
+    # --- conversations ------------------------------------------------------------------------------------------
+
+    async def create(self, owner_id: uuid.UUID, title: str) -> Conversation:
+        async with self.database.session() as session:
+            conversation = await Conversations(session).create(owner_id, title)
+            await session.commit()
+        return conversation
+
+    async def list(self, owner_id: uuid.UUID, limit: int, before: tuple[datetime, uuid.UUID] | None) -> Page:
+        async with self.database.session() as session:
+            page = await Conversations(session).list_for(owner_id, limit=limit + 1, before=before)
+        return Page(page[:limit], len(page) > limit)
+
+    async def get(self, owner_id: uuid.UUID, conversation_id: uuid.UUID) -> Conversation:
+        async with self.database.session() as session:
+            conversation = await Conversations(session).get(owner_id, conversation_id)
+        if conversation is None:
+            raise NotFound("no such conversation", param="conversation_id")
+        return conversation
+
+    async def messages(self, owner_id: uuid.UUID, conversation_id: uuid.UUID, after_seq: int, limit: int
+                       ) -> tuple[Conversation, Page]:
+        conversation = await self.get(owner_id, conversation_id)
+        async with self.database.session() as session:
+            page = await Messages(session).history(conversation_id, after_seq=after_seq, limit=limit + 1)
+        return conversation, Page(page[:limit], len(page) > limit)
+
+    async def rename(self, owner_id: uuid.UUID, conversation_id: uuid.UUID, title: str) -> Conversation:
+        async with self.database.session() as session:
+            conversation = await Conversations(session).rename(owner_id, conversation_id, title)
+            await session.commit()
+        if conversation is None:
+            raise NotFound("no such conversation", param="conversation_id")
+        return conversation
+
+    async def delete(self, owner_id: uuid.UUID, conversation_id: uuid.UUID) -> None:
+        await self.get(owner_id, conversation_id)
+        run = self.registry.current(conversation_id, owner_id)
+        if run is not None:
+            await self._cancel(run)
+        async with self.database.session() as session:
+            deleted = await Conversations(session).delete(owner_id, conversation_id)
+            await session.commit()
+        if not deleted:
+            raise NotFound("no such conversation", param="conversation_id")
+
+    # --- replies ------------------------------------------------------------------------------------------------
+
+    async def post(self, principal: Principal, conversation_id: uuid.UUID, spec: NewMessage,
+                   usage_sink: MutableMapping[str, Any]) -> Started:
+        """Commit the user's message and an in-progress reply, then start generating. 409 while a reply runs."""
+        if conversation_id in self._posting or self.registry.running(conversation_id):
+            raise ConversationBusy("a reply is still being generated in this conversation; wait for it or cancel it",
+                                   param="conversation_id")
+        # Marked from here until the reply's task is started: a second post meanwhile gets the 409 above.
+        self._posting.add(conversation_id)
+        try:
+            return await self._post(principal, conversation_id, spec, usage_sink)
+        finally:
+            self._posting.discard(conversation_id)
+
+    async def _post(self, principal: Principal, conversation_id: uuid.UUID, spec: NewMessage,
+                    usage_sink: MutableMapping[str, Any]) -> Started:
+        owner_id = principal.user_id
+        conversation = await self.get(owner_id, conversation_id)
+        async with self.database.session() as session:
+            history = await Messages(session).history(conversation_id)
+        if any(m.status == MessageStatus.IN_PROGRESS for m in history):
+            raise ConversationBusy("a reply is still being generated in this conversation (on another replica)",
+                                   param="conversation_id")
+        options = spec.sampling_options(self.defaults)
+        turns = [*visible_turns(history), {"role": MessageRole.USER, "content": spec.content}]
+        reply_id = uuid.uuid4()
+        try:
+            assembled = await assemble(self.engine, turns, options.max_tokens or self.engine.max_model_len)
+            options.max_tokens = assembled.max_tokens
+            generation = await self.generator.start(principal, assembled.prompt, options, str(reply_id),
+                                                    usage_sink=usage_sink)
+        except (PromptTooLongError, InvalidRequestError) as exc:
+            raise InvalidRequest(str(exc), param="content") from None
+        try:
+            user = await self._store_turn(owner_id, conversation, spec.content, reply_id, assembled.prompt.num_tokens)
+        except BaseException:
+            await generation.close()
+            raise
+        run = Run(reply_id, conversation_id, owner_id)
+        self.registry.start(run, lambda run: self.writer.produce(run, generation))
+        return Started(run, user.id, assembled.dropped_turns)
+
+    async def _store_turn(self, owner_id: uuid.UUID, conversation: Conversation, content: str, reply_id: uuid.UUID,
+                          prompt_tokens: int) -> Message:
+        """The user's message and the in-progress reply, committed together before anything is generated."""
+        try:
+            async with self.database.session() as session:
+                messages = Messages(session)
+                user = await messages.append(conversation.id, MessageRole.USER, content, prompt_tokens=prompt_tokens)
+                await messages.append(conversation.id, MessageRole.ASSISTANT, "", status=MessageStatus.IN_PROGRESS,
+                                      prompt_tokens=prompt_tokens, message_id=reply_id)
+                if not conversation.title:
+                    await Conversations(session).rename(owner_id, conversation.id,
+                                                        content[:TITLE_FROM_MESSAGE_CHARS])
+                await session.commit()
+        except IntegrityError:
+            raise ConversationBusy("another message was posted to this conversation at the same time",
+                                   param="conversation_id") from None
+        except SQLAlchemyError:
+            raise Unavailable("the message could not be stored; nothing was generated",
+                              retry_after_s=STORE_RETRY_AFTER_S) from None
+        return user
+
+    async def stored_pair(self, conversation_id: uuid.UUID, started: Started) -> tuple[Message, Message]:
+        """The user's message and the reply as stored (once the reply has ended)."""
+        async with self.database.session() as session:
+            messages = Messages(session)
+            user_message = await messages.get(conversation_id, started.user_message_id)
+            reply = await messages.get(conversation_id, started.run.message_id)
+        if user_message is None or reply is None:
+            raise NotFound("the conversation was deleted", param="conversation_id")
+        return user_message, reply
+
+    def listen(self, run: Run, after_id: int) -> EventStream:
+        return self.registry.listen(run, after_id)
+
+    async def wait(self, run: Run) -> None:
+        """Until the reply ends, counting as a listener meanwhile (its grace clock stops). Cancelling this wait
+        leaves the reply running."""
+        with self.registry.attached(run):
+            await run.wait()
+
+    async def resume(self, owner_id: uuid.UUID, conversation_id: uuid.UUID, message_id: uuid.UUID | None,
+                     after_id: int, *, message_id_given: bool) -> tuple[uuid.UUID, EventStream]:
+        """Every event after `after_id`, then the live rest; a reply not held here is replayed from storage."""
+        if message_id_given:
+            run = self.registry.get(message_id, owner_id) if message_id is not None else None
+        else:
+            run = self.registry.current(conversation_id, owner_id)
+        if run is None or run.conversation_id != conversation_id:
+            reply = await self._stored_reply_to_replay(owner_id, conversation_id, message_id, message_id_given)
+            return reply.id, _replay(reply)
+        if after_id > len(run.events):
+            raise InvalidRequest(f"Last-Event-ID {after_id} is past the last event ({len(run.events)})",
+                                 param="Last-Event-ID")
+        if after_id:
+            sse_streams_resumed.labels(self.engine.model_name).inc()
+        return run.message_id, self.registry.listen(run, after_id)
+
+    async def _stored_reply_to_replay(self, owner_id: uuid.UUID, conversation_id: uuid.UUID,
+                                      message_id: uuid.UUID | None, message_id_given: bool) -> Message:
+        """The reply is not held here (finished long ago, or produced by another replica): what is stored."""
+        await self.get(owner_id, conversation_id)
+        async with self.database.session() as session:
+            messages = await Messages(session).history(conversation_id)
+        replies = [m for m in messages if m.role == MessageRole.ASSISTANT
+                   and (not message_id_given or m.id == message_id)]
+        if not replies:
+            raise NotFound("no such message in this conversation", param="message_id")
+        reply = replies[-1]
+        if reply.status == MessageStatus.IN_PROGRESS:
+            raise Conflict("this reply is being generated by another replica: route a conversation's requests to "
+                           "one replica (see README)", param="message_id")
+        return reply
+
+    async def cancel(self, owner_id: uuid.UUID, conversation_id: uuid.UUID, message_id: uuid.UUID) -> Message:
+        run = self.registry.get(message_id, owner_id)
+        if run is None or run.conversation_id != conversation_id:
+            await self.get(owner_id, conversation_id)
+            stored = await self._stored_reply(conversation_id, message_id)
+            if stored is None:
+                raise NotFound("this reply is not being generated here", param="message_id")
+            raise Conflict("this reply is not being generated here", param="message_id")
+        if run.done:
+            raise Conflict("this reply has already ended", param="message_id")
+        await self._cancel(run)
+        reply = await self._stored_reply(conversation_id, message_id)
+        if reply is None:
+            raise NotFound("the conversation was deleted", param="conversation_id")
+        return reply
+
+    async def _cancel(self, run: Run) -> None:
+        if self.registry.cancel(run) and run.task is not None:
+            await asyncio.gather(run.task, return_exceptions=True)
+
+    async def _stored_reply(self, conversation_id: uuid.UUID, message_id: uuid.UUID) -> Message | None:
+        async with self.database.session() as session:
+            message = await Messages(session).get(conversation_id, message_id)
+        return message if message is not None and message.role == MessageRole.ASSISTANT else None
+
+    # --- the seed's shapes --------------------------------------------------------------------------------------
+
+    async def conversation_for_seed(self, owner_id: uuid.UUID, conversation_id: uuid.UUID | None,
+                                    first_message: str) -> uuid.UUID:
+        """The conversation a seed-style chat continues, or a new one titled after its first message."""
+        if conversation_id is not None:
+            return conversation_id
+        conversation = await self.create(owner_id, first_message[:TITLE_FROM_MESSAGE_CHARS])
+        return conversation.id
+
+    async def follow_conversation(self, owner_id: uuid.UUID, conversation_id: uuid.UUID, after_id: int
+                                  ) -> tuple[uuid.UUID | None, EventStream]:
+        """The reply in progress, or else the next one to start (waiting up to WAIT_FOR_NEXT_REPLY_S)."""
+        await self.get(owner_id, conversation_id)
+        run = self.registry.current(conversation_id, owner_id)
+        if run is not None and not run.done:
+            return run.message_id, self.registry.listen(run, after_id)
+        previous = run.message_id if run is not None else None
+        return None, self._next_reply(owner_id, conversation_id, previous)
+
+    async def _next_reply(self, owner_id: uuid.UUID, conversation_id: uuid.UUID, previous: uuid.UUID | None
+                          ) -> EventStream:
+        deadline = time.monotonic() + WAIT_FOR_NEXT_REPLY_S
+        waited = 0.0
+        while time.monotonic() < deadline:
+            upcoming = self.registry.current(conversation_id, owner_id)
+            if upcoming is not None and upcoming.message_id != previous:
+                async for chunk in self.registry.listen(upcoming, 0):
+                    yield chunk
+                return
+            await asyncio.sleep(NEXT_REPLY_POLL_S)
+            waited += NEXT_REPLY_POLL_S
+            if waited >= self.registry.heartbeat_s:
+                waited = 0.0
+                yield HEARTBEAT
+
+
+async def _replay(reply: Message) -> EventStream:
+    yield frame({"message_id": str(reply.id), "status": reply.status, "finish_reason": reply.finish_reason,
+                 "content": reply.content, "prompt_tokens": reply.prompt_tokens,
+                 "completion_tokens": reply.completion_tokens, "replayed": True},
+                event=ReplyEvent.COMPLETED, event_id=1)

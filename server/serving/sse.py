@@ -1,0 +1,35 @@
+"""The one server-sent-events framer: every SSE byte the server writes is made here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+_encode = msgspec.json.encode
+
+DONE = b"data: [DONE]\n\n"
+HEARTBEAT = b": keep-alive\n\n"
+
+# What a streaming route sends: framed events, closed (aclose) when the client leaves.
+EventStream = AsyncGenerator[bytes, None]
+
+
+class ReplyEvent(StrEnum):
+    """The named events of a conversation reply's stream."""
+
+    DELTA = "message.delta"
+    COMPLETED = "message.completed"
+    ERROR = "message.error"
+
+
+def frame(data: Any, *, event: str | None = None, event_id: int | None = None) -> bytes:
+    """One event: `data` as JSON, with an optional event name and id (what Last-Event-ID resumes from)."""
+    head = b""
+    if event_id is not None:
+        head += b"id: %d\n" % event_id
+    if event is not None:
+        head += b"event: %s\n" % event.encode()
+    return head + b"data: " + _encode(data) + b"\n\n"

@@ -1,0 +1,52 @@
+"""What the app holds (settings, engine, database, services), with typed accessors for route handlers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+
+from engine import ChatEngine
+from server.exceptions import AuthenticationFailed
+from server.security.auth import Principal
+from server.security.ratelimit import RateLimits
+from server.serving.chat import ChatCompletions
+from server.serving.conversations import ConversationService
+from server.serving.identity import IdentityService
+from server.serving.replies import Registry
+from server.settings import Settings
+from storage import Database
+
+PRINCIPAL = "principal"
+
+
+@dataclass(frozen=True, slots=True)
+class AppServices:
+    settings: Settings
+    engine: ChatEngine
+    database: Database
+    limits: RateLimits
+    registry: Registry
+    chat: ChatCompletions
+    conversations: ConversationService
+    identity: IdentityService
+
+
+def services(request: Request) -> AppServices:
+    held: AppServices = request.app.state.services
+    return held
+
+
+def principal_of(request: Request) -> Principal:
+    """The caller, as the access middleware identified it (every route outside the open paths has one)."""
+    principal: Principal | None = request.scope.get("state", {}).get(PRINCIPAL)
+    if principal is None:
+        raise AuthenticationFailed("this route needs credentials")
+    return principal
+
+
+def request_state(request: Request) -> dict[str, Any]:
+    """The per-request dict the access log reads (token usage lands there)."""
+    state: dict[str, Any] = request.scope.setdefault("state", {})
+    return state
