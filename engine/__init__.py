@@ -1,22 +1,28 @@
-"""The inference engine: vLLM's AsyncLLM (v1) wrapped for chat, the same code on the CPU and CUDA builds."""
+"""The inference engine: vLLM's AsyncLLM (v1) wrapped for chat and completions, the same code on the CPU and CUDA
+builds."""
 
+from engine.chat import PreparedRequest
 from engine.config import EngineConfig, EngineOptions
 from engine.llm import ChatEngine
 from engine.types import (
+    ChatInput,
     ChatTemplateError,
     ChoiceDelta,
+    CompletionInput,
     EngineStats,
     EngineUnavailableError,
+    GenerationFailedError,
     InvalidRequestError,
     Prompt,
     PromptTooLongError,
-    SamplingOptions,
     StepOutput,
     TokenLogprob,
+    ToolCallDelta,
+    ToolChoice,
 )
 
 __all__ = [
-    "ChatEngine", "ChatTemplateError", "ChoiceDelta", "EngineConfig", "EngineOptions", "EngineStats",
-    "EngineUnavailableError", "InvalidRequestError", "Prompt", "PromptTooLongError", "SamplingOptions", "StepOutput",
-    "TokenLogprob",
+    "ChatEngine", "ChatInput", "ChatTemplateError", "ChoiceDelta", "CompletionInput", "EngineConfig",
+    "EngineOptions", "EngineStats", "EngineUnavailableError", "GenerationFailedError", "InvalidRequestError",
+    "PreparedRequest", "Prompt", "PromptTooLongError", "StepOutput", "TokenLogprob", "ToolCallDelta", "ToolChoice",
 ]

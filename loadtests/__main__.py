@@ -33,6 +33,8 @@ def add_workload_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-duration", type=float, default=600.0, help="seconds per level at most")
     parser.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER))
     parser.add_argument("--out", type=Path, default=None, help="results folder (default: loadtests/results/...)")
+    parser.add_argument("--extra-body", type=json.loads, default=None, metavar="JSON",
+                        help='fields added to every request, e.g. \'{"response_format": {"type": "json_object"}}\'')
 
 
 def out_dir(args: argparse.Namespace, kind: str) -> Path:
@@ -43,7 +45,7 @@ def out_dir(args: argparse.Namespace, kind: str) -> Path:
 
 def jobs_for(args: argparse.Namespace, count: int, seed: int) -> list:
     return build_jobs(args.workload, count, input_len=args.input_len, output_len=args.output_len, turns=args.turns,
-                      seed=seed, tokenizer=args.tokenizer, model=getattr(args, "model", None))
+                      seed=seed, tokenizer=args.tokenizer, model=getattr(args, "model", None), extra=args.extra_body)
 
 
 async def run(args: argparse.Namespace) -> dict[int, tuple[Summary, list[RequestResult]]]:

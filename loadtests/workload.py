@@ -89,15 +89,18 @@ def sample_lengths(count: int, seed: int, path: Path = LENGTHS_FILE) -> list[tup
 
 
 def build_jobs(kind: str, count: int, *, input_len: int, output_len: int, turns: int = 4, seed: int = 0,
-               tokenizer: str | Path = DEFAULT_TOKENIZER, model: str | None = None) -> list[Job]:
+               tokenizer: str | Path = DEFAULT_TOKENIZER, model: str | None = None,
+               extra: dict[str, Any] | None = None) -> list[Job]:
     """`kind`: "fixed" (input_len/output_len), "mix" (shipped length histogram), "multiturn" (`turns` turns of
-    input_len/output_len each, history sent back every turn)."""
+    input_len/output_len each, history sent back every turn). `extra`: fields added to every request (a
+    response_format, say)."""
     maker = PromptMaker(tokenizer, seed)
+    extra = extra or {}
     if kind == "fixed":
-        return [Job([maker.text(input_len)], [output_len], model) for _ in range(count)]
+        return [Job([maker.text(input_len)], [output_len], model, extra) for _ in range(count)]
     if kind == "mix":
-        return [Job([maker.text(i)], [o], model) for i, o in sample_lengths(count, seed)]
+        return [Job([maker.text(i)], [o], model, extra) for i, o in sample_lengths(count, seed)]
     if kind == "multiturn":
-        return [Job([maker.text(input_len) for _ in range(turns)], [output_len] * turns, model)
+        return [Job([maker.text(input_len) for _ in range(turns)], [output_len] * turns, model, extra)
                 for _ in range(count)]
     raise ValueError(f"unknown workload {kind!r}: fixed, mix or multiturn")

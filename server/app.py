@@ -16,19 +16,22 @@ from server.errors import EXCEPTION_HANDLERS
 from server.middleware.access import AccessControlMiddleware
 from server.middleware.body_size import BodySizeLimitMiddleware
 from server.middleware.observability import ObservabilityMiddleware
-from server.protocol.sampling import SamplingDefaults
+from server.middleware.security_headers import SecurityHeadersMiddleware
 from server.routes import all_routes
+from server.routes.docs import STATIC_PREFIX
 from server.routes.identity import TOKEN_PATH
 from server.security.access import AccessPolicy
 from server.security.auth import Authenticator
 from server.security.ratelimit import Quota, RateLimits
 from server.security.tokens import TokenService
 from server.serving.chat import ChatCompletions
+from server.serving.completions import Completions
 from server.serving.conversations import ConversationService
 from server.serving.generation import Admission, Generator
 from server.serving.identity import IdentityService
 from server.serving.replies import Registry
 from server.serving.reply_writer import ReplyWriter
+from server.serving.tokenization import Tokenization
 from server.settings import Settings
 from server.state import AppServices
 from server.telemetry.db_telemetry import instrument
@@ -37,6 +40,8 @@ from storage import Database
 
 DEFAULT_SECRET = "change-me"
 MIN_SECRET_LENGTH = 32
+# Pages anyone may load (the API they describe or drive still needs credentials).
+PUBLIC_PAGES = frozenset({"/", "/docs", "/openapi.json"})
 CORS_HEADERS = ["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"]
 CORS_EXPOSED = ["X-Request-ID", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Retry-After"]
 
@@ -54,12 +59,13 @@ def build_services(settings: Settings, engine: ChatEngine, database: Database, t
                    authenticator: Authenticator | None, limits: RateLimits) -> AppServices:
     registry = Registry(settings.conversation_grace_s, heartbeat_s=settings.sse_heartbeat_s)
     generator = Generator(engine, Admission(engine, limits, settings.max_inflight_generations))
-    chat_defaults = SamplingDefaults(temperature=settings.temperature, max_tokens=settings.max_tokens)
-    reply_defaults = SamplingDefaults(temperature=settings.temperature, max_tokens=settings.conversation_max_tokens)
     conversations = ConversationService(engine, database, registry, generator,
-                                        ReplyWriter(database, settings.conversation_flush_s), reply_defaults)
+                                        ReplyWriter(database, settings.conversation_flush_s),
+                                        settings.conversation_max_tokens)
     return AppServices(settings=settings, engine=engine, database=database, limits=limits, registry=registry,
-                       chat=ChatCompletions(engine, generator, chat_defaults), conversations=conversations,
+                       chat=ChatCompletions(engine, generator, settings.sse_heartbeat_s),
+                       completions=Completions(engine, generator), tokenization=Tokenization(engine),
+                       conversations=conversations,
                        identity=IdentityService(database, tokens, authenticator))
 
 
@@ -110,10 +116,12 @@ def create_app(settings: Settings, model_path: str, *, tracing: bool | None = No
         routes=all_routes(),
         middleware=[
             Middleware(ObservabilityMiddleware, tracing=tracing, access_log=settings.access_log),
+            Middleware(SecurityHeadersMiddleware, pages=PUBLIC_PAGES, prefixes=(STATIC_PREFIX,)),
             *cors,
             Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
             Middleware(AccessControlMiddleware, policy=policy, limits=limits,
-                       open_paths={*settings.open_paths, TOKEN_PATH}, model=engine.model_name),
+                       open_paths={*settings.open_paths, TOKEN_PATH, *PUBLIC_PAGES}, open_prefixes=(STATIC_PREFIX,),
+                       model=engine.model_name),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

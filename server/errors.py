@@ -1,5 +1,6 @@
-"""The one mapping from domain errors to HTTP: status, headers, and one JSON envelope readable by the openai SDK:
-{"error": {message, type, code, param, path}}."""
+"""The one mapping from domain errors to HTTP: status, headers, and the JSON error body. On the OpenAI routes the
+envelope the openai SDK reads, {"error": {message, type, code, param, path}}; on /api/v1/ the seed's contract as
+well: code, message and path (with type and param) at the top level, beside the same "error" object."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
-from engine import EngineUnavailableError, InvalidRequestError, PromptTooLongError
+from engine import EngineUnavailableError, GenerationFailedError, InvalidRequestError, PromptTooLongError
 from server.exceptions import (
     AuthenticationFailed,
     Conflict,
@@ -39,6 +40,7 @@ STATUS_OF: dict[type[Exception], int] = {
     PromptTooLongError: 400,
     InvalidRequestError: 400,
     EngineUnavailableError: 503,
+    GenerationFailedError: 500,
 }
 
 ERROR_TYPES = {
@@ -67,9 +69,14 @@ def error_type(status_code: int) -> str:
     return ERROR_TYPES.get(status_code, "server_error" if status_code >= 500 else "invalid_request_error")
 
 
+SEED_PREFIX = "/api/v1/"
+
+
 def error_body(status_code: int, message: str, *, path: str, param: str | None = None) -> dict[str, object]:
-    return {"error": {"message": message, "type": error_type(status_code), "code": status_code, "param": param,
-                      "path": path}}
+    error = {"message": message, "type": error_type(status_code), "code": status_code, "param": param, "path": path}
+    if path.startswith(SEED_PREFIX):
+        return {**error, "error": error}
+    return {"error": error}
 
 
 def error_response(status_code: int, message: str, *, path: str, param: str | None = None,
@@ -121,6 +128,7 @@ EXCEPTION_HANDLERS = {
     PromptTooLongError: handle_service_error,
     InvalidRequestError: handle_service_error,
     EngineUnavailableError: handle_service_error,
+    GenerationFailedError: handle_service_error,
     HTTPException: handle_http_exception,
     Exception: handle_unexpected,
 }

@@ -40,7 +40,8 @@ class Settings(BaseSettings, EngineOptions):
 
     # Logs: JSON lines on stdout by default, or a rotating file
     log_level: str = "info"
-    log_format: Literal["json", "text"] = "json"
+    # auto: readable text with colours on a terminal (make serve), JSON lines when the output is not a terminal.
+    log_format: Literal["auto", "json", "text"] = "auto"
     log_file: Path | None = None
     log_max_bytes: int = 10_485_760
     log_backup_count: int = 5
@@ -57,10 +58,6 @@ class Settings(BaseSettings, EngineOptions):
     served_model_name: str | None = None
     model_cache_dir: Path | None = None
 
-    # Request defaults (OpenAI's when a request leaves them out)
-    temperature: float = 1.0
-    max_tokens: int | None = None
-
     # Conversations
     conversation_max_tokens: int = 512      # reply length when a message does not say
     conversation_grace_s: float = 30.0      # a reply with no listener goes on this long, then is cancelled
@@ -75,7 +72,7 @@ class Settings(BaseSettings, EngineOptions):
     # Auth. Off only by this explicit flag; the server then serves everyone as `default_user` and says so loudly.
     auth_enabled: bool = True
     default_user: str = "local"
-    open_paths: list[str] = ["/healthz", "/readyz", "/metrics"]
+    open_paths: list[str] = ["/health", "/healthz", "/readyz", "/version", "/metrics"]
     secret_key: str = "change-me"
     jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
     jwt_private_key_file: Path | None = None   # RS256/ES256: PEM used to sign

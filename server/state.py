@@ -12,9 +12,11 @@ from server.exceptions import AuthenticationFailed
 from server.security.auth import Principal
 from server.security.ratelimit import RateLimits
 from server.serving.chat import ChatCompletions
+from server.serving.completions import Completions
 from server.serving.conversations import ConversationService
 from server.serving.identity import IdentityService
 from server.serving.replies import Registry
+from server.serving.tokenization import Tokenization
 from server.settings import Settings
 from storage import Database
 
@@ -29,6 +31,8 @@ class AppServices:
     limits: RateLimits
     registry: Registry
     chat: ChatCompletions
+    completions: Completions
+    tokenization: Tokenization
     conversations: ConversationService
     identity: IdentityService
 

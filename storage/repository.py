@@ -144,6 +144,11 @@ class Messages:
             content=content, status=status, finish_reason=finish_reason, completion_tokens=completion_tokens,
             updated_at=utcnow()))
 
+    async def latest(self, conversation_id: uuid.UUID, role: MessageRole) -> Message | None:
+        return await self.session.scalar(
+            select(Message).where(Message.conversation_id == conversation_id, Message.role == role)
+            .order_by(Message.seq.desc()).limit(1))
+
     async def history(self, conversation_id: uuid.UUID, *, after_seq: int = 0, limit: int | None = None
                       ) -> list[Message]:
         query = (select(Message).where(Message.conversation_id == conversation_id, Message.seq > after_seq)

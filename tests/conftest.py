@@ -118,6 +118,10 @@ def server_settings(database_url: str, redis_url: str, **overrides: object):
 
     values = {"max_body_bytes": 65536, "database_url": database_url, "auth_enabled": True,
               "conversation_max_tokens": 48,  # replies that do not say: short, so that the suite stays fast
+              # Tools with tool_choice auto: vLLM's hermes parser and a Hermes-style template that renders what the
+              # model's own template renders for chats without tools.
+              "tool_call_parser": "hermes", "enable_auto_tool_choice": True,
+              "chat_template": ROOT / "configs/templates/smollm2_hermes_tools.jinja",
               "max_inflight_generations": 24, "conversation_grace_s": 3.0, "sse_heartbeat_s": 2.0,
               "secret_key": "test-secret-key-with-enough-entropy-0123456789",
               "rate_limit_storage": redis_url, **overrides}

@@ -107,13 +107,14 @@ def test_multi_turn_history_reaches_the_model(http: httpx.Client) -> None:
 def test_trimming_at_the_context_limit(http: httpx.Client) -> None:
     conversation_id = new_conversation(http)
     long_text = "The quick brown fox jumps over the lazy dog. " * 70  # about 700 tokens
+    reply_tokens = 120  # two exchanges fit the 2,048-token context, three do not
     dropped = []
     for _ in range(3):
         response = http.post(f"{API}/{conversation_id}/messages",
-                             json={"content": long_text, "max_tokens": 300, "temperature": 0})
+                             json={"content": long_text, "max_tokens": reply_tokens, "temperature": 0})
         assert response.status_code == 201, response.text
         dropped.append(response.json()["dropped_turns"])
-        assert response.json()["message"]["prompt_tokens"] + 300 <= 2048
+        assert response.json()["message"]["prompt_tokens"] + reply_tokens <= 2048
     assert dropped[0] == 0 and dropped[-1] >= 2
     assert len(messages_of(http, conversation_id)) == 6  # trimming drops turns from the prompt, not the database
 
@@ -206,11 +207,13 @@ def test_second_post_while_generating_gets_409(http: httpx.Client) -> None:
 
 
 def test_seed_routes(http: httpx.Client) -> None:
+    """The seed's contract (issue 12): 200 with the reply, and events framed for EventSource.onmessage (no event
+    name; the name is the data's `type`)."""
     started = http.post("/api/v1/chat", json={"message": "Hello there"})
-    assert started.status_code == 201
+    assert started.status_code == 200
     conversation_id = started.json()["conversation_id"]
     again = http.post("/api/v1/chat", json={"message": "And again", "conversation_id": conversation_id})
-    assert again.status_code == 201 and again.json()["conversation_id"] == conversation_id
+    assert again.status_code == 200 and again.json()["conversation_id"] == conversation_id
     assert len(messages_of(http, conversation_id)) == 4
     # GET /api/v1/stream/{id}: attaches to the reply in progress.
     with http.stream("POST", "/api/v1/chat", json={"message": "Stream it", "conversation_id": conversation_id,
@@ -218,7 +221,7 @@ def test_seed_routes(http: httpx.Client) -> None:
         SSEReader(posted).next()
         with http.stream("GET", f"/api/v1/stream/{conversation_id}") as attached:
             events = SSEReader(attached).rest()
-    assert events[-1].event == "message.completed"
+    assert events[-1].data["type"] == "message.completed"
 
 
 # --- routes that do not generate: on Postgres (the main server) and SQLite (a replica) ---------------------------
@@ -342,3 +345,13 @@ def test_resume_on_another_replica(http: httpx.Client, start_replica, server_dat
     stored = wait_for_status(http, conversation_id, message_id)
     assert [e.event for e in events] == ["message.completed"]
     assert events[0].data["replayed"] and events[0].data["content"] == stored["content"]
+
+
+def test_a_reply_takes_the_same_generation_fields(http: httpx.Client) -> None:
+    """One schema for chat and conversations: a choice constraint holds on the stored reply."""
+    conversation_id = new_conversation(http)
+    response = http.post(f"{API}/{conversation_id}/messages",
+                         json={"content": "Pick one.", "max_tokens": 5,
+                               "structured_outputs": {"choice": ["alpha", "beta"]}})
+    assert response.status_code == 201, response.text
+    assert response.json()["message"]["content"] in ("alpha", "beta")

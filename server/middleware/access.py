@@ -16,15 +16,16 @@ from server.telemetry.metrics import rate_limit_rejections
 
 class AccessControlMiddleware:
     def __init__(self, app: ASGIApp, *, policy: AccessPolicy, limits: RateLimits, open_paths: set[str],
-                 model: str) -> None:
+                 open_prefixes: tuple[str, ...], model: str) -> None:
         self.app = app
         self.policy = policy
         self.limits = limits
         self.open_paths = open_paths
+        self.open_prefixes = open_prefixes
         self.model = model
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
+        if scope["type"] != "http" or scope["path"] in self.open_paths or scope["path"].startswith(self.open_prefixes):
             await self.app(scope, receive, send)
             return
         authorization = next((value for name, value in scope["headers"] if name == b"authorization"), None)

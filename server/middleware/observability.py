@@ -19,15 +19,20 @@ access_logger = logging.getLogger("codeface.access")
 MAX_REQUEST_ID_LENGTH = 128
 
 
-def incoming_request_id(scope: Scope) -> str:
-    """The client's X-Request-ID when it is a sane token; a new one otherwise."""
+def client_request_id(scope: Scope) -> str | None:
+    """The client's X-Request-ID when it sent a sane token (printable ASCII, at most 128 characters)."""
     for name, value in scope["headers"]:
         if name == b"x-request-id":
             text: str = value.decode("latin-1")
             if 0 < len(value) <= MAX_REQUEST_ID_LENGTH and value.isascii() and text.isprintable():
                 return text
             break
-    return uuid.uuid4().hex
+    return None
+
+
+def incoming_request_id(scope: Scope) -> str:
+    """The client's X-Request-ID when it is a sane token; a new one otherwise."""
+    return client_request_id(scope) or uuid.uuid4().hex
 
 
 def route_template(scope: Scope) -> str:
@@ -113,4 +118,6 @@ class ObservabilityMiddleware:
             "completion_tokens": usage.get("completion_tokens"),
             "trace_id": format(span.get_span_context().trace_id, "032x") if span is not None else None,
             "user_id": str(principal.user_id) if principal is not None else None,
+            # OpenAI's `user`: the caller's own end-user id, for abuse tracing.
+            "end_user": state.get("end_user"),
         })

@@ -8,7 +8,7 @@ import msgspec
 from msgspec import Meta
 
 from server.exceptions import InvalidRequest
-from server.protocol.sampling import SamplingFields
+from server.protocol.sampling import GenerationFields
 from storage.models import Conversation, Message
 
 MAX_TITLE_CHARS = 300
@@ -25,20 +25,26 @@ class Rename(msgspec.Struct, forbid_unknown_fields=True):
     title: Title
 
 
-class NewMessage(SamplingFields, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A user message and how to sample the reply: the same sampling fields as /v1/chat/completions."""
+class NewMessage(GenerationFields, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A user message and how to generate the reply: the same generation fields as /v1/chat/completions."""
 
     content: MessageText
     stream: bool = False
 
     def __post_init__(self) -> None:
-        # A conversation stores one reply per message and no log probabilities: refused, never dropped.
-        if self.n != 1:
+        # A conversation stores one reply per message, as text: what cannot be stored is refused, never dropped.
+        if self.n not in (None, 1):
             raise InvalidRequest("a conversation reply is one choice: n must be 1", param="n")
-        if self.logprobs:
-            raise InvalidRequest("conversation replies do not carry log probabilities; use /v1/chat/completions",
-                                 param="logprobs")
+        for name in ("prompt_logprobs", "return_token_ids", "return_tokens_as_token_ids"):
+            if getattr(self, name):
+                raise InvalidRequest(f"{name} is not stored with a conversation reply; use /v1/chat/completions",
+                                     param=name)
         super().__post_init__()
+
+    def engine_fields_for_reply(self, default_max_tokens: int) -> dict[str, Any]:
+        fields = self.engine_fields(frozenset({"content", "stream"}))
+        fields.setdefault("max_tokens", default_max_tokens)
+        return fields
 
 
 class SeedChat(msgspec.Struct, forbid_unknown_fields=True):

@@ -13,6 +13,7 @@ from server.exceptions import InvalidRequest
 
 T = TypeVar("T")
 _PATH_IN_ERROR = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `(?P<name>[^`]*)`")
 
 # Bounds that the engine's wire format (int64 seeds) and the database (32-bit integers) can hold: anything
 # larger is a 400 here instead of an error deep in vLLM or the database.
@@ -22,6 +23,16 @@ PositiveInt = Annotated[int, Meta(ge=1, le=INT32_MAX)]
 Count = Annotated[int, Meta(ge=0, le=INT32_MAX)]
 Seed = Annotated[int, Meta(ge=INT64_MIN, le=INT64_MAX)]
 EMPTY_OBJECT = b"{}"
+
+
+def error_param(message: str) -> str | None:
+    """The field a msgspec validation message names: its path, and the unknown field's name if that is the fault."""
+    at = _PATH_IN_ERROR.search(message)
+    path = at.group("path") if at else ""
+    unknown = _UNKNOWN_FIELD.match(message)
+    if unknown:
+        return f"{path}.{unknown.group('name')}" if path else unknown.group("name")
+    return path or None
 
 
 def decode_body(body: bytes, schema: type[T], *, empty_means: bytes | None = EMPTY_OBJECT) -> T:
@@ -36,8 +47,6 @@ def decode_body(body: bytes, schema: type[T], *, empty_means: bytes | None = EMP
     try:
         return msgspec.json.decode(body, type=schema)
     except msgspec.ValidationError as exc:
-        message = str(exc)
-        match = _PATH_IN_ERROR.search(message)
-        raise InvalidRequest(message, param=match.group("path") if match else None) from None
+        raise InvalidRequest(str(exc), param=error_param(str(exc))) from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None

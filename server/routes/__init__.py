@@ -3,8 +3,9 @@ request, calls one service function and builds the response."""
 
 from starlette.routing import BaseRoute
 
-from server.routes import conversations, identity, openai, seed, system
+from server.routes import conversations, docs, identity, openai, seed, system, tokenize
 
 
 def all_routes() -> list[BaseRoute]:
-    return [*openai.routes, *conversations.routes, *seed.routes, *identity.routes, *system.routes]
+    return [*openai.routes, *tokenize.routes, *conversations.routes, *seed.routes, *identity.routes,
+            *system.routes, *docs.routes]

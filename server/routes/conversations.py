@@ -16,6 +16,7 @@ from server.protocol.conversations import NewConversation, NewMessage, Rename, c
 from server.protocol.decode import INT32_MAX, decode_body
 from server.routes.params import int_query, json_response, last_event_id, parse_uuid, path_uuid
 from server.serving.conversations import Started
+from server.serving.sse import Framing
 from server.state import principal_of, request_state, services
 from server.streaming import EventStreamResponse, RouteResponse, cancel_on_disconnect
 from storage.models import Conversation
@@ -24,6 +25,7 @@ API = "/api/v1/conversations"
 DEFAULT_PAGE, MAX_PAGE = 20, 100
 DEFAULT_MESSAGES, MAX_MESSAGES = 50, 500
 CLIENT_CLOSED_REQUEST = 499
+CREATED = 201
 
 
 def encode_cursor(c: Conversation) -> str:
@@ -82,20 +84,21 @@ async def delete_conversation(request: Request) -> RouteResponse:
     return Response(status_code=204)
 
 
-async def reply(request: Request, conversation_id: uuid.UUID, spec: NewMessage) -> RouteResponse:
+async def reply(request: Request, conversation_id: uuid.UUID, spec: NewMessage, *, framing: Framing = Framing.NAMED,
+                created: int = CREATED) -> RouteResponse:
     """Start the reply; stream its events, or wait for it and answer with both stored messages."""
     conversations = services(request).conversations
     started = await conversations.post(principal_of(request), conversation_id, spec, request_state(request))
     headers = reply_headers(conversation_id, started)
     if spec.stream:
-        return EventStreamResponse(conversations.listen(started.run, 0), headers=headers)
+        return EventStreamResponse(conversations.listen(started.run, 0, framing), headers=headers)
     await cancel_on_disconnect(request.receive, lambda: conversations.wait(started.run))
     if not started.run.done:
         return Response(status_code=CLIENT_CLOSED_REQUEST)  # gone; the reply goes on for the grace period
     user_message, stored = await conversations.stored_pair(conversation_id, started)
     return json_response({"conversation_id": str(conversation_id), "user_message": message_view(user_message),
-                          "message": message_view(stored), "dropped_turns": started.dropped_turns},
-                         status_code=201, headers=headers)
+                          "message": message_view(stored), "reply": stored.content,
+                          "dropped_turns": started.dropped_turns}, status_code=created, headers=headers)
 
 
 async def post_message(request: Request) -> RouteResponse:

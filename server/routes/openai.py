@@ -1,15 +1,19 @@
-"""The OpenAI-compatible API: POST /v1/chat/completions (streamed as SSE or not) and GET /v1/models."""
+"""The OpenAI-compatible API: POST /v1/chat/completions and POST /v1/completions (streamed as SSE or not), and
+GET /v1/models with vLLM's fields."""
 
 from __future__ import annotations
 
 import time
+import uuid
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from server.middleware.observability import client_request_id
 from server.protocol.chat import ChatCompletionRequest
+from server.protocol.completions import CompletionRequest
 from server.protocol.decode import decode_body
 from server.routes.params import json_response
 from server.state import principal_of, request_state, services
@@ -17,13 +21,23 @@ from server.streaming import EventStreamResponse, RouteResponse, cancel_on_disco
 from server.telemetry.metrics import AbortReason, aborted_requests
 
 STARTED_AT = int(time.time())
+MODEL_PERMISSION_ID = uuid.uuid4().hex
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left; nobody reads it
+
+
+def generation_request_id(request: Request, body_request_id: str | None) -> str:
+    """As vllm serve: the client's X-Request-ID, else the body's request_id, else a new one."""
+    return client_request_id(request.scope) or body_request_id or uuid.uuid4().hex
 
 
 async def chat_completions(request: Request) -> RouteResponse:
     body = decode_body(await request.body(), ChatCompletionRequest, empty_means=None)
     chat = services(request).chat
-    completion = await chat.start(body, principal_of(request), request_state(request))
+    state = request_state(request)
+    if body.user is not None:
+        state["end_user"] = body.user
+    completion = await chat.start(body, principal_of(request), state,
+                                  generation_request_id(request, body.request_id))
     if body.stream:
         return EventStreamResponse(chat.events(completion), finalize=completion.close)
     try:
@@ -36,7 +50,27 @@ async def chat_completions(request: Request) -> RouteResponse:
     return Response(msgspec.json.encode(result), media_type="application/json")
 
 
+async def completions(request: Request) -> RouteResponse:
+    body = decode_body(await request.body(), CompletionRequest, empty_means=None)
+    service = services(request).completions
+    state = request_state(request)
+    if body.user is not None:
+        state["end_user"] = body.user
+    run = await service.start(body, principal_of(request), state, generation_request_id(request, body.request_id))
+    if body.stream:
+        return EventStreamResponse(service.events(run), finalize=run.close)
+    try:
+        result = await cancel_on_disconnect(request.receive, lambda: service.collect(run))
+    finally:
+        await run.close()
+    if result is None:
+        aborted_requests.labels(run.model, AbortReason.CLIENT_DISCONNECT).inc()
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    return Response(msgspec.json.encode(result), media_type="application/json")
+
+
 async def list_models(request: Request) -> RouteResponse:
+    """vLLM's model card: id, root (the model folder), max_model_len and a permission entry."""
     engine = services(request).engine
     return json_response({
         "object": "list",
@@ -45,12 +79,21 @@ async def list_models(request: Request) -> RouteResponse:
             "object": "model",
             "created": STARTED_AT,
             "owned_by": "codeface",
+            "root": engine.config.model,
+            "parent": None,
             "max_model_len": engine.max_model_len,
+            "permission": [{
+                "id": f"modelperm-{MODEL_PERMISSION_ID}", "object": "model_permission", "created": STARTED_AT,
+                "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
+                "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
+                "organization": "*", "group": None, "is_blocking": False,
+            }],
         }],
     })
 
 
 routes: list[BaseRoute] = [
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/completions", completions, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
 ]

@@ -1,8 +1,9 @@
-"""Probes and metrics: GET /healthz, GET /readyz, GET /metrics."""
+"""Probes, version and metrics: GET /health (vLLM's liveness path), /healthz, /readyz, /version, /metrics."""
 
 from __future__ import annotations
 
 import dataclasses
+from importlib.metadata import version as package_version
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.requests import Request
@@ -14,11 +15,23 @@ from server.routes.params import json_response
 from server.state import services
 
 READY_RETRY_AFTER_S = 5
+CODEFACE_VERSION = package_version("codeface")
 
 
 async def healthz(request: Request) -> Response:
     """The process is alive and its event loop answers."""
     return json_response({"status": "ok"})
+
+
+async def health(request: Request) -> Response:
+    """vLLM's liveness probe: 200 while the engine is alive, 503 once it has died (restart this process)."""
+    if not await services(request).engine.check_health():
+        raise Unavailable("the engine is not running", retry_after_s=READY_RETRY_AFTER_S)
+    return json_response({"status": "ok"})
+
+
+async def version(request: Request) -> Response:
+    return json_response({"version": CODEFACE_VERSION, "vllm_version": services(request).engine.vllm_version})
 
 
 async def readyz(request: Request) -> Response:
@@ -39,7 +52,9 @@ async def metrics(request: Request) -> Response:
 
 
 routes: list[BaseRoute] = [
+    Route("/health", health, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
+    Route("/version", version, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
 ]

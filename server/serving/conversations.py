@@ -16,13 +16,13 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from engine import ChatEngine, InvalidRequestError, PromptTooLongError
 from server.exceptions import Conflict, ConversationBusy, InvalidRequest, NotFound, Unavailable
 from server.protocol.conversations import NewMessage
-from server.protocol.sampling import SamplingDefaults
 from server.security.auth import Principal
+from server.serving.chat import engine_refusal
 from server.serving.generation import Generator
 from server.serving.history import assemble, visible_turns
 from server.serving.replies import Registry, Run
 from server.serving.reply_writer import ReplyWriter
-from server.serving.sse import HEARTBEAT, EventStream, ReplyEvent, frame
+from server.serving.sse import HEARTBEAT, EventStream, Framing, ReplyEvent, frame_reply_event
 from server.telemetry.metrics import sse_streams_resumed
 from storage import Database
 from storage.models import Conversation, Message, MessageRole, MessageStatus
@@ -50,13 +50,13 @@ class Page:
 
 class ConversationService:
     def __init__(self, engine: ChatEngine, database: Database, registry: Registry, generator: Generator,
-                 writer: ReplyWriter, defaults: SamplingDefaults) -> None:
+                 writer: ReplyWriter, default_max_tokens: int) -> None:
         self.engine = engine
         self.database = database
         self.registry = registry
         self.generator = generator
         self.writer = writer
-        self.defaults = defaults
+        self.default_max_tokens = default_max_tokens
         self._posting: set[uuid.UUID] = set()
 
     # --- conversations ------------------------------------------------------------------------------------------
@@ -129,18 +129,17 @@ class ConversationService:
         if any(m.status == MessageStatus.IN_PROGRESS for m in history):
             raise ConversationBusy("a reply is still being generated in this conversation (on another replica)",
                                    param="conversation_id")
-        options = spec.sampling_options(self.defaults)
         turns = [*visible_turns(history), {"role": MessageRole.USER, "content": spec.content}]
         reply_id = uuid.uuid4()
         try:
-            assembled = await assemble(self.engine, turns, options.max_tokens or self.engine.max_model_len)
-            options.max_tokens = assembled.max_tokens
-            generation = await self.generator.start(principal, assembled.prompt, options, str(reply_id),
-                                                    usage_sink=usage_sink)
+            assembled = await assemble(self.engine, turns, spec.engine_fields_for_reply(self.default_max_tokens),
+                                       str(reply_id))
+            generation = await self.generator.start(principal, assembled.prepared, usage_sink=usage_sink)
         except (PromptTooLongError, InvalidRequestError) as exc:
-            raise InvalidRequest(str(exc), param="content") from None
+            raise engine_refusal(exc, "content") from None
         try:
-            user = await self._store_turn(owner_id, conversation, spec.content, reply_id, assembled.prompt.num_tokens)
+            user = await self._store_turn(owner_id, conversation, spec.content, reply_id,
+                                          assembled.prepared.prompt.num_tokens)
         except BaseException:
             await generation.close()
             raise
@@ -179,8 +178,8 @@ class ConversationService:
             raise NotFound("the conversation was deleted", param="conversation_id")
         return user_message, reply
 
-    def listen(self, run: Run, after_id: int) -> EventStream:
-        return self.registry.listen(run, after_id)
+    def listen(self, run: Run, after_id: int, framing: Framing = Framing.NAMED) -> EventStream:
+        return self.registry.listen(run, after_id, framing)
 
     async def wait(self, run: Run) -> None:
         """Until the reply ends, counting as a listener meanwhile (its grace clock stops). Cancelling this wait
@@ -258,12 +257,17 @@ class ConversationService:
 
     async def follow_conversation(self, owner_id: uuid.UUID, conversation_id: uuid.UUID, after_id: int
                                   ) -> tuple[uuid.UUID | None, EventStream]:
-        """The reply in progress, or else the next one to start (waiting up to WAIT_FOR_NEXT_REPLY_S)."""
+        """The seed's stream, framed for EventSource.onmessage: the reply in progress; else the latest reply if it
+        has finished (its events from this replica's buffer, or the stored reply); else the next reply to start."""
         await self.get(owner_id, conversation_id)
         run = self.registry.current(conversation_id, owner_id)
-        if run is not None and not run.done:
-            return run.message_id, self.registry.listen(run, after_id)
-        previous = run.message_id if run is not None else None
+        if run is not None:
+            return run.message_id, self.registry.listen(run, after_id, Framing.PLAIN)
+        async with self.database.session() as session:
+            latest = await Messages(session).latest(conversation_id, MessageRole.ASSISTANT)
+        if latest is not None and latest.status != MessageStatus.IN_PROGRESS:
+            return latest.id, _replay(latest, Framing.PLAIN)
+        previous = latest.id if latest is not None else None
         return None, self._next_reply(owner_id, conversation_id, previous)
 
     async def _next_reply(self, owner_id: uuid.UUID, conversation_id: uuid.UUID, previous: uuid.UUID | None
@@ -273,7 +277,7 @@ class ConversationService:
         while time.monotonic() < deadline:
             upcoming = self.registry.current(conversation_id, owner_id)
             if upcoming is not None and upcoming.message_id != previous:
-                async for chunk in self.registry.listen(upcoming, 0):
+                async for chunk in self.registry.listen(upcoming, 0, Framing.PLAIN):
                     yield chunk
                 return
             await asyncio.sleep(NEXT_REPLY_POLL_S)
@@ -283,8 +287,10 @@ class ConversationService:
                 yield HEARTBEAT
 
 
-async def _replay(reply: Message) -> EventStream:
-    yield frame({"message_id": str(reply.id), "status": reply.status, "finish_reason": reply.finish_reason,
-                 "content": reply.content, "prompt_tokens": reply.prompt_tokens,
-                 "completion_tokens": reply.completion_tokens, "replayed": True},
-                event=ReplyEvent.COMPLETED, event_id=1)
+async def _replay(reply: Message, framing: Framing = Framing.NAMED) -> EventStream:
+    """A stored reply as one completed event carrying its whole text."""
+    frames = frame_reply_event(ReplyEvent.COMPLETED, {
+        "message_id": str(reply.id), "status": reply.status, "finish_reason": reply.finish_reason,
+        "content": reply.content, "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
+        "replayed": True}, event_id=1)
+    yield frames[framing]

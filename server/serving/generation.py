@@ -3,12 +3,13 @@ engine stream, and a tally of what came out, settled once when the generation en
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import anyio
 
-from engine import ChatEngine, Prompt, SamplingOptions, StepOutput
+from engine import ChatEngine, PreparedRequest, StepOutput
 from server.exceptions import Overloaded
 from server.security.auth import Principal
 from server.security.ratelimit import LimitExceeded, RateLimits, Reservation
@@ -48,7 +49,9 @@ class Tally:
 
     def __init__(self, prompt_tokens: int, n: int, spans: GenerationSpans, usage_sink: MutableMapping[str, Any],
                  reservation: Reservation | None) -> None:
+        self.created = int(time.time())
         self.prompt_tokens = prompt_tokens
+        self.cached_tokens: int | None = None
         self.completion_tokens = 0
         self.finish_reasons: list[str | None] = [None] * n
         self.spans = spans
@@ -59,6 +62,8 @@ class Tally:
     def add(self, step: StepOutput) -> None:
         if self.completion_tokens == 0:
             self.spans.first_token()
+        if step.cached_tokens is not None:
+            self.cached_tokens = step.cached_tokens
         for choice in step.choices:
             self.completion_tokens += choice.num_tokens
             if choice.finish_reason is not None:
@@ -69,7 +74,10 @@ class Tally:
         if self.closed:
             return
         self.closed = True
-        self.usage_sink["usage"] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+        # Added up: one request may run several generations (a completion with several prompts).
+        used = self.usage_sink.setdefault("usage", {"prompt_tokens": 0, "completion_tokens": 0})
+        used["prompt_tokens"] += self.prompt_tokens
+        used["completion_tokens"] += self.completion_tokens
         self.spans.finish(self.prompt_tokens, self.completion_tokens, [r or ABORTED for r in self.finish_reasons])
         if self.reservation is not None:
             # Shielded: a cancelled request (client gone) would otherwise have this await cancelled too.
@@ -81,13 +89,14 @@ class Generation:
     """One admitted generation. Iterate it for the engine's steps (tallied as they pass); `close` ends it in the
     engine if it is still running and settles its budget, once."""
 
-    def __init__(self, request_id: str, prompt: Prompt, options: SamplingOptions, steps: AsyncIterator[StepOutput],
-                 tally: Tally) -> None:
-        self.request_id = request_id
-        self.prompt = prompt
-        self.options = options
+    def __init__(self, prepared: PreparedRequest, steps: AsyncIterator[StepOutput], tally: Tally) -> None:
+        self.prepared = prepared
         self._steps = steps
         self.tally = tally
+
+    @property
+    def request_id(self) -> str:
+        return self.prepared.request_id
 
     async def __aiter__(self) -> AsyncIterator[StepOutput]:
         async for step in self._steps:
@@ -100,19 +109,24 @@ class Generation:
 
 
 class Generator:
-    """Starts generations: the engine checks the request, admission and limits let it in, the engine runs it."""
+    """Starts generations of prepared (rendered, checked) requests: admission and limits let one in, then the
+    engine takes it."""
 
     def __init__(self, engine: ChatEngine, admission: Admission) -> None:
         self.engine = engine
         self.admission = admission
 
-    async def start(self, principal: Principal | None, prompt: Prompt, options: SamplingOptions, request_id: str,
-                    *, usage_sink: MutableMapping[str, Any]) -> Generation:
-        """Raises the engine's PromptTooLongError or InvalidRequestError before admission, and admission's errors;
-        nothing reaches the engine unless all pass."""
-        spans = GenerationSpans(self.engine.model_name, request_id, options.max_tokens, options.temperature)
-        budget = self.engine.output_budget(prompt, options.max_tokens)
-        steps = self.engine.generate(prompt, options, request_id)
-        reservation = await self.admission.admit(principal, prompt.num_tokens + budget * options.n)
-        return Generation(request_id, prompt, options, steps, Tally(prompt.num_tokens, options.n, spans, usage_sink,
-                                                                    reservation))
+    async def start(self, principal: Principal | None, prepared: PreparedRequest, *,
+                    usage_sink: MutableMapping[str, Any]) -> Generation:
+        """Raises admission's errors, then the engine's (InvalidRequestError, EngineUnavailableError) if it refuses
+        the request: all before a byte of the response is sent."""
+        prompt_tokens = prepared.prompt.num_tokens
+        spans = GenerationSpans(self.engine.model_name, prepared.request_id, prepared.max_tokens)
+        reservation = await self.admission.admit(principal, prompt_tokens + prepared.max_tokens * prepared.n)
+        tally = Tally(prompt_tokens, prepared.n, spans, usage_sink, reservation)
+        try:
+            steps = await self.engine.submit(prepared)
+        except BaseException:
+            await tally.close()
+            raise
+        return Generation(prepared, steps, tally)

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
-from server.serving.sse import HEARTBEAT, EventStream, ReplyEvent, frame
+from server.serving.sse import HEARTBEAT, EventStream, Framing, ReplyEvent, frame_reply_event
 
 logger = logging.getLogger(__name__)
 # How long a finished reply stays here for late re-attaches.
@@ -27,7 +27,7 @@ class Run:
         self.message_id = message_id
         self.conversation_id = conversation_id
         self.owner_id = owner_id
-        self.events: list[bytes] = []
+        self.events: list[dict[Framing, bytes]] = []
         self.done = False
         self.listeners = 0
         self.finished_at: float | None = None
@@ -37,7 +37,7 @@ class Run:
 
     async def publish(self, event: ReplyEvent, data: dict[str, Any], *, final: bool = False) -> None:
         async with self._changed:
-            self.events.append(frame(data, event=event, event_id=len(self.events) + 1))
+            self.events.append(frame_reply_event(event, data, len(self.events) + 1))
             if final:
                 self.done = True
                 self.finished_at = time.monotonic()
@@ -48,7 +48,7 @@ class Run:
         if self.task is not None:
             await asyncio.shield(self.task)
 
-    async def follow(self, after_id: int, heartbeat_s: float) -> EventStream:
+    async def follow(self, after_id: int, heartbeat_s: float, framing: Framing = Framing.NAMED) -> EventStream:
         """Every event after `after_id`, then the live rest until the reply ends; heartbeats while idle."""
         position = max(0, after_id)
         while True:
@@ -60,7 +60,7 @@ class Run:
                 done = self.done
             if pending:
                 position += len(pending)
-                yield b"".join(pending)
+                yield b"".join(event[framing] for event in pending)
             elif not done:
                 yield HEARTBEAT
             if done and position >= len(self.events):
@@ -114,9 +114,9 @@ class Registry:
             if run.listeners == 0 and not run.done:
                 self._arm_grace(run)
 
-    async def listen(self, run: Run, after_id: int) -> EventStream:
+    async def listen(self, run: Run, after_id: int, framing: Framing = Framing.NAMED) -> EventStream:
         with self.attached(run):
-            async for chunk in run.follow(after_id, self.heartbeat_s):
+            async for chunk in run.follow(after_id, self.heartbeat_s, framing):
                 yield chunk
 
     def cancel(self, run: Run) -> bool:

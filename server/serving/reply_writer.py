@@ -12,7 +12,7 @@ import uuid
 import anyio
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine import EngineUnavailableError, InvalidRequestError
+from engine import EngineUnavailableError, GenerationFailedError, InvalidRequestError
 from server.serving.generation import Generation
 from server.serving.replies import Run
 from server.serving.sse import ReplyEvent
@@ -43,16 +43,16 @@ class ReplyWriter:
         try:
             async for step in generation:
                 choice = step.choices[0]
-                if choice.text:
-                    parts.append(choice.text)
-                    await run.publish(ReplyEvent.DELTA, {"message_id": str(run.message_id), "delta": choice.text})
+                if choice.content:
+                    parts.append(choice.content)
+                    await run.publish(ReplyEvent.DELTA, {"message_id": str(run.message_id), "delta": choice.content})
                 if choice.finish_reason is not None:
                     finish_reason = choice.finish_reason
                 flusher.maybe_flush(parts, generation.tally.completion_tokens)
             status = MessageStatus.LENGTH if finish_reason == LENGTH else MessageStatus.COMPLETED
         except asyncio.CancelledError:
             status, finish_reason = MessageStatus.CANCELLED, CANCELLED
-        except (InvalidRequestError, EngineUnavailableError) as exc:
+        except (InvalidRequestError, EngineUnavailableError, GenerationFailedError) as exc:
             error = str(exc)
         except Exception as exc:  # the engine broke mid-reply: store what there is as failed
             logger.exception("reply %s failed", run.message_id)
@@ -64,7 +64,8 @@ class ReplyWriter:
             await flusher.stop()
             await self._store_final(run.message_id, text, status, finish_reason, completion_tokens)
             summary = {"message_id": str(run.message_id), "status": status, "finish_reason": finish_reason,
-                       "prompt_tokens": generation.prompt.num_tokens, "completion_tokens": completion_tokens}
+                       "prompt_tokens": generation.prepared.prompt.num_tokens,
+                       "completion_tokens": completion_tokens}
             if status == MessageStatus.FAILED:
                 await run.publish(ReplyEvent.ERROR, {**summary, "error": error}, final=True)
             else:

@@ -25,6 +25,21 @@ class ReplyEvent(StrEnum):
     ERROR = "message.error"
 
 
+class Framing(StrEnum):
+    """How a reply's events are framed for a listener: NAMED (`event: message.delta`, the conversation routes) or
+    PLAIN (no event name, the name in the data's `type`: what a browser's EventSource.onmessage receives; the
+    seed's routes)."""
+
+    NAMED = "named"
+    PLAIN = "plain"
+
+
+def frame_reply_event(event: ReplyEvent, data: dict[str, Any], event_id: int) -> dict[Framing, bytes]:
+    """One reply event, framed both ways once, for every listener to take the framing it asked for."""
+    return {Framing.NAMED: frame(data, event=event, event_id=event_id),
+            Framing.PLAIN: frame({"type": event, **data}, event_id=event_id)}
+
+
 def frame(data: Any, *, event: str | None = None, event_id: int | None = None) -> bytes:
     """One event: `data` as JSON, with an optional event name and id (what Last-Event-ID resumes from)."""
     head = b""

@@ -6,6 +6,7 @@ import logging
 import logging.handlers
 import sys
 from contextvars import ContextVar
+from enum import StrEnum
 from pathlib import Path
 
 from pythonjsonlogger.json import JsonFormatter
@@ -44,7 +45,22 @@ def json_formatter() -> logging.Formatter:
     return formatter
 
 
-def configure_logging(level: str = "info", *, log_format: str = "json", log_file: Path | None = None,
+class LogFormat(StrEnum):
+    AUTO = "auto"  # text for a person at a terminal, JSON lines otherwise
+    JSON = "json"
+    TEXT = "text"
+
+
+def text_formatter(colours: bool) -> logging.Formatter:
+    """uvicorn's style (`INFO:     message`), coloured where the terminal has colours."""
+    from uvicorn.logging import DefaultFormatter
+
+    formatter: logging.Formatter = DefaultFormatter(
+        "%(levelprefix)s %(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", use_colors=colours)
+    return formatter
+
+
+def configure_logging(level: str = "info", *, log_format: str = LogFormat.AUTO, log_file: Path | None = None,
                       max_bytes: int = 10_485_760, backup_count: int = 5) -> None:
     """Route every logger (ours, uvicorn's, vLLM's) through one handler: stdout, or a rotating file."""
     handler: logging.Handler
@@ -53,9 +69,11 @@ def configure_logging(level: str = "info", *, log_format: str = "json", log_file
         handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=max_bytes, backupCount=backup_count)
     else:
         handler = logging.StreamHandler(sys.stdout)
+    at_terminal = log_file is None and sys.stdout.isatty()
+    if log_format == LogFormat.AUTO:
+        log_format = LogFormat.TEXT if at_terminal else LogFormat.JSON
     handler.addFilter(ContextFilter())
-    handler.setFormatter(json_formatter() if log_format == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s [request_id=%(request_id)s]"))
+    handler.setFormatter(json_formatter() if log_format == LogFormat.JSON else text_formatter(at_terminal))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -57,7 +57,7 @@ class GenerationSpans:
     """The queue-and-prefill and decode phases of one generation, as child spans of the request's span, plus the
     GenAI semantic-convention attributes on the request span itself."""
 
-    def __init__(self, model: str, response_id: str, max_tokens: int | None, temperature: float) -> None:
+    def __init__(self, model: str, response_id: str, max_tokens: int | None) -> None:
         self.request_span = trace.get_current_span()
         self.recording = self.request_span.is_recording()
         self.submitted_ns = time.time_ns()
@@ -67,7 +67,6 @@ class GenerationSpans:
                 "gen_ai.operation.name": "chat",
                 "gen_ai.request.model": model,
                 "gen_ai.response.id": response_id,
-                "gen_ai.request.temperature": temperature,
                 **({"gen_ai.request.max_tokens": max_tokens} if max_tokens is not None else {}),
             })
 

@@ -1,19 +1,33 @@
 """FakeEngine: a named test double for the fast tier. It stands in for vLLM behind ChatEngine's interface so that
 the HTTP layer (routes, schemas, errors, SSE framing, history trimming, the reply registry) can be tested in
 seconds. Its "model": a chat template that tags each message with its role, one token per character of the
-prompt, and a reply of numbered words, one word per token."""
+prompt, and a reply of numbered words, one word per token. It reads the fields a request hands the engine
+(max_tokens, n, stop, ignore_eos, logprobs) and records every request it prepared."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
+from typing import Any
 
-from engine import ChatEngine, EngineConfig, Prompt, SamplingOptions, StepOutput
+from engine import (
+    ChatEngine,
+    ChatInput,
+    CompletionInput,
+    EngineConfig,
+    PreparedRequest,
+    Prompt,
+    PromptTooLongError,
+    StepOutput,
+    ToolChoice,
+)
 from engine.types import ChatTemplateError, ChoiceDelta, EngineStats, TokenLogprob
 
 FAKE_MODEL = "fake-model"
 # A message with this content makes the fake template refuse the chat, as strict templates refuse some orders.
 TEMPLATE_REFUSES = "<refuse>"
+# Without ignore_eos the fake model "ends its sentence" after this many words.
+SENTENCE_WORDS = 12
 
 
 class FakeEngine(ChatEngine):
@@ -21,11 +35,15 @@ class FakeEngine(ChatEngine):
         super().__init__(EngineConfig(model="/fake", served_model_name=FAKE_MODEL, max_model_len=max_model_len))
         self.token_delay_s = token_delay_s
         self.in_flight = 0
-        self.requests: list[tuple[Prompt, SamplingOptions]] = []
+        self.prepared: list[tuple[Prompt, dict[str, Any]]] = []
 
     @property
     def is_running(self) -> bool:
         return True
+
+    @property
+    def fingerprint(self) -> str:
+        return "fp_fake"
 
     def load_backend(self) -> None:
         pass
@@ -46,42 +64,61 @@ class FakeEngine(ChatEngine):
     def stats(self) -> EngineStats:
         return EngineStats(requests_in_flight=self.in_flight, running=self.in_flight, waiting=0)
 
-    async def render(self, messages: Sequence[dict[str, str]]) -> Prompt:
-        if any(m["content"] == TEMPLATE_REFUSES for m in messages):
-            raise ChatTemplateError("the model's chat template rejected these messages: refused")
-        text = "".join(f"<{m['role']}>{m['content']}\n" for m in messages) + "<assistant>"
+    async def render(self, chat: ChatInput) -> Prompt:
+        if any(m.get("content") == TEMPLATE_REFUSES for m in chat.messages):
+            raise ChatTemplateError("the model's chat template rejected these messages: refused", "messages")
+        text = "".join(f"<{m['role']}>{m.get('content') or ''}\n" for m in chat.messages) + "<assistant>"
         return Prompt(token_ids=[ord(c) for c in text], text=text)
 
-    def generate(self, prompt: Prompt, options: SamplingOptions, request_id: str) -> AsyncIterator[StepOutput]:
-        budget = self.output_budget(prompt, options.max_tokens)
-        self.requests.append((prompt, options))
-        return self._stream(budget, options)
+    async def prepare_chat(self, chat: ChatInput, request_id: str) -> PreparedRequest:
+        return self._prepare(await self.render(chat), chat.fields, request_id)
 
-    async def _stream(self, budget: int, options: SamplingOptions) -> AsyncIterator[StepOutput]:
+    async def prepare_completion(self, completion: CompletionInput, request_id: str) -> PreparedRequest:
+        prompt = completion.prompt
+        text = prompt if isinstance(prompt, str) else "".join(chr(t) for t in prompt)
+        return self._prepare(Prompt([ord(c) for c in text], text), {"max_tokens": 16, **completion.fields},
+                             request_id)
+
+    def _prepare(self, prompt: Prompt, fields: dict[str, Any], request_id: str) -> PreparedRequest:
+        room = self.max_model_len - prompt.num_tokens
+        requested = fields.get("max_completion_tokens") or fields.get("max_tokens")
+        if room <= 0 or (requested is not None and requested > room):
+            raise PromptTooLongError(f"the prompt ({prompt.num_tokens} tokens) does not fit this model's context "
+                                     f"of {self.max_model_len} tokens")
+        self.prepared.append((prompt, fields))
+        logprobs = fields.get("top_logprobs", 0) if fields.get("logprobs") else None
+        if isinstance(fields.get("logprobs"), int) and not isinstance(fields.get("logprobs"), bool):
+            logprobs = fields["logprobs"]
+        return PreparedRequest(request_id, prompt, fields.get("n", 1), requested or room, logprobs,
+                               fields.get("priority", 0), None, ToolChoice.NONE, None, fields, None, {})
+
+    async def submit(self, prepared: PreparedRequest) -> AsyncIterator[StepOutput]:
+        return self._stream(prepared)
+
+    async def _stream(self, prepared: PreparedRequest) -> AsyncIterator[StepOutput]:
+        fields: dict[str, Any] = prepared.params
+        stop = fields.get("stop") or []
+        stop = [stop] if isinstance(stop, str) else stop
         self.in_flight += 1
         try:
-            texts = ["" for _ in range(options.n)]
-            # Without ignore_eos the fake model "ends its sentence" after 12 words.
-            length = budget if options.ignore_eos else min(budget, 12)
+            texts = ["" for _ in range(prepared.n)]
+            length = prepared.max_tokens if fields.get("ignore_eos") else min(prepared.max_tokens, SENTENCE_WORDS)
             for position in range(length):
-                if self.token_delay_s:
-                    await asyncio.sleep(self.token_delay_s)
-                else:
-                    await asyncio.sleep(0)
+                await asyncio.sleep(self.token_delay_s)
                 choices = []
-                for index in range(options.n):
+                for index in range(prepared.n):
                     word = f"w{position}" + (f"c{index}" if index else "") + " "
                     texts[index] += word
-                    stop = next((s for s in options.stop if s in texts[index]), None)
+                    hit = next((s for s in stop if s in texts[index]), None)
                     last = position == length - 1
-                    finish = "stop" if stop or (last and length < budget) else ("length" if last else None)
-                    if stop:
-                        word = word[:word.index(stop)] if stop in word else ""
-                    logprobs = ([TokenLogprob(word, -0.5, [(word, -0.5)] * (options.logprobs or 0))]
-                                if options.logprobs is not None else None)
-                    choices.append(ChoiceDelta(index, word, 1, finish, logprobs))
-                yield StepOutput(choices)
-                if any(c.finish_reason == "stop" for c in choices) and options.n == 1:
+                    finish = "stop" if hit or (last and length < prepared.max_tokens) else ("length" if last else None)
+                    if hit:
+                        word = word[:word.index(hit)] if hit in word else ""
+                    logprobs = ([TokenLogprob(word, -0.5, [(word, -0.5)] * (prepared.logprobs or 0))]
+                                if prepared.logprobs is not None else None)
+                    choices.append(ChoiceDelta(index, word, 1, finish, logprobs, content=word))
+                yield StepOutput(choices, cached_tokens=0 if position == 0 else None)
+                if any(c.finish_reason == "stop" for c in choices) and prepared.n == 1:
                     return
         finally:
             self.in_flight -= 1

@@ -34,10 +34,10 @@ async def test_non_stream_body(client: httpx.AsyncClient, engine: FakeEngine) ->
     assert response.status_code == 200 and body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "w0 w1 w2 w3 w4 "}
     assert body["choices"][0]["finish_reason"] == "length"
-    prompt, options = engine.requests[-1]
+    prompt, fields = engine.prepared[-1]
     assert body["usage"] == {"prompt_tokens": prompt.num_tokens, "completion_tokens": 5,
-                             "total_tokens": prompt.num_tokens + 5}
-    assert options.max_tokens == 5 and options.ignore_eos
+                             "total_tokens": prompt.num_tokens + 5, "prompt_tokens_details": {"cached_tokens": 0}}
+    assert fields["max_tokens"] == 5 and fields["ignore_eos"]
 
 
 async def test_stream_framing(client: httpx.AsyncClient) -> None:
@@ -57,8 +57,8 @@ async def test_stream_framing(client: httpx.AsyncClient) -> None:
 async def test_stop_n_and_logprobs_reach_the_engine(client: httpx.AsyncClient, engine: FakeEngine) -> None:
     body = (await client.post(CHAT, json={"messages": HELLO, "max_tokens": 4, "n": 2, "logprobs": True,
                                           "top_logprobs": 1, "stop": ["w2"], "seed": 3})).json()
-    _, options = engine.requests[-1]
-    assert (options.n, options.logprobs, options.stop, options.seed) == (2, 1, ["w2"], 3)
+    _, fields = engine.prepared[-1]
+    assert (fields["n"], fields["top_logprobs"], fields["stop"], fields["seed"]) == (2, 1, ["w2"], 3)
     assert [c["index"] for c in body["choices"]] == [0, 1]
     assert body["choices"][0]["logprobs"]["content"][0]["top_logprobs"][0]["logprob"] == -0.5
 
@@ -81,7 +81,7 @@ async def test_stop_n_and_logprobs_reach_the_engine(client: httpx.AsyncClient, e
 async def test_bad_requests_are_400_naming_the_field(client: httpx.AsyncClient, engine: FakeEngine,
                                                      payload: dict[str, object], param: str | None) -> None:
     assert_envelope(await client.post(CHAT, json=payload), 400, param)
-    assert engine.requests == []  # nothing reached the engine
+    assert engine.prepared == []  # nothing reached the engine
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"", b"[1, 2]"])

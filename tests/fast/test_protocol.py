@@ -3,13 +3,13 @@ conversion, --set parsing."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from loadtests.sse import SSEParser, iter_events
 from server.exceptions import InvalidRequest
 from server.protocol.chat import ChatCompletionRequest
 from server.protocol.decode import decode_body
-from server.protocol.sampling import SamplingDefaults
 from server.serving.sse import DONE, HEARTBEAT, ReplyEvent, frame
 from server.settings import SettingsError, parse_override
 
@@ -23,18 +23,30 @@ def test_framer_and_parser_round_trip() -> None:
     assert parser.comments == 1
 
 
-def test_sampling_options_use_defaults_and_request_values() -> None:
-    request = decode_body(b'{"messages": [{"role": "user", "content": "hi"}], "stop": "x", "top_k": -1}',
+def test_set_fields_reach_the_engine_under_vllms_names_and_nulls_mean_unset() -> None:
+    request = decode_body(b'{"messages": [{"role": "user", "content": "hi"}], "stop": "x", "top_k": -1, "n": null, '
+                          b'"presence_penalty": null, "logprobs": null, "stream": null, "model": null, '
+                          b'"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {}}}}',
                           ChatCompletionRequest, empty_means=None)
-    options = request.sampling_options(SamplingDefaults(temperature=0.3, max_tokens=9))
-    assert (options.temperature, options.max_tokens, options.stop, options.top_k) == (0.3, 9, ["x"], 0)
-    assert request.chat_messages() == [{"role": "user", "content": "hi"}]
+    chat = request.chat_input()
+    assert chat.messages == [{"role": "user", "content": "hi"}]
+    assert chat.fields == {"stop": "x", "top_k": -1,
+                           "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {}}}}
 
 
-def test_developer_role_is_system_for_the_template() -> None:
-    request = decode_body(b'{"messages": [{"role": "developer", "content": "be brief"}, '
-                          b'{"role": "user", "content": "hi"}]}', ChatCompletionRequest)
-    assert request.chat_messages()[0] == {"role": "system", "content": "be brief"}
+@pytest.mark.parametrize("field, value", [("use_beam_search", True), ("length_penalty", 0.5),
+                                          ("chat_template", "{{ x }}"), ("kv_transfer_params", {}),
+                                          ("logprob_token_ids", [1])])
+def test_refused_fields_are_400_naming_them(field: str, value: object) -> None:
+    body = msgspec.json.encode({"messages": [{"role": "user", "content": "hi"}], field: value})
+    with pytest.raises(InvalidRequest) as caught:
+        decode_body(body, ChatCompletionRequest)
+    assert caught.value.param == field and "not supported" in caught.value.message
+
+
+def test_harmless_values_of_refused_fields_are_accepted() -> None:
+    decode_body(b'{"messages": [{"role": "user", "content": "hi"}], "use_beam_search": false, '
+                b'"length_penalty": 1.0, "mm_payload": "tensors"}', ChatCompletionRequest)
 
 
 def test_cross_field_check_names_the_field() -> None:
@@ -51,3 +63,12 @@ def test_malformed_set_is_a_clear_error(item: str) -> None:
 
 def test_set_keeps_everything_after_the_first_equals() -> None:
     assert parse_override("database_url=sqlite:///a=b.db") == ("database_url", "sqlite:///a=b.db")
+
+
+def test_the_readme_carries_the_field_tables() -> None:
+    from pathlib import Path
+
+    from server.protocol.fields import CHAT_FIELDS, markdown_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert markdown_table(CHAT_FIELDS) in readme, "run python -m server.protocol.fields and paste the tables"

@@ -1,0 +1,62 @@
+"""The OpenAI completion request (/v1/completions), as vLLM extends it: one or more prompts (text or token ids), the
+generation fields shared with chat, OpenAI's completions logprobs; and its conversion to what the engine takes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar
+
+from msgspec import Meta
+
+from engine import CompletionInput
+from server.exceptions import InvalidRequest
+from server.protocol.chat import StreamOptions
+from server.protocol.fields import COMPLETION_FIELDS, Field
+from server.protocol.sampling import MAX_TOP_LOGPROBS, GenerationFields, TokenIds
+
+# vLLM's own bound (VLLM_MAX_COMPLETION_PROMPTS is 1024); lower here: every prompt is a generation of its own.
+MAX_PROMPTS = 64
+Prompts = (Annotated[str, Meta(min_length=1)]
+           | Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(min_length=1, max_length=MAX_PROMPTS)]
+           | Annotated[TokenIds, Meta(min_length=1)]
+           | Annotated[list[Annotated[TokenIds, Meta(min_length=1)]], Meta(min_length=1, max_length=MAX_PROMPTS)])
+SERVER_ONLY = frozenset({"prompt", "model", "user", "request_id"})
+
+
+class CompletionRequest(GenerationFields, frozen=True, kw_only=True, omit_defaults=True):
+    FIELDS: ClassVar[dict[str, Field]] = COMPLETION_FIELDS
+
+    prompt: Prompts
+    model: str | None = None
+    logprobs: Annotated[int, Meta(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    echo: bool | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    user: Annotated[str, Meta(max_length=256)] | None = None
+    request_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    # Refused (see server.protocol.fields): declared so that they are never silently ignored.
+    suffix: Any = None
+    prompt_embeds: Any = None
+
+    def __post_init__(self) -> None:
+        if self.stream_options is not None and not self.stream:
+            raise InvalidRequest("stream_options requires stream to be true", param="stream_options")
+        super().__post_init__()
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and bool(self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        return self.include_usage and bool(self.stream_options and self.stream_options.continuous_usage_stats)
+
+    def prompts(self) -> list[str | list[int]]:
+        """One entry per prompt: a string, or a list of token ids."""
+        prompt: Any = self.prompt
+        if isinstance(prompt, str) or isinstance(prompt[0], int):
+            return [prompt]
+        return list(prompt)
+
+    def completion_inputs(self) -> list[CompletionInput]:
+        fields = self.engine_fields(SERVER_ONLY)
+        return [CompletionInput(prompt, fields) for prompt in self.prompts()]

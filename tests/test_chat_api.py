@@ -1,0 +1,268 @@
+"""The chat API as a drop-in for vllm serve's, through the official openai SDK against the real engine: structured
+output, tools (required, named, auto with the hermes parser, a tool loop), every sampling field honoured (each test
+fails if its field were dropped), nulls, refusals, usage, ids, and an engine failure mid-stream."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Literal
+
+import httpx
+import jsonschema
+import openai
+import pytest
+from conftest import RunningServer
+from engine_faults import engine_fails
+from pydantic import BaseModel
+
+from loadtests.sse import iter_events
+from server.protocol.fields import CHAT_FIELDS, Support
+
+CHAT = "/v1/chat/completions"
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather for a city", "strict": True,
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["C", "F"]}},
+                   "required": ["city", "unit"], "additionalProperties": False}}}
+WEATHER_SCHEMA = WEATHER["function"]["parameters"]
+
+
+@pytest.fixture(scope="module")
+def client(server_url: str, admin_key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server_url}/v1", api_key=admin_key, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def http(server_url: str, auth_headers: dict[str, str]) -> httpx.Client:
+    return httpx.Client(base_url=server_url, headers=auth_headers, timeout=120)
+
+
+def ask(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+# --- structured output ---------------------------------------------------------------------------------------------
+
+class Verdict(BaseModel):
+    answer: Literal["yes", "no"]
+    sure: bool
+
+
+def test_parse_with_a_pydantic_model(client: openai.OpenAI, model_name: str) -> None:
+    completion = client.chat.completions.parse(model=model_name, messages=ask("Is the sky blue? Answer in JSON."),
+                                               response_format=Verdict, max_tokens=60, temperature=0)
+    parsed = completion.choices[0].message.parsed
+    assert isinstance(parsed, Verdict)
+
+
+def test_json_object_is_parseable(client: openai.OpenAI, model_name: str) -> None:
+    completion = client.chat.completions.create(
+        model=model_name, messages=ask("Give a JSON object with the keys name and age of a person."),
+        response_format={"type": "json_object"}, max_tokens=120, temperature=0)
+    assert completion.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(completion.choices[0].message.content), dict)
+
+
+def test_regex_and_choice_hold_on_20_replies(client: openai.OpenAI, model_name: str) -> None:
+    pattern = r"[0-9]{3}-[a-z]{2}"
+    replies = []
+    for n in (16, 4):
+        completion = client.chat.completions.create(
+            model=model_name, messages=ask("Write a code."), n=n, temperature=1.0, max_tokens=12, seed=n,
+            extra_body={"structured_outputs": {"regex": pattern}})
+        replies += [choice.message.content for choice in completion.choices]
+    assert len(replies) == 20 and all(re.fullmatch(pattern, reply) for reply in replies), replies
+    chosen = client.chat.completions.create(
+        model=model_name, messages=ask("Pick a colour."), n=16, temperature=1.0, max_tokens=5, seed=1,
+        extra_body={"structured_outputs": {"choice": ["red", "green", "blue"]}})
+    picks = [choice.message.content for choice in chosen.choices]
+    chosen_again = client.chat.completions.create(
+        model=model_name, messages=ask("Pick a colour."), n=4, temperature=1.0, max_tokens=5, seed=2,
+        extra_body={"structured_outputs": {"choice": ["red", "green", "blue"]}})
+    picks += [choice.message.content for choice in chosen_again.choices]
+    assert len(picks) == 20 and set(picks) <= {"red", "green", "blue"}, picks
+
+
+# --- tools -----------------------------------------------------------------------------------------------------------
+
+def reassemble(chunks: list) -> dict[int, dict[str, str]]:
+    calls: dict[int, dict[str, str]] = {}
+    for chunk in chunks:
+        for delta in chunk.choices[0].delta.tool_calls or []:
+            call = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+            if delta.id:
+                assert not call["id"], "the id comes once, with the first piece"
+                call["id"] = delta.id
+                assert delta.function.name, "the name comes with the first piece"
+            call["name"] += (delta.function.name or "") if delta.function else ""
+            call["arguments"] += (delta.function.arguments or "") if delta.function else ""
+    return calls
+
+
+@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_forced_tool_call_validates_and_streams_the_same(client: openai.OpenAI, model_name: str,
+                                                         tool_choice: object) -> None:
+    request = {"model": model_name, "messages": ask("What is the weather in Rome?"), "tools": [WEATHER],
+               "tool_choice": tool_choice, "max_tokens": 80, "temperature": 0}
+    completion = client.chat.completions.create(**request)
+    choice = completion.choices[0]
+    assert choice.message.tool_calls, choice
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather" and call.id and call.type == "function"
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER_SCHEMA)
+    assert choice.finish_reason == ("tool_calls" if tool_choice == "required" else "stop")
+    chunks = list(client.chat.completions.create(**request, stream=True))
+    streamed = reassemble(chunks)[0]
+    assert streamed["name"] == call.function.name
+    assert json.loads(streamed["arguments"]) == json.loads(call.function.arguments)
+    assert chunks[-1].choices[0].finish_reason == choice.finish_reason
+
+
+def weather_call(call_id: str, city: str) -> dict[str, object]:
+    return {"role": "assistant", "content": "", "tool_calls": [{"id": call_id, "type": "function", "function": {
+        "name": "get_weather", "arguments": json.dumps({"city": city, "unit": "C"})}}]}
+
+
+# Two questions answered by calls: enough for a 135M model to answer the third the same way of its own accord.
+FEW_SHOT = [{"role": "user", "content": "Weather in Paris?"}, weather_call("call_1", "Paris"),
+            {"role": "user", "content": "Weather in Oslo?"}, weather_call("call_2", "Oslo")]
+
+
+def test_auto_with_the_hermes_parser_and_a_tool_loop(client: openai.OpenAI, model_name: str) -> None:
+    """The test server runs tool_call_parser hermes with a Hermes-style template (configs/templates)."""
+    messages = [*FEW_SHOT, {"role": "user", "content": "What is the weather in Rome?"}]
+    first = client.chat.completions.create(model=model_name, messages=messages, tools=[WEATHER], tool_choice="auto",
+                                           max_tokens=60, temperature=0)
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls, choice
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather" and "Rome" in call.function.arguments
+    # The tool's result goes back; the model answers in words.
+    messages += [choice.message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": "25, clear"}]
+    final = client.chat.completions.create(model=model_name, messages=messages, tools=[WEATHER], max_tokens=30,
+                                           temperature=0)
+    assert final.choices[0].message.content and not final.choices[0].message.tool_calls
+
+
+# --- every sampling field reaches the engine ----------------------------------------------------------------------
+
+def first_token_id(client: openai.OpenAI, model_name: str, **extra: object) -> int:
+    completion = client.chat.completions.create(model=model_name, messages=ask("Name a fruit."), max_tokens=1,
+                                                temperature=0, extra_body={"return_token_ids": True, **extra})
+    return completion.choices[0].model_extra["token_ids"][0]
+
+
+def test_logit_bias_changes_the_first_token(client: openai.OpenAI, model_name: str) -> None:
+    favourite = first_token_id(client, model_name)
+    assert first_token_id(client, model_name, logit_bias={str(favourite): -100}) != favourite
+
+
+def greedy(client: openai.OpenAI, model_name: str, text: str = "Count from 1 to 10.", **extra: object) -> str:
+    return client.chat.completions.create(model=model_name, messages=ask(text), max_tokens=24, temperature=0,
+                                          **extra).choices[0].message.content
+
+
+def test_min_p_one_leaves_only_the_top_token(client: openai.OpenAI, model_name: str) -> None:
+    def sampled(**extra: object) -> set[str]:
+        return {client.chat.completions.create(model=model_name, messages=ask("Write a word."), max_tokens=16,
+                                               temperature=1.5, seed=seed, extra_body=extra
+                                               ).choices[0].message.content for seed in range(3)}
+
+    assert len(sampled()) > 1  # hot sampling differs from seed to seed
+    assert len(sampled(min_p=1.0)) == 1  # with min_p 1 only the most likely token survives, whatever the seed
+
+
+def test_stop_token_ids(client: openai.OpenAI, model_name: str) -> None:
+    whole = client.chat.completions.create(model=model_name, messages=ask("Count from 1 to 10."), max_tokens=24,
+                                           temperature=0, extra_body={"return_token_ids": True})
+    ids = whole.choices[0].model_extra["token_ids"]
+    stopped = client.chat.completions.create(model=model_name, messages=ask("Count from 1 to 10."), max_tokens=24,
+                                             temperature=0, extra_body={"stop_token_ids": [ids[3]],
+                                                                        "return_token_ids": True})
+    assert stopped.choices[0].finish_reason == "stop"
+    assert len(stopped.choices[0].model_extra["token_ids"]) <= 4 < len(ids)
+
+
+def test_bad_words(client: openai.OpenAI, model_name: str) -> None:
+    text = greedy(client, model_name, "Name three fruits.")
+    word = re.findall(r"[A-Za-z]{4,}", text)[0]
+    assert word not in greedy(client, model_name, "Name three fruits.", extra_body={"bad_words": [word]})
+
+
+def test_continue_final_message_and_echo(client: openai.OpenAI, model_name: str) -> None:
+    prefill = [*ask("Count from 1 to 10, separated by commas."), {"role": "assistant", "content": "1, 2, 3,"}]
+    body = {"add_generation_prompt": False, "continue_final_message": True}
+    continued = client.chat.completions.create(model=model_name, messages=prefill, max_tokens=8, temperature=0,
+                                               extra_body=body).choices[0].message.content
+    assert continued.lstrip().startswith("4"), continued
+    echoed = client.chat.completions.create(model=model_name, messages=prefill, max_tokens=8, temperature=0,
+                                            extra_body={**body, "echo": True}).choices[0].message.content
+    assert echoed == "1, 2, 3," + continued
+
+
+def test_nulls_mean_not_set(http: httpx.Client) -> None:
+    optional = {name: None for name, field in CHAT_FIELDS.items() if name not in ("messages",)}
+    response = http.post(CHAT, json={"messages": ask("Hi"), **optional, "max_tokens": 4})
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] <= 4
+
+
+@pytest.mark.parametrize("name", sorted(n for n, f in CHAT_FIELDS.items() if f.support == Support.REFUSED))
+def test_every_refused_field_is_a_400_naming_it(http: httpx.Client, name: str) -> None:
+    value = {"use_beam_search": True, "length_penalty": 0.5, "mm_payload": "none",
+             "routed_experts_prompt_start": 3, "return_token_offsets": True, "return_prompt_text": True,
+             "watermarking": True}.get(name, {"x": 1})
+    response = http.post(CHAT, json={"messages": ask("Hi"), name: value})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == name
+
+
+def test_every_field_of_vllms_chat_schema_is_classified() -> None:
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest as VllmChatRequest
+
+    from server.protocol.chat import ChatCompletionRequest
+
+    assert set(VllmChatRequest.model_fields) == set(CHAT_FIELDS)
+    assert set(CHAT_FIELDS) <= set(ChatCompletionRequest.__struct_fields__), "a field not declared is ignored"
+
+
+# --- usage, ids, fingerprints, streams -----------------------------------------------------------------------------
+
+def test_cached_tokens_and_fingerprint(client: openai.OpenAI, model_name: str) -> None:
+    long = ask("Remember this list: " + ", ".join(f"item {i}" for i in range(120)) + ". Which is first?")
+    first = client.chat.completions.create(model=model_name, messages=long, max_tokens=2, temperature=0)
+    again = client.chat.completions.create(model=model_name, messages=long, max_tokens=2, temperature=0)
+    assert first.usage.prompt_tokens > 256
+    assert again.usage.prompt_tokens_details.cached_tokens >= 128  # the CPU backend caches 128-token blocks
+    assert first.system_fingerprint and first.system_fingerprint == again.system_fingerprint
+
+
+def test_request_id_becomes_the_completion_id(http: httpx.Client) -> None:
+    chosen = f"my-{uuid.uuid4().hex[:8]}"
+    body = http.post(CHAT, json={"messages": ask("Hi"), "max_tokens": 2, "request_id": chosen}).json()
+    assert body["id"] == f"chatcmpl-{chosen}"
+    header = http.post(CHAT, json={"messages": ask("Hi"), "max_tokens": 2}, headers={"X-Request-ID": "hdr-7"}).json()
+    assert header["id"] == "chatcmpl-hdr-7"
+
+
+def test_continuous_usage_stats(http: httpx.Client) -> None:
+    response = http.post(CHAT, json={"messages": ask("Hi"), "max_tokens": 5, "ignore_eos": True, "stream": True,
+                                     "stream_options": {"include_usage": True, "continuous_usage_stats": True}})
+    chunks = [e.json() for e in iter_events(response.text.splitlines()) if not e.done]
+    assert all(c["usage"] is not None for c in chunks)
+    assert chunks[-1]["usage"]["completion_tokens"] == 5
+
+
+def test_engine_failure_mid_stream_ends_with_an_error_chunk_and_done(http: httpx.Client,
+                                                                     running_server: RunningServer) -> None:
+    with engine_fails(running_server.app, after_outputs=3):
+        response = http.post(CHAT, json={"messages": ask("Tell me a story."), "max_tokens": 50, "ignore_eos": True,
+                                         "stream": True})
+        whole = http.post(CHAT, json={"messages": ask("Tell me a story."), "max_tokens": 50, "ignore_eos": True})
+    assert response.status_code == 200
+    events = list(iter_events(response.text.splitlines()))
+    assert events[-1].done and "error" in events[-2].json()
+    assert sum(1 for e in events[:-2] if e.json()["choices"]) >= 3  # the tokens before the failure arrived
+    assert whole.status_code == 500 and whole.json()["error"]["type"] == "server_error"

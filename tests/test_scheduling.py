@@ -1,0 +1,113 @@
+"""A server of its own whose engine orders its queue by priority and runs one sequence at a time, so that requests
+queue: priority is honoured, queued streams get keep-alive comments, and tool_choice required works with no tool
+parser configured (vLLM constrains the output to the tool's JSON schema)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import jsonschema
+import pytest
+from conftest import free_port
+from servers import SpawnedServer
+
+CHAT = "/v1/chat/completions"
+LONG = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 60, "ignore_eos": True}
+TOOL = {"type": "function", "function": {"name": "add", "parameters": {
+    "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}}
+
+
+@pytest.fixture(scope="module")
+def queue_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("queue")
+    server = SpawnedServer(free_port(), folder / "server.log", database_url=f"sqlite+aiosqlite:///{folder}/q.db",
+                           settings={"scheduling_policy": "priority", "max_num_seqs": 1, "sse_heartbeat_s": 0.3,
+                                     "kv_cache_space_gib": 1})
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+async def first_token_at(http: httpx.AsyncClient, body: dict[str, object], started: float) -> float:
+    async with http.stream("POST", CHAT, json={**body, "stream": True}) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if line.startswith("data:") and '"content"' in line and '"content":""' not in line:
+                return time.monotonic() - started
+    raise AssertionError("no token")
+
+
+async def test_priority_orders_the_queue(queue_server: str) -> None:
+    async with httpx.AsyncClient(base_url=queue_server, timeout=300) as http:
+        started = time.monotonic()
+        running = asyncio.create_task(first_token_at(http, LONG, started))
+        await asyncio.sleep(1.0)  # the long request holds the engine's one slot; the next two wait behind it
+        short = {**LONG, "max_tokens": 20}
+        late = asyncio.create_task(first_token_at(http, {**short, "priority": 5}, started))
+        await asyncio.sleep(0.3)
+        urgent = asyncio.create_task(first_token_at(http, {**short, "priority": -5}, started))
+        await running
+        assert await urgent < await late  # submitted later, served first
+
+
+async def test_queued_streams_get_keep_alive_comments(queue_server: str) -> None:
+    async with httpx.AsyncClient(base_url=queue_server, timeout=300) as http:
+        holder = asyncio.create_task(http.post(CHAT, json=LONG))
+        await asyncio.sleep(1.0)
+        comments = 0
+        async with http.stream("POST", CHAT, json={**LONG, "max_tokens": 2, "stream": True}) as response:
+            async for line in response.aiter_lines():
+                if line.startswith(":"):
+                    comments += 1
+                elif line.startswith("data:"):
+                    break
+        await holder
+    assert comments >= 2  # one every 0.3 s while the long request runs
+
+
+def test_required_tool_call_without_a_tool_parser(queue_server: str) -> None:
+    body = {"messages": [{"role": "user", "content": "Add 2 and 3."}], "tools": [TOOL], "max_tokens": 60,
+            "temperature": 0}
+    response = httpx.post(f"{queue_server}{CHAT}", json={**body, "tool_choice": "required"}, timeout=300)
+    call = response.json()["choices"][0]["message"]["tool_calls"][0]["function"]
+    assert call["name"] == "add"
+    jsonschema.validate(json.loads(call["arguments"]), TOOL["function"]["parameters"])
+    refused = httpx.post(f"{queue_server}{CHAT}", json={**body, "tool_choice": "auto"}, timeout=60)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "tool_choice"
+
+
+def test_priority_needs_the_priority_policy(server_url: str, auth_headers: dict[str, str]) -> None:
+    """The main test server schedules first come, first served: a priority would be ignored, so it is refused."""
+    response = httpx.post(f"{server_url}{CHAT}", headers=auth_headers, timeout=60,
+                          json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "priority": 3})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "priority"
+
+
+def test_generation_config_defaults_under_the_profile(tmp_path: Path) -> None:
+    """The model's generation_config.json sets the defaults; the profile's values override them."""
+    import shutil
+
+    from vllm.config import ModelConfig
+
+    from engine.chat import default_sampling
+    from engine.model_prep import DEFAULT_MODEL_NAME, default_cache_dir
+
+    source = default_cache_dir() / DEFAULT_MODEL_NAME
+    model = tmp_path / "model"
+    model.mkdir()
+    for item in source.iterdir():
+        if item.name != "generation_config.json":
+            (model / item.name).symlink_to(item)
+    config = json.loads((source / "generation_config.json").read_text())
+    (model / "generation_config.json").write_text(json.dumps({**config, "temperature": 0.3, "top_p": 0.8}))
+    model_config = ModelConfig(model=str(model))
+    assert default_sampling(model_config, {}) == {"temperature": 0.3, "top_p": 0.8}
+    assert default_sampling(model_config, {"temperature": 0.9}) == {"temperature": 0.9, "top_p": 0.8}
+    shutil.rmtree(model)
