@@ -49,12 +49,13 @@ def jobs_for(args: argparse.Namespace, count: int, seed: int) -> list:
 
 
 async def run(args: argparse.Namespace) -> dict[int, tuple[Summary, list[RequestResult]]]:
-    url = args.base_url.rstrip("/") + "/v1/chat/completions"
+    completions = args.api == "completions"
+    url = args.base_url.rstrip("/") + ("/v1/completions" if completions else "/v1/chat/completions")
     slo = SLO.parse(args.slo)
     levels: dict[int, tuple[Summary, list[RequestResult]]] = {}
     points = [float(r) for r in args.rate.split(",")] if args.rate else [int(c) for c in args.concurrency.split(",")]
     async with http_client(int(max(points)) if not args.rate else 256, args.api_key) as http:
-        send = http_sender(http, url)
+        send = http_sender(http, url, completions=completions)
         await run_closed_loop(send, jobs_for(args, args.warmup, seed=args.seed + 999), max(1, args.warmup))
         for index, point in enumerate(points):
             count = args.num_prompts or (int(4 * point) if args.rate else max(8, 2 * int(point)))
@@ -153,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--api-key", default=None)
     r.add_argument("--concurrency", default="1,16", help="closed loop: comma-separated concurrencies")
     r.add_argument("--rate", default="", help="open loop instead: comma-separated requests/s")
+    r.add_argument("--api", choices=["chat", "completions"], default="chat",
+                   help="completions: /v1/completions with each job's message as the prompt")
     r.add_argument("--burstiness", type=float, default=1.0, help="open loop: 1 = Poisson, < 1 burstier")
     r.add_argument("--slo", nargs="*", default=[], help="goodput SLOs in ms, e.g. ttft:500 tpot:50")
     add_workload_args(r)

@@ -1,4 +1,4 @@
-"""One streamed chat request against an OpenAI-compatible server, timed chunk by chunk."""
+"""One streamed chat (or completion) request against an OpenAI-compatible server, timed chunk by chunk."""
 
 from __future__ import annotations
 
@@ -12,8 +12,21 @@ from loadtests.sse import aiter_events
 from server.serving.sse import ReplyEvent
 
 
+def chunk_text(choice: dict[str, Any]) -> str | None:
+    """A chat chunk's delta content, or a completion chunk's text."""
+    delta = choice.get("delta")
+    return delta.get("content") if delta is not None else choice.get("text")
+
+
+def as_completion(payload: dict[str, Any]) -> dict[str, Any]:
+    """The chat payload's last user message as a /v1/completions prompt (the same work, without a chat template)."""
+    body = {key: value for key, value in payload.items() if key != "messages"}
+    body["prompt"] = payload["messages"][-1]["content"]
+    return body
+
+
 async def stream_chat(http: httpx.AsyncClient, url: str, payload: dict[str, Any]) -> RequestResult:
-    """POST a chat request with stream=true and include_usage; measure TTFT, ITL and latency."""
+    """POST a chat (or completion) request with stream=true and include_usage; measure TTFT, ITL and latency."""
     body = {**payload, "stream": True, "stream_options": {"include_usage": True}}
     result = RequestResult(ok=False)
     start = time.perf_counter()
@@ -37,7 +50,7 @@ async def stream_chat(http: httpx.AsyncClient, url: str, payload: dict[str, Any]
                     result.prompt_tokens = usage["prompt_tokens"]
                     result.output_tokens = usage["completion_tokens"]
                 choices = chunk.get("choices") or []
-                content = choices[0].get("delta", {}).get("content") if choices else None
+                content = chunk_text(choices[0]) if choices else None
                 if content:
                     parts.append(content)
                     now = time.perf_counter()

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from loadtests.client import stream_chat
+from loadtests.client import as_completion, stream_chat
 from loadtests.metrics import RequestResult
 from loadtests.workload import Job, SendChat
 
@@ -63,9 +63,10 @@ async def run_open_loop(send: SendChat, jobs: list[Job], rate: float, *, burstin
     return results, time.perf_counter() - start
 
 
-def http_sender(http: httpx.AsyncClient, url: str) -> SendChat:
+def http_sender(http: httpx.AsyncClient, url: str, *, completions: bool = False) -> SendChat:
+    """Sends each job's chat payload, or, with `completions`, its last message as a /v1/completions prompt."""
     async def send(payload: dict[str, Any]) -> RequestResult:
-        return await stream_chat(http, url, payload)
+        return await stream_chat(http, url, as_completion(payload) if completions else payload)
 
     return send
 

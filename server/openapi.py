@@ -147,8 +147,14 @@ OPERATIONS: tuple[Operation, ...] = (
 RESPONSE_TYPES = (ErrorEnvelope, SeedErrorEnvelope)
 
 
+# One server-sent event, as a client parses it: JSON text in `data` ([DONE] ends OpenAI streams), an optional
+# event name and id (conversation replies; Last-Event-ID resumes after it).
+SSE_EVENT = {"type": "object", "properties": {"data": {"type": "string"}, "event": {"type": "string"},
+                                              "id": {"type": "string"}}}
+
+
 def _content(schema: dict[str, Any], streams: bool, always_streams: bool) -> dict[str, Any]:
-    stream = {EVENT_STREAM: {"schema": {"type": "string"}}}
+    stream = {EVENT_STREAM: {"schema": SSE_EVENT}}
     if always_streams:
         return stream
     return {JSON: {"schema": schema}, **(stream if streams else {})}

@@ -97,3 +97,18 @@ def test_workloads_have_the_asked_shapes() -> None:
     lengths = sample_lengths(500, seed=0)
     assert all(4 <= i < 1024 and 4 <= o < 512 for i, o in lengths)
     assert 80 < sorted(i for i, _ in lengths)[250] < 300  # the shipped histogram's median is about 150
+
+
+def test_cli_completions_workload(server_url: str, admin_key: str, tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "loadtests", "run", "--api", "completions", "--base-url", server_url,
+         "--concurrency", "2", "--num-prompts", "2", "--input-len", "32", "--output-len", "8", "--warmup", "1",
+         "--api-key", admin_key, "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    level = json.loads((tmp_path / "results.json").read_text())["levels"]["2"]
+    assert level["completed"] == 2 and level["failed"] == 0 and level["mean_output_tokens"] == 8

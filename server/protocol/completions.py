@@ -11,14 +11,15 @@ from engine import CompletionInput
 from server.exceptions import InvalidRequest
 from server.protocol.chat import StreamOptions
 from server.protocol.fields import COMPLETION_FIELDS, Field
-from server.protocol.sampling import MAX_TOP_LOGPROBS, GenerationFields, TokenIds
+from server.protocol.sampling import MAX_LIST_ITEMS, MAX_TOP_LOGPROBS, GenerationFields, TokenId, TokenIds
 
 # vLLM's own bound (VLLM_MAX_COMPLETION_PROMPTS is 1024); lower here: every prompt is a generation of its own.
 MAX_PROMPTS = 64
-Prompts = (Annotated[str, Meta(min_length=1)]
-           | Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(min_length=1, max_length=MAX_PROMPTS)]
-           | Annotated[TokenIds, Meta(min_length=1)]
-           | Annotated[list[Annotated[TokenIds, Meta(min_length=1)]], Meta(min_length=1, max_length=MAX_PROMPTS)])
+# A string, a list of strings, a list of token ids, or a list of lists of token ids (msgspec decodes one list type
+# in a union, so the list's items are checked for one kind in __post_init__).
+PromptItem = Annotated[str, Meta(min_length=1)] | TokenId | Annotated[TokenIds, Meta(min_length=1)]
+Prompts = Annotated[str, Meta(min_length=1)] | Annotated[list[PromptItem], Meta(min_length=1,
+                                                                         max_length=MAX_LIST_ITEMS)]
 SERVER_ONLY = frozenset({"prompt", "model", "user", "request_id"})
 
 
@@ -40,6 +41,13 @@ class CompletionRequest(GenerationFields, frozen=True, kw_only=True, omit_defaul
     def __post_init__(self) -> None:
         if self.stream_options is not None and not self.stream:
             raise InvalidRequest("stream_options requires stream to be true", param="stream_options")
+        if isinstance(self.prompt, list):
+            kinds = {type(item) for item in self.prompt}
+            if len(kinds) != 1:
+                raise InvalidRequest("prompt is a string, a list of strings, a list of token ids, or a list of lists "
+                                     "of token ids: not a mix", param="prompt")
+            if kinds != {int} and len(self.prompt) > MAX_PROMPTS:
+                raise InvalidRequest(f"at most {MAX_PROMPTS} prompts in one request", param="prompt")
         super().__post_init__()
 
     @property

@@ -1,0 +1,57 @@
+"""The OpenAPI document: every mounted route is in it, it is valid OpenAPI 3.1, and the fast tier's answers
+conform to the response types it documents."""
+
+from __future__ import annotations
+
+import httpx
+import msgspec
+from starlette.routing import Route
+
+from server.openapi import OPERATIONS, openapi_document
+from server.protocol import responses
+
+
+async def test_every_route_is_documented(client: httpx.AsyncClient) -> None:
+    app = client._transport.app  # type: ignore[attr-defined]
+    documented = {(op.path, op.method.upper()) for op in OPERATIONS}
+    undocumented = {(route.path, method) for route in app.routes if isinstance(route, Route)
+                    for method in route.methods or () if method != "HEAD"
+                    and route.path not in ("/openapi.json", "/docs", "/")} - documented
+    assert undocumented == set()
+
+
+def test_the_document_is_valid_openapi() -> None:
+    from openapi_spec_validator import validate
+
+    validate(openapi_document("0.0.0"))
+
+
+async def test_answers_conform_to_the_documented_types(client: httpx.AsyncClient) -> None:
+    chat = await client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                           "max_tokens": 3, "logprobs": True, "top_logprobs": 1})
+    msgspec.convert(chat.json(), responses.ChatCompletion)
+    completion = await client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 3, "logprobs": 1})
+    msgspec.convert(completion.json(), responses.Completion)
+    msgspec.convert((await client.get("/v1/models")).json(), responses.ModelList)
+    msgspec.convert((await client.get("/readyz")).json(), responses.Ready)
+    created = await client.post("/api/v1/conversations", json={})
+    conversation = msgspec.convert(created.json(), responses.ConversationView)
+    reply = await client.post(f"/api/v1/conversations/{conversation.id}/messages", json={"content": "hi"})
+    msgspec.convert(reply.json(), responses.ReplyResult)
+    page = await client.get(f"/api/v1/conversations/{conversation.id}")
+    msgspec.convert(page.json(), responses.ConversationWithMessages)
+    missing = await client.get("/api/v1/conversations/00000000-0000-0000-0000-000000000000")
+    msgspec.convert(missing.json(), responses.SeedErrorEnvelope)
+    msgspec.convert((await client.post("/v1/chat/completions", json={})).json(), responses.ErrorEnvelope)
+    key = await client.post("/api/v1/keys", json={"name": "k"})
+    msgspec.convert(key.json(), responses.KeyCreated)
+
+
+async def test_docs_page_is_self_hosted(client: httpx.AsyncClient) -> None:
+    page = await client.get("/docs")
+    assert page.status_code == 200 and "/static/vendor/swagger-ui-5.35.0/swagger-ui-bundle.js" in page.text
+    assert "https://" not in page.text  # no CDN: the page works offline
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    bundle = await client.get("/static/vendor/swagger-ui-5.35.0/swagger-ui-bundle.js")
+    assert bundle.status_code == 200 and bundle.headers["x-content-type-options"] == "nosniff"
+    assert (await client.get("/openapi.json")).json()["openapi"] == "3.1.0"
