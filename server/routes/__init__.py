@@ -3,9 +3,9 @@ request, calls one service function and builds the response."""
 
 from starlette.routing import BaseRoute
 
-from server.routes import conversations, docs, identity, openai, seed, system, tokenize
+from server.routes import conversations, identity, openai, pages, seed, system, tokenize
 
 
 def all_routes() -> list[BaseRoute]:
     return [*openai.routes, *tokenize.routes, *conversations.routes, *seed.routes, *identity.routes,
-            *system.routes, *docs.routes]
+            *system.routes, *pages.routes]

@@ -1,5 +1,6 @@
-"""The API's description: GET /openapi.json (OpenAPI 3.1, generated from the schemas) and GET /docs (a page that
-renders it with Swagger UI, vendored and pinned: it works offline). Static files under /static."""
+"""The pages: GET / (the chat page, the reference client of the conversations API), GET /docs (Swagger UI over
+GET /openapi.json, OpenAPI 3.1 generated from the schemas), and their static files under /static (front-end
+dependencies vendored and pinned: the pages work offline)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from server.streaming import RouteResponse
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 STATIC_PREFIX = "/static/"
+DOCS_PATH = "/docs"
 
 
 @cache
@@ -33,8 +35,13 @@ async def docs(request: Request) -> RouteResponse:
     return FileResponse(STATIC_DIR / "docs.html", media_type="text/html")
 
 
+async def chat_page(request: Request) -> RouteResponse:
+    return FileResponse(STATIC_DIR / "chat" / "index.html", media_type="text/html")
+
+
 routes: list[BaseRoute] = [
+    Route("/", chat_page, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
-    Route("/docs", docs, methods=["GET"]),
+    Route(DOCS_PATH, docs, methods=["GET"]),
     Mount(STATIC_PREFIX.rstrip("/"), app=StaticFiles(directory=STATIC_DIR), name="static"),
 ]
