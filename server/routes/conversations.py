@@ -91,7 +91,8 @@ async def reply(request: Request, conversation_id: uuid.UUID, spec: NewMessage, 
     started = await conversations.post(principal_of(request), conversation_id, spec, request_state(request))
     headers = reply_headers(conversation_id, started)
     if spec.stream:
-        return EventStreamResponse(conversations.listen(started.run, 0, framing), headers=headers)
+        following = conversations.listen(principal_of(request), started.run, framing)
+        return EventStreamResponse(following.events, headers=headers, finalize=following.close)
     await cancel_on_disconnect(request.receive, lambda: conversations.wait(started.run))
     if not started.run.done:
         return Response(status_code=CLIENT_CLOSED_REQUEST)  # gone; the reply goes on for the grace period
@@ -113,9 +114,10 @@ async def resume_stream(request: Request) -> RouteResponse:
     after = last_event_id(request)
     raw_message_id = request.query_params.get("message_id")
     message_id = parse_uuid(raw_message_id) if raw_message_id is not None else None
-    held_id, events = await services(request).conversations.resume(
-        owner(request), conversation_id, message_id, after, message_id_given=raw_message_id is not None)
-    return EventStreamResponse(events, headers={"X-Message-ID": str(held_id)})
+    following = await services(request).conversations.resume(
+        principal_of(request), conversation_id, message_id, after, message_id_given=raw_message_id is not None)
+    return EventStreamResponse(following.events, headers={"X-Message-ID": str(following.message_id)},
+                               finalize=following.close)
 
 
 async def cancel_message(request: Request) -> RouteResponse:

@@ -4,34 +4,37 @@ path in a task of its own, streamed to listeners, resumable, cancellable, and st
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from engine import ChatEngine, InvalidRequestError, PromptTooLongError
-from server.exceptions import Conflict, ConversationBusy, InvalidRequest, NotFound, Unavailable
+from server.exceptions import Conflict, ConversationBusy, NotFound, Unavailable
 from server.protocol.conversations import NewMessage
 from server.security.auth import Principal
+from server.security.cache_salt import CacheSalter
 from server.serving.chat import engine_refusal
 from server.serving.generation import Generator
 from server.serving.history import assemble, visible_turns
+from server.serving.listeners import Listener, Wake
 from server.serving.replies import Registry, Run
 from server.serving.reply_writer import ReplyWriter
-from server.serving.sse import HEARTBEAT, EventStream, Framing, ReplyEvent, frame_reply_event
+from server.serving.sse import HEARTBEAT, RECONNECT, EventStream, Framing, ReplyEvent, frame_reply_event
 from server.telemetry.metrics import sse_streams_resumed
 from storage import Database
 from storage.models import Conversation, Message, MessageRole, MessageStatus
 from storage.repository import Conversations, Messages
 
+logger = logging.getLogger(__name__)
+
 # A conversation without a title takes the start of its first message.
 TITLE_FROM_MESSAGE_CHARS = 80
-WAIT_FOR_NEXT_REPLY_S = 300.0
-NEXT_REPLY_POLL_S = 0.25
 STORE_RETRY_AFTER_S = 1
 
 
@@ -43,6 +46,15 @@ class Started:
 
 
 @dataclass(slots=True)
+class Following:
+    """A listener's event stream, and what frees its place however the response ends (even before it started)."""
+
+    message_id: uuid.UUID | None
+    events: EventStream
+    close: Callable[[], Awaitable[None]]
+
+
+@dataclass(slots=True)
 class Page:
     items: list[Any]
     more: bool
@@ -50,14 +62,27 @@ class Page:
 
 class ConversationService:
     def __init__(self, engine: ChatEngine, database: Database, registry: Registry, generator: Generator,
-                 writer: ReplyWriter, default_max_tokens: int) -> None:
+                 writer: ReplyWriter, default_max_tokens: int, stale_after_s: float, salter: CacheSalter) -> None:
         self.engine = engine
         self.database = database
         self.registry = registry
         self.generator = generator
         self.writer = writer
         self.default_max_tokens = default_max_tokens
+        self.stale_after_s = stale_after_s
+        self.salter = salter
+        # Since when this replica has reached the database without a failure (None: it is failing now).
+        self._reachable_since: float | None = time.monotonic() - stale_after_s
         self._posting: set[uuid.UUID] = set()
+
+    async def check_database(self) -> bool:
+        """The reconciler's probe: keeps `_reachable_since` (see reconcile)."""
+        reachable = await self.database.ping()
+        if not reachable:
+            self._reachable_since = None
+        elif self._reachable_since is None:
+            self._reachable_since = time.monotonic()
+        return reachable
 
     # --- conversations ------------------------------------------------------------------------------------------
 
@@ -127,13 +152,19 @@ class ConversationService:
         async with self.database.session() as session:
             history = await Messages(session).history(conversation_id)
         if any(m.status == MessageStatus.IN_PROGRESS for m in history):
-            raise ConversationBusy("a reply is still being generated in this conversation (on another replica)",
-                                   param="conversation_id")
+            # A reply whose replica died would block the conversation forever: reconciled here if stale.
+            if await self.reconcile(conversation_id):
+                async with self.database.session() as session:
+                    history = await Messages(session).history(conversation_id)
+            if any(m.status == MessageStatus.IN_PROGRESS for m in history):
+                raise ConversationBusy("a reply is still being generated in this conversation (on another "
+                                       "replica)", param="conversation_id")
         turns = [*visible_turns(history), {"role": MessageRole.USER, "content": spec.content}]
         reply_id = uuid.uuid4()
         try:
-            assembled = await assemble(self.engine, turns, spec.engine_fields_for_reply(self.default_max_tokens),
-                                       str(reply_id))
+            fields = spec.engine_fields_for_reply(self.default_max_tokens)
+            self.salter.apply(fields, principal)
+            assembled = await assemble(self.engine, turns, fields, str(reply_id))
             generation = await self.generator.start(principal, assembled.prepared, usage_sink=usage_sink)
         except (PromptTooLongError, InvalidRequestError) as exc:
             raise engine_refusal(exc, "content") from None
@@ -143,7 +174,7 @@ class ConversationService:
         except BaseException:
             await generation.close()
             raise
-        run = Run(reply_id, conversation_id, owner_id)
+        run = self.registry.new_run(reply_id, conversation_id, owner_id)
         self.registry.start(run, lambda run: self.writer.produce(run, generation))
         return Started(run, user.id, assembled.dropped_turns)
 
@@ -178,8 +209,15 @@ class ConversationService:
             raise NotFound("the conversation was deleted", param="conversation_id")
         return user_message, reply
 
-    def listen(self, run: Run, after_id: int, framing: Framing = Framing.NAMED) -> EventStream:
-        return self.registry.listen(run, after_id, framing)
+    def listen(self, principal: Principal, run: Run, framing: Framing = Framing.NAMED) -> Following:
+        """The stream of a reply just posted: counted as a listener but never refused (the post was admitted)."""
+        listener = self.registry.listeners.open(principal.subject, may_idle=False, capped=False)
+        return self._following(run.message_id, listener, self.registry.listen(run, 0, listener, framing))
+
+    def _following(self, message_id: uuid.UUID | None, listener: Listener, events: EventStream) -> Following:
+        async def close() -> None:
+            self.registry.listeners.close(listener)
+        return Following(message_id, events, close)
 
     async def wait(self, run: Run) -> None:
         """Until the reply ends, counting as a listener meanwhile (its grace clock stops). Cancelling this wait
@@ -187,22 +225,32 @@ class ConversationService:
         with self.registry.attached(run):
             await run.wait()
 
-    async def resume(self, owner_id: uuid.UUID, conversation_id: uuid.UUID, message_id: uuid.UUID | None,
-                     after_id: int, *, message_id_given: bool) -> tuple[uuid.UUID, EventStream]:
+    async def resume(self, principal: Principal, conversation_id: uuid.UUID, message_id: uuid.UUID | None,
+                     after_id: int, *, message_id_given: bool) -> Following:
         """Every event after `after_id`, then the live rest; a reply not held here is replayed from storage."""
+        owner_id = principal.user_id
+        listener = self.registry.listeners.open(principal.subject, may_idle=False)
+        try:
+            return self._following(*await self._resume(owner_id, conversation_id, message_id, after_id,
+                                                        message_id_given, listener))
+        except BaseException:
+            self.registry.listeners.close(listener)
+            raise
+
+    async def _resume(self, owner_id: uuid.UUID, conversation_id: uuid.UUID, message_id: uuid.UUID | None,
+                      after_id: int, message_id_given: bool,
+                      listener: Listener) -> tuple[uuid.UUID, Listener, EventStream]:
         if message_id_given:
             run = self.registry.get(message_id, owner_id) if message_id is not None else None
         else:
             run = self.registry.current(conversation_id, owner_id)
         if run is None or run.conversation_id != conversation_id:
             reply = await self._stored_reply_to_replay(owner_id, conversation_id, message_id, message_id_given)
-            return reply.id, _replay(reply)
-        if after_id > len(run.events):
-            raise InvalidRequest(f"Last-Event-ID {after_id} is past the last event ({len(run.events)})",
-                                 param="Last-Event-ID")
+            return reply.id, listener, _replay(reply)
+        run.check_resumable(after_id)
         if after_id:
             sse_streams_resumed.labels(self.engine.model_name).inc()
-        return run.message_id, self.registry.listen(run, after_id)
+        return run.message_id, listener, self.registry.listen(run, after_id, listener)
 
     async def _stored_reply_to_replay(self, owner_id: uuid.UUID, conversation_id: uuid.UUID,
                                       message_id: uuid.UUID | None, message_id_given: bool) -> Message:
@@ -245,6 +293,23 @@ class ConversationService:
             message = await Messages(session).get(conversation_id, message_id)
         return message if message is not None and message.role == MessageRole.ASSISTANT else None
 
+    async def reconcile(self, conversation_id: uuid.UUID | None = None) -> int:
+        """Mark replies left in_progress by a replica that died (no heartbeat for stale_after_s) interrupted,
+        keeping their last flushed text. Every replica runs it at start and every stale_after_s. Not while the
+        database has been reachable for less than stale_after_s: after an outage, live replicas' heartbeats (which
+        failed during it) get the time to land first. Never this replica's own running or storing replies."""
+        now = time.monotonic()
+        if self._reachable_since is None or now - self._reachable_since < self.stale_after_s:
+            return 0
+        older_than = datetime.now(UTC) - timedelta(seconds=self.stale_after_s)
+        own = {run.message_id for run in self.registry.runs.values() if not run.done} | self.writer.storing
+        async with self.database.session() as session:
+            count = await Messages(session).interrupt_stale(older_than, conversation_id, own)
+            await session.commit()
+        if count:
+            logger.warning("reconciled %d reply(ies) left in progress by a replica that stopped", count)
+        return count
+
     # --- the seed's shapes --------------------------------------------------------------------------------------
 
     async def conversation_for_seed(self, owner_id: uuid.UUID, conversation_id: uuid.UUID | None,
@@ -255,36 +320,44 @@ class ConversationService:
         conversation = await self.create(owner_id, first_message[:TITLE_FROM_MESSAGE_CHARS])
         return conversation.id
 
-    async def follow_conversation(self, owner_id: uuid.UUID, conversation_id: uuid.UUID, after_id: int
-                                  ) -> tuple[uuid.UUID | None, EventStream]:
+    async def follow_conversation(self, principal: Principal, conversation_id: uuid.UUID,
+                                  after_id: int) -> Following:
         """The seed's stream, framed for EventSource.onmessage: the reply in progress; else the latest reply if it
         has finished (its events from this replica's buffer, or the stored reply); else the next reply to start."""
+        listener = self.registry.listeners.open(principal.subject, may_idle=True)
+        try:
+            return self._following(*await self._follow(principal.user_id, conversation_id, after_id, listener))
+        except BaseException:
+            self.registry.listeners.close(listener)
+            raise
+
+    async def _follow(self, owner_id: uuid.UUID, conversation_id: uuid.UUID, after_id: int,
+                      listener: Listener) -> tuple[uuid.UUID | None, Listener, EventStream]:
         await self.get(owner_id, conversation_id)
         run = self.registry.current(conversation_id, owner_id)
         if run is not None:
-            return run.message_id, self.registry.listen(run, after_id, Framing.PLAIN)
+            return run.message_id, listener, self.registry.listen(run, after_id, listener, Framing.PLAIN)
         async with self.database.session() as session:
             latest = await Messages(session).latest(conversation_id, MessageRole.ASSISTANT)
         if latest is not None and latest.status != MessageStatus.IN_PROGRESS:
-            return latest.id, _replay(latest, Framing.PLAIN)
+            return latest.id, listener, _replay(latest, Framing.PLAIN)
         previous = latest.id if latest is not None else None
-        return None, self._next_reply(owner_id, conversation_id, previous)
+        return None, listener, self._next_reply(listener, owner_id, conversation_id, previous)
 
-    async def _next_reply(self, owner_id: uuid.UUID, conversation_id: uuid.UUID, previous: uuid.UUID | None
-                          ) -> EventStream:
-        deadline = time.monotonic() + WAIT_FOR_NEXT_REPLY_S
-        waited = 0.0
-        while time.monotonic() < deadline:
-            upcoming = self.registry.current(conversation_id, owner_id)
-            if upcoming is not None and upcoming.message_id != previous:
-                async for chunk in self.registry.listen(upcoming, 0, Framing.PLAIN):
-                    yield chunk
+    async def _next_reply(self, listener: Listener, owner_id: uuid.UUID, conversation_id: uuid.UUID,
+                          previous: uuid.UUID | None) -> EventStream:
+        """Waits for the conversation's next reply (its start wakes this listener: no polling) with heartbeats;
+        idle past the listener's idle time, a last event tells the client to reconnect."""
+        while (upcoming := self.registry.upcoming(conversation_id, owner_id, previous)) is None:
+            wake = await self.registry.wait_for_next(conversation_id, listener)
+            if wake is Wake.IDLE:
+                yield RECONNECT
                 return
-            await asyncio.sleep(NEXT_REPLY_POLL_S)
-            waited += NEXT_REPLY_POLL_S
-            if waited >= self.registry.heartbeat_s:
-                waited = 0.0
+            if wake is Wake.HEARTBEAT:
                 yield HEARTBEAT
+                self.registry.listeners.wrote(listener, event=False)
+        async for chunk in self.registry.listen(upcoming, 0, listener, Framing.PLAIN):
+            yield chunk
 
 
 async def _replay(reply: Message, framing: Framing = Framing.NAMED) -> EventStream:

@@ -1,7 +1,7 @@
-"""Replies that outlive their HTTP connection: each runs as a task of its own, keeps every SSE event it sent in an
-in-memory buffer so that a client can re-attach with Last-Event-ID, and is cancelled after a grace period without
-listeners. One replica holds a reply's buffer: behind a load balancer, route a conversation's requests to one
-replica (see README)."""
+"""Replies that outlive their HTTP connection: each runs as a task of its own and keeps the SSE events it sent in a
+bounded in-memory buffer, so that a client can re-attach with Last-Event-ID; it is cancelled after a grace period
+without listeners. Listeners wait on signals, never on a sleep loop (serving/listeners.py). One replica holds a
+reply's buffer: behind a load balancer, route a conversation's requests to one replica (README)."""
 
 from __future__ import annotations
 
@@ -11,71 +11,114 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from typing import Any
 
+from server.exceptions import Conflict, InvalidRequest
+from server.serving.listeners import Listener, Listeners, Signal, Wake
 from server.serving.sse import HEARTBEAT, EventStream, Framing, ReplyEvent, frame_reply_event
 
 logger = logging.getLogger(__name__)
-# How long a finished reply stays here for late re-attaches.
-RETENTION_S = 300.0
+EVICT_EVERY_S = 1.0
+REPLY_BYTES = 4 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How much of finished and running replies stays in memory for re-attaches."""
+
+    seconds: float = 300.0                     # a finished reply's events stay this long
+    reply_bytes: int = REPLY_BYTES             # one reply's buffer keeps at most this much (its newest events)
+    total_bytes: int = 256 << 20               # all buffers together: the oldest finished replies go first
+
+
+class ResumeGap(Conflict):
+    """The events after Last-Event-ID are no longer buffered: fetch the stored message instead."""
 
 
 class Run:
-    """One reply being generated: its events so far, who is listening, and the task producing it."""
+    """One reply being generated: its buffered events, who is listening, and the task producing it."""
 
-    def __init__(self, message_id: uuid.UUID, conversation_id: uuid.UUID, owner_id: uuid.UUID) -> None:
+    def __init__(self, message_id: uuid.UUID, conversation_id: uuid.UUID, owner_id: uuid.UUID,
+                 max_bytes: int = REPLY_BYTES) -> None:
         self.message_id = message_id
         self.conversation_id = conversation_id
         self.owner_id = owner_id
         self.events: list[dict[Framing, bytes]] = []
+        self.first_id = 1  # the id of events[0]: older events were dropped past max_bytes
+        self.size = 0
+        self.max_bytes = max_bytes
         self.done = False
         self.listeners = 0
         self.finished_at: float | None = None
         self.task: asyncio.Task[None] | None = None
-        self._changed = asyncio.Condition()
-        self._grace_timer: asyncio.Task[None] | None = None
+        self.grace_timer: asyncio.TimerHandle | None = None
+        self.changed = Signal()
+
+    @property
+    def last_id(self) -> int:
+        return self.first_id + len(self.events) - 1
 
     async def publish(self, event: ReplyEvent, data: dict[str, Any], *, final: bool = False) -> None:
-        async with self._changed:
-            self.events.append(frame_reply_event(event, data, len(self.events) + 1))
-            if final:
-                self.done = True
-                self.finished_at = time.monotonic()
-            self._changed.notify_all()
+        frames = frame_reply_event(event, data, self.last_id + 1)
+        self.events.append(frames)
+        self.size += len(frames[Framing.NAMED]) + len(frames[Framing.PLAIN])
+        while self.size > self.max_bytes and len(self.events) > 1:
+            dropped = self.events.pop(0)
+            self.size -= len(dropped[Framing.NAMED]) + len(dropped[Framing.PLAIN])
+            self.first_id += 1
+        if final:
+            self.done = True
+            self.finished_at = time.monotonic()
+        self.changed.notify()
 
     async def wait(self) -> None:
         """Until the task producing the reply has ended; cancelling the caller does not cancel the task."""
         if self.task is not None:
             await asyncio.shield(self.task)
 
-    async def follow(self, after_id: int, heartbeat_s: float, framing: Framing = Framing.NAMED) -> EventStream:
-        """Every event after `after_id`, then the live rest until the reply ends; heartbeats while idle."""
-        position = max(0, after_id)
+    def check_resumable(self, after_id: int) -> None:
+        if after_id > self.last_id:
+            raise InvalidRequest(f"Last-Event-ID {after_id} is past the last event ({self.last_id})",
+                                 param="Last-Event-ID")
+        if after_id < self.first_id - 1:
+            raise ResumeGap(f"the events after {after_id} are no longer buffered (the oldest is {self.first_id}); "
+                            "fetch the stored message", param="Last-Event-ID")
+
+    async def follow(self, after_id: int, listener: Listener, listeners: Listeners,
+                     framing: Framing = Framing.NAMED) -> EventStream:
+        """Every event after `after_id`, then the live rest until the reply ends; a heartbeat when idle."""
+        position = max(after_id, self.first_id - 1)
+        listener.idle_after_s = None  # a running reply ends by itself
         while True:
-            async with self._changed:
-                if position >= len(self.events) and not self.done:
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), heartbeat_s)
-                pending = self.events[position:]
-                done = self.done
-            if pending:
-                position += len(pending)
+            if position < self.last_id:
+                start = max(position + 1, self.first_id) - self.first_id
+                pending = self.events[start:]
+                position = self.last_id
                 yield b"".join(event[framing] for event in pending)
-            elif not done:
-                yield HEARTBEAT
-            if done and position >= len(self.events):
+                listeners.wrote(listener, event=True)
+            if self.done and position >= self.last_id:
                 return
+            if await listeners.wait(listener, self.changed) is not Wake.EVENT:
+                yield HEARTBEAT
+                listeners.wrote(listener, event=False)
 
 
 class Registry:
-    """The runs this replica holds, by message id; finished ones are kept `retention_s` for late re-attaches."""
+    """The runs this replica holds, by message id; finished ones are kept for late re-attaches (see Retention)."""
 
-    def __init__(self, grace_s: float, retention_s: float = RETENTION_S, heartbeat_s: float = 15.0) -> None:
+    def __init__(self, grace_s: float, listeners: Listeners, retention: Retention | None = None) -> None:
         self.grace_s = grace_s
-        self.retention_s = retention_s
-        self.heartbeat_s = heartbeat_s
+        self.listeners = listeners
+        self.retention = retention or Retention()
         self.runs: dict[uuid.UUID, Run] = {}
         self._by_conversation: dict[uuid.UUID, uuid.UUID] = {}
+        # Listeners waiting for a conversation's next reply: its start wakes them.
+        self._next_run: dict[uuid.UUID, Signal] = {}
+        self._evicted_at = 0.0
+
+    def new_run(self, message_id: uuid.UUID, conversation_id: uuid.UUID, owner_id: uuid.UUID) -> Run:
+        return Run(message_id, conversation_id, owner_id, self.retention.reply_bytes)
 
     def start(self, run: Run, produce: Callable[[Run], Coroutine[Any, Any, None]]) -> Run:
         self._evict()
@@ -84,6 +127,9 @@ class Registry:
         run.task = asyncio.create_task(produce(run), name=f"reply-{run.message_id}")
         # With nobody attached yet, the grace clock starts now.
         self._arm_grace(run)
+        waiting = self._next_run.pop(run.conversation_id, None)
+        if waiting is not None:
+            waiting.notify()
         return run
 
     def get(self, message_id: uuid.UUID, owner_id: uuid.UUID) -> Run | None:
@@ -100,13 +146,27 @@ class Registry:
         run = self.runs.get(message_id) if message_id is not None else None
         return run is not None and not run.done
 
+    def upcoming(self, conversation_id: uuid.UUID, owner_id: uuid.UUID, previous: uuid.UUID | None) -> Run | None:
+        """The conversation's reply on this replica that is not `previous`, if one has started."""
+        run = self.current(conversation_id, owner_id)
+        return run if run is not None and run.message_id != previous else None
+
+    async def wait_for_next(self, conversation_id: uuid.UUID, listener: Listener) -> Wake:
+        """Until a reply starts in the conversation (EVENT), or the listener's heartbeat or idle close is due."""
+        signal = self._next_run.setdefault(conversation_id, Signal())
+        try:
+            return await self.listeners.wait(listener, signal)
+        finally:
+            if not signal.waiters and self._next_run.get(conversation_id) is signal:
+                del self._next_run[conversation_id]
+
     @contextlib.contextmanager
     def attached(self, run: Run) -> Iterator[None]:
         """Counts as a listener while inside: the grace clock stops, and starts again when the last one leaves."""
         run.listeners += 1
-        if run._grace_timer is not None:
-            run._grace_timer.cancel()
-            run._grace_timer = None
+        if run.grace_timer is not None:
+            run.grace_timer.cancel()
+            run.grace_timer = None
         try:
             yield
         finally:
@@ -114,9 +174,10 @@ class Registry:
             if run.listeners == 0 and not run.done:
                 self._arm_grace(run)
 
-    async def listen(self, run: Run, after_id: int, framing: Framing = Framing.NAMED) -> EventStream:
+    async def listen(self, run: Run, after_id: int, listener: Listener,
+                     framing: Framing = Framing.NAMED) -> EventStream:
         with self.attached(run):
-            async for chunk in run.follow(after_id, self.heartbeat_s, framing):
+            async for chunk in run.follow(after_id, listener, self.listeners, framing):
                 yield chunk
 
     def cancel(self, run: Run) -> bool:
@@ -131,20 +192,35 @@ class Registry:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.listeners.stop()
 
     def _arm_grace(self, run: Run) -> None:
-        async def expire() -> None:
-            await asyncio.sleep(self.grace_s)
+        def expire() -> None:
+            run.grace_timer = None
             if run.listeners == 0 and not run.done:
                 logger.info("no listener for %.0f s: cancelling reply %s", self.grace_s, run.message_id)
                 self.cancel(run)
 
-        run._grace_timer = asyncio.create_task(expire())
+        run.grace_timer = asyncio.get_running_loop().call_later(self.grace_s, expire)
 
     def _evict(self) -> None:
+        """Finished replies past their retention go; so do the oldest finished ones while the buffers are over
+        their total size."""
         now = time.monotonic()
-        for message_id, run in list(self.runs.items()):
-            if run.done and run.finished_at is not None and now - run.finished_at > self.retention_s:
-                del self.runs[message_id]
-                if self._by_conversation.get(run.conversation_id) == message_id:
-                    del self._by_conversation[run.conversation_id]
+        if now - self._evicted_at < EVICT_EVERY_S:
+            return
+        self._evicted_at = now
+        finished = sorted((run for run in self.runs.values() if run.done and run.finished_at is not None),
+                          key=lambda run: run.finished_at or 0.0)
+        total = sum(run.size for run in self.runs.values())
+        for run in finished:
+            expired = now - (run.finished_at or now) > self.retention.seconds
+            if not expired and total <= self.retention.total_bytes:
+                break
+            total -= run.size
+            self._forget(run)
+
+    def _forget(self, run: Run) -> None:
+        del self.runs[run.message_id]
+        if self._by_conversation.get(run.conversation_id) == run.message_id:
+            del self._by_conversation[run.conversation_id]

@@ -12,6 +12,8 @@ _encode = msgspec.json.encode
 
 DONE = b"data: [DONE]\n\n"
 HEARTBEAT = b": keep-alive\n\n"
+# Ends an idle listener's stream: the client reconnects (EventSource does so by itself, after `retry` ms).
+RECONNECT = b'retry: 1000\ndata: {"type":"reconnect"}\n\n'
 
 # What a streaming route sends: framed events, closed (aclose) when the client leaves.
 EventStream = AsyncGenerator[bytes, None]
