@@ -47,6 +47,9 @@ class OutputShaper:
         if self._first:
             self._first = False
             step.cached_tokens = output.num_cached_tokens
+            stats = output.metrics  # vLLM's RequestStateStats: engine-core monotonic timestamps
+            if stats is not None and stats.scheduled_ts:
+                step.queue_time_s = max(0.0, stats.scheduled_ts - stats.queued_ts)
             if output.prompt_logprobs is not None:
                 step.prompt_logprobs = prompt_logprobs(output.prompt_logprobs)
         return step

@@ -85,6 +85,8 @@ class StepOutput:
     # Set on the first step: prompt tokens served from the prefix cache, and the prompt's logprobs if asked for.
     cached_tokens: int | None = None
     prompt_logprobs: list[dict[str, Any] | None] | None = None
+    # Set on the first step: seconds the request waited in the engine's queue before it was first scheduled.
+    queue_time_s: float | None = None
 
 
 @dataclass(slots=True)

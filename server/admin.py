@@ -56,7 +56,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"created user {args.username} ({user_id}){' with the admin role' if args.admin else ''}")
         else:
             limits = {"requests_per_minute": args.rpm, "tokens_per_minute": args.tpm,
-                      "max_concurrent_streams": args.streams}
+                      "max_concurrent_streams": args.streams, "weight": args.weight}
             key = asyncio.run(create_key(settings, args.username, args.name, args.expires_in_days, limits))
             print("API key (shown once; only its hash is stored):", file=sys.stderr)
             print(key)
@@ -78,3 +78,4 @@ def add_commands(admin: argparse.ArgumentParser) -> None:
     key.add_argument("--rpm", type=int, help="requests per minute for this key (0 = unlimited)")
     key.add_argument("--tpm", type=int, help="tokens per minute for this key (0 = unlimited)")
     key.add_argument("--streams", type=int, help="concurrent generations for this key (0 = unlimited)")
+    key.add_argument("--weight", type=int, help="this key's share of the engine's queue under overload (default 1)")

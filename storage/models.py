@@ -24,6 +24,8 @@ class MessageStatus(StrEnum):
     COMPLETED = "completed"
     LENGTH = "length"
     CANCELLED = "cancelled"
+    # The server stopped it (shutdown's deadline), or it was found stale: its replica died mid-reply.
+    INTERRUPTED = "interrupted"
     FAILED = "failed"
 
 
@@ -61,6 +63,8 @@ class ApiKey(Base):
     requests_per_minute: Mapped[int | None]
     tokens_per_minute: Mapped[int | None]
     max_concurrent_streams: Mapped[int | None]
+    # The key's share of the engine's queue under overload, relative to other tenants (NULL = 1).
+    weight: Mapped[int | None]
 
     owner: Mapped[User] = relationship(back_populates="api_keys")
 

@@ -43,13 +43,22 @@ class ApiKeys:
 
     async def create(self, owner_id: uuid.UUID, *, key_hash: str, prefix: str, name: str = "",
                      expires_at: datetime | None = None, requests_per_minute: int | None = None,
-                     tokens_per_minute: int | None = None, max_concurrent_streams: int | None = None) -> ApiKey:
+                     tokens_per_minute: int | None = None, max_concurrent_streams: int | None = None,
+                     weight: int | None = None) -> ApiKey:
         key = ApiKey(owner_id=owner_id, key_hash=key_hash, prefix=prefix, name=name, expires_at=expires_at,
                      requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
-                     max_concurrent_streams=max_concurrent_streams)
+                     max_concurrent_streams=max_concurrent_streams, weight=weight)
         self.session.add(key)
         await self.session.flush()
         return key
+
+    async def count_active(self, owner_id: uuid.UUID) -> int:
+        """Keys neither revoked nor expired."""
+        now = utcnow()
+        count = await self.session.scalar(select(func.count()).select_from(ApiKey).where(
+            ApiKey.owner_id == owner_id, ApiKey.revoked_at.is_(None),
+            (ApiKey.expires_at.is_(None)) | (ApiKey.expires_at > now)))
+        return int(count or 0)
 
     async def by_hash(self, key_hash: str) -> ApiKey | None:
         return await self.session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
@@ -148,6 +157,19 @@ class Messages:
         return await self.session.scalar(
             select(Message).where(Message.conversation_id == conversation_id, Message.role == role)
             .order_by(Message.seq.desc()).limit(1))
+
+    async def interrupt_stale(self, older_than: datetime, conversation_id: uuid.UUID | None = None,
+                              exclude: set[uuid.UUID] | None = None) -> int:
+        """Replies left in_progress whose heartbeat stopped (their replica died): interrupted, text kept. `exclude`:
+        the replies the caller itself is still running or storing."""
+        query = update(Message).where(Message.status == MessageStatus.IN_PROGRESS, Message.updated_at < older_than)
+        if conversation_id is not None:
+            query = query.where(Message.conversation_id == conversation_id)
+        if exclude:
+            query = query.where(Message.id.notin_(exclude))
+        result = await self.session.execute(query.values(status=MessageStatus.INTERRUPTED,
+                                                         finish_reason=MessageStatus.INTERRUPTED, updated_at=utcnow()))
+        return rows_changed(result)
 
     async def history(self, conversation_id: uuid.UUID, *, after_seq: int = 0, limit: int | None = None
                       ) -> list[Message]:

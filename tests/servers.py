@@ -3,6 +3,8 @@ that break the server: kill it, stop it, kill its engine."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -52,20 +54,58 @@ class SpawnedServer:
     def signal(self, signum: int) -> None:
         os.kill(self.pid, signum)
 
+    def signal_group(self, signum: int) -> None:
+        """The server and its engine processes together, as a container runtime or systemd kills a service."""
+        os.killpg(self.pid, signum)
+
     def wait(self, timeout_s: float) -> int:
         assert self.process is not None
         return self.process.wait(timeout=timeout_s)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=60)
+        # The engine processes of a server that was killed alone outlive it: end the whole group.
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        self.process.wait()
 
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
+
+SLOT_HOLD = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 1500,
+             "ignore_eos": True, "stream": True}
+
+
+class SlotHolder:
+    """Holds the one sequence slot of an engine run with max_num_seqs=1: a long stream, started and seen to
+    produce a token, then closed by `release` (closing the stream aborts it), so that requests sent in between
+    queue behind it whatever the CPU's speed."""
+
+    def __init__(self, http: httpx.AsyncClient, headers: dict[str, str] | None = None) -> None:
+        self.http = http
+        self.headers = headers or {}
+        self.generating = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def hold(self) -> None:
+        self.task = asyncio.create_task(self._stream())
+        await asyncio.wait_for(self.generating.wait(), START_TIMEOUT_S)
+
+    async def _stream(self) -> None:
+        async with self.http.stream("POST", "/v1/chat/completions", json=SLOT_HOLD,
+                                    headers=self.headers) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    self.generating.set()
+
+    async def release(self) -> None:
+        assert self.task is not None and not self.task.done(), "the slot was free before release: hold longer"
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task

@@ -13,11 +13,12 @@ from pathlib import Path
 import httpx
 import jsonschema
 import pytest
+
 from conftest import free_port
-from servers import SpawnedServer
+from servers import SlotHolder, SpawnedServer
 
 CHAT = "/v1/chat/completions"
-LONG = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 60, "ignore_eos": True}
+SHORT = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 20, "ignore_eos": True}
 TOOL = {"type": "function", "function": {"name": "add", "parameters": {
     "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}}
 
@@ -46,29 +47,30 @@ async def first_token_at(http: httpx.AsyncClient, body: dict[str, object], start
 
 async def test_priority_orders_the_queue(queue_server: str) -> None:
     async with httpx.AsyncClient(base_url=queue_server, timeout=300) as http:
+        slot = SlotHolder(http)
+        await slot.hold()  # the next two wait behind it
         started = time.monotonic()
-        running = asyncio.create_task(first_token_at(http, LONG, started))
-        await asyncio.sleep(1.0)  # the long request holds the engine's one slot; the next two wait behind it
-        short = {**LONG, "max_tokens": 20}
-        late = asyncio.create_task(first_token_at(http, {**short, "priority": 5}, started))
+        late = asyncio.create_task(first_token_at(http, {**SHORT, "priority": 5}, started))
         await asyncio.sleep(0.3)
-        urgent = asyncio.create_task(first_token_at(http, {**short, "priority": -5}, started))
-        await running
+        urgent = asyncio.create_task(first_token_at(http, {**SHORT, "priority": -5}, started))
+        await asyncio.sleep(0.3)
+        await slot.release()
         assert await urgent < await late  # submitted later, served first
 
 
 async def test_queued_streams_get_keep_alive_comments(queue_server: str) -> None:
     async with httpx.AsyncClient(base_url=queue_server, timeout=300) as http:
-        holder = asyncio.create_task(http.post(CHAT, json=LONG))
-        await asyncio.sleep(1.0)
+        slot = SlotHolder(http)
+        await slot.hold()
         comments = 0
-        async with http.stream("POST", CHAT, json={**LONG, "max_tokens": 2, "stream": True}) as response:
+        async with http.stream("POST", CHAT, json={**SHORT, "max_tokens": 2, "stream": True}) as response:
             async for line in response.aiter_lines():
                 if line.startswith(":"):
                     comments += 1
+                    if comments == 2:
+                        await slot.release()
                 elif line.startswith("data:"):
                     break
-        await holder
     assert comments >= 2  # one every 0.3 s while the long request runs
 
 

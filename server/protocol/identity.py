@@ -7,26 +7,29 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from server.protocol.decode import Count
+from server.protocol.decode import NO_NUL, Count
 from storage.models import ApiKey
 
 Limit = Count  # 0 = unlimited for this key
 MAX_KEY_LIFETIME_DAYS = 3650
 USERNAME_PATTERN = r"^[A-Za-z0-9_.@-]+$"
 MIN_PASSWORD_LENGTH = 8
+MAX_KEY_WEIGHT = 1000
 
 
 class NewKey(msgspec.Struct, forbid_unknown_fields=True):
-    name: Annotated[str, Meta(max_length=200)] = ""
+    name: Annotated[str, Meta(max_length=200, pattern=NO_NUL)] = ""
     expires_in_days: Annotated[int, Meta(ge=1, le=MAX_KEY_LIFETIME_DAYS)] | None = None
     requests_per_minute: Limit | None = None
     tokens_per_minute: Limit | None = None
     max_concurrent_streams: Limit | None = None
+    # Share of the engine's queue under overload (fairness), relative to other tenants' keys; default 1.
+    weight: Annotated[int, Meta(ge=1, le=MAX_KEY_WEIGHT)] | None = None
 
     @property
     def sets_limits(self) -> bool:
         return any(value is not None for value in (self.requests_per_minute, self.tokens_per_minute,
-                                                   self.max_concurrent_streams))
+                                                   self.max_concurrent_streams, self.weight))
 
 
 class NewUser(msgspec.Struct, forbid_unknown_fields=True):
@@ -41,5 +44,5 @@ def key_view(key: ApiKey) -> dict[str, Any]:
         "created_at": key.created_at.isoformat(), "expires_at": key.expires_at.isoformat() if key.expires_at else None,
         "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
         "requests_per_minute": key.requests_per_minute, "tokens_per_minute": key.tokens_per_minute,
-        "max_concurrent_streams": key.max_concurrent_streams,
+        "max_concurrent_streams": key.max_concurrent_streams, "weight": key.weight,
     }

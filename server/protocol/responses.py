@@ -245,6 +245,7 @@ class KeyView(msgspec.Struct):
     requests_per_minute: int | None
     tokens_per_minute: int | None
     max_concurrent_streams: int | None
+    weight: int | None
 
 
 class KeyCreated(KeyView):
