@@ -59,6 +59,11 @@ class PreparedRequest:
     shaper: OutputShaper
     submit_kwargs: dict[str, Any]
 
+    @property
+    def prompt_logprobs(self) -> int | None:
+        value = getattr(self.params, "prompt_logprobs", None)
+        return value if isinstance(value, int) else None
+
 
 def vllm_error_param(exc: BaseException) -> str | None:
     parameter = getattr(exc, "parameter", None)
@@ -155,10 +160,13 @@ class ChatPreparer:
         from vllm.exceptions import VLLMValidationError
 
         tool_dicts = [tool.model_dump() for tool in vreq.tools] if vreq.tools else None
-        chat_params = vreq.build_chat_params(self.chat_template, "auto").with_defaults({"tools": tool_dicts})
         # The output length is checked by output_budget, with CodeFace's message; vLLM checks the prompt alone.
         unbounded = vreq.model_copy(update={"max_tokens": None, "max_completion_tokens": None})
-        tok_params = unbounded.build_tok_params(self.model_config)
+        try:
+            chat_params = vreq.build_chat_params(self.chat_template, "auto").with_defaults({"tools": tool_dicts})
+            tok_params = unbounded.build_tok_params(self.model_config)
+        except VLLMValidationError as exc:  # e.g. truncate_prompt_tokens past the context
+            raise InvalidRequestError(str(exc), vllm_error_param(exc)) from None
         extras = {"cache_salt": vreq.cache_salt} if vreq.cache_salt else None
         try:
             _, (engine_input,) = await self.renderer.render_chat_async([vreq.messages], chat_params, tok_params,

@@ -30,7 +30,10 @@ class CompletionPreparer:
             first = exc.errors()[0]
             raise InvalidRequestError(first["msg"], ".".join(str(p) for p in first["loc"]) or None) from None
         chat.check_priority(vreq.priority)
-        tok_params = vreq.build_tok_params(chat.model_config)
+        try:
+            tok_params = vreq.build_tok_params(chat.model_config)
+        except VLLMValidationError as exc:  # e.g. truncate_prompt_tokens past the context
+            raise InvalidRequestError(str(exc), vllm_error_param(exc)) from None
         extras = {"cache_salt": vreq.cache_salt} if vreq.cache_salt else None
         try:
             (engine_input,) = await chat.renderer.render_cmpl_async(

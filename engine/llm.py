@@ -190,6 +190,11 @@ class ChatEngine:
                 abort.add_done_callback(self._aborts.discard)
             queue.close()
 
+    async def abort(self, request_id: str) -> None:
+        """Stop a submitted request: its stream ends (finish reason "abort")."""
+        if self._llm is not None:
+            await self._llm.abort(request_id)
+
     def _chat_preparer(self) -> ChatPreparer:
         self._require_running()
         assert self._chat is not None

@@ -144,6 +144,43 @@ def cmd_conversations(args: argparse.Namespace) -> int:
     return 0 if report["conversations_with_problems"] == 0 else 1
 
 
+def cmd_listeners(args: argparse.Namespace) -> int:
+    from loadtests.listeners import measure, report
+
+    folder = out_dir(args, "listeners")
+    jobs = jobs_for(args, args.num_prompts or 2 * args.concurrency, seed=args.seed)
+    warmup = jobs_for(args, max(1, args.warmup), seed=args.seed + 999)
+    repeats = asyncio.run(measure(args.config, dict(args.set), folder, args.listeners, args.repeats, args.window,
+                                  jobs, warmup, args.concurrency))
+    context = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(),
+               "cpu": platform.processor() or platform.machine()}
+    text = report(repeats, args.listeners, context)
+    (folder / "report.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def cmd_tenants(args: argparse.Namespace) -> int:
+    from loadtests.tenants import SYSTEMS, Tenant, compare, report
+
+    folder = out_dir(args, "tenants")
+    systems = args.systems.split(",")
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        raise SystemExit(f"unknown systems {sorted(unknown)}: choose from {list(SYSTEMS)}")
+    heavy = Tenant("heavy", args.input_len, args.heavy_output_len, args.heavy_concurrency * 20,
+                   concurrency=args.heavy_concurrency)
+    light = Tenant("light", args.input_len, args.light_output_len, args.light_requests, every_s=args.light_every)
+    runs = asyncio.run(compare(args.config, dict(args.set), folder, systems, args.repeats, heavy, light,
+                               args.tokenizer, args.ramp))
+    context = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(),
+               "overrides": dict(args.set)}
+    text = report(runs, context)
+    (folder / "report.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -177,6 +214,32 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--turns", type=int, default=4)
     v.add_argument("--max-tokens", type=int, default=32)
     v.set_defaults(handler=cmd_conversations)
+    n = commands.add_parser("listeners", help="N idle SSE listeners: server CPU and RSS, and a chat load beside them")
+    n.add_argument("--config", type=Path, default=Path("configs/cpu.yaml"))
+    n.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=override,
+                   help="profile overrides")
+    n.add_argument("--listeners", type=int, default=10_000)
+    n.add_argument("--concurrency", type=int, default=16, help="chat streams of the load beside them")
+    n.add_argument("--repeats", type=int, default=3)
+    n.add_argument("--window", type=float, default=30.0, help="seconds of each CPU measurement")
+    add_workload_args(n)
+    n.set_defaults(handler=cmd_listeners)
+    t = commands.add_parser("tenants", help="noisy neighbour: a light tenant's TTFT beside a heavy tenant's flood")
+    t.add_argument("--config", type=Path, default=Path("configs/cpu.yaml"))
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=override,
+                   help="engine and profile overrides, the same for every system")
+    t.add_argument("--systems", default="vllm,codeface-fcfs,codeface-fair")
+    t.add_argument("--repeats", type=int, default=3)
+    t.add_argument("--input-len", type=int, default=128)
+    t.add_argument("--heavy-concurrency", type=int, default=64)
+    t.add_argument("--heavy-output-len", type=int, default=128)
+    t.add_argument("--light-output-len", type=int, default=16)
+    t.add_argument("--light-requests", type=int, default=10)
+    t.add_argument("--light-every", type=float, default=3.0, help="seconds between the light tenant's requests")
+    t.add_argument("--ramp", type=float, default=10.0, help="seconds of flood before the light tenant starts")
+    t.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER))
+    t.add_argument("--out", type=Path, default=None)
+    t.set_defaults(handler=cmd_tenants)
     args = parser.parse_args(argv)
     return args.handler(args)
 

@@ -59,6 +59,7 @@ class ServerProcess:
     env: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
     api_key: str | None = None
+    api_keys: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -106,10 +107,10 @@ def vllm_server(config: EngineConfig, log_dir: Path) -> ServerProcess:
 BENCH_LIMITS = {"requests_per_minute": 10 ** 7, "tokens_per_minute": 10 ** 10, "max_concurrent_streams": 10 ** 5}
 
 
-async def codeface_server(config_file: Path, overrides: dict[str, str], log_dir: Path, run_id: str
-                          ) -> ServerProcess:
-    """CodeFace as a shared deployment runs it: auth on (an API key), rate limits checked, metrics on, a fresh
-    database."""
+async def codeface_server(config_file: Path, overrides: dict[str, str], log_dir: Path, run_id: str, *,
+                          keys: int = 1) -> ServerProcess:
+    """CodeFace as a shared deployment runs it: auth on (API keys: `keys` tenants, each a user of its own), rate
+    limits checked, metrics on, a fresh database."""
     import asyncio
 
     from server import admin
@@ -118,11 +119,15 @@ async def codeface_server(config_file: Path, overrides: dict[str, str], log_dir:
     database_url = f"sqlite+aiosqlite:///{log_dir / f'codeface-{run_id}.db'}"
     settings = load_settings(config_file, **{**overrides, "database_url": database_url, "auth_enabled": "true"})
     await asyncio.to_thread(upgrade_database, database_url)
-    await admin.create_user(settings, "bench", "bench-password", False)
-    api_key = await admin.create_key(settings, "bench", "bench", None, BENCH_LIMITS)
+    api_keys = []
+    for tenant in range(keys):
+        username = "bench" if tenant == 0 else f"bench-{tenant}"
+        await admin.create_user(settings, username, "bench-password", False)
+        api_keys.append(await admin.create_key(settings, username, username, None, BENCH_LIMITS))
     port = free_port()
     sets = [item for key, value in overrides.items() for item in ("--set", f"{key}={value}")]
     command = [sys.executable, "-m", "server", "serve", "--config", str(config_file), "--port", str(port), *sets,
                "--set", "auth_enabled=true"]
     env = {**os.environ, "DATABASE_URL": database_url, "SECRET_KEY": secrets.token_urlsafe(32)}
-    return ServerProcess("codeface", command, "/readyz", port, env, log_dir / "codeface.log", api_key=api_key)
+    return ServerProcess("codeface", command, "/readyz", port, env, log_dir / f"codeface-{run_id}.log",
+                         api_key=api_keys[0], api_keys=api_keys)

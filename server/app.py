@@ -3,6 +3,7 @@ error handlers and the engine/database lifespan."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,23 +14,28 @@ from starlette.middleware.cors import CORSMiddleware
 
 from engine import ChatEngine
 from server.errors import EXCEPTION_HANDLERS
+from server.lifecycle import Lifecycle
 from server.middleware.access import AccessControlMiddleware
 from server.middleware.body_size import BodySizeLimitMiddleware
 from server.middleware.observability import ObservabilityMiddleware
 from server.middleware.security_headers import SecurityHeadersMiddleware
 from server.routes import all_routes
-from server.routes.docs import STATIC_PREFIX
 from server.routes.identity import TOKEN_PATH
+from server.routes.pages import DOCS_PATH, STATIC_PREFIX
 from server.security.access import AccessPolicy
 from server.security.auth import Authenticator
+from server.security.cache_salt import CacheIsolation, CacheSalter
+from server.security.login import LoginGuard
 from server.security.ratelimit import Quota, RateLimits
 from server.security.tokens import TokenService
 from server.serving.chat import ChatCompletions
 from server.serving.completions import Completions
 from server.serving.conversations import ConversationService
+from server.serving.fairness import FairShare
 from server.serving.generation import Admission, Generator
 from server.serving.identity import IdentityService
-from server.serving.replies import Registry
+from server.serving.listeners import Listeners
+from server.serving.replies import Registry, Retention
 from server.serving.reply_writer import ReplyWriter
 from server.serving.tokenization import Tokenization
 from server.settings import Settings
@@ -41,32 +47,62 @@ from storage import Database
 DEFAULT_SECRET = "change-me"
 MIN_SECRET_LENGTH = 32
 # Pages anyone may load (the API they describe or drive still needs credentials).
-PUBLIC_PAGES = frozenset({"/", "/docs", "/openapi.json"})
+PUBLIC_PAGES = frozenset({"/", DOCS_PATH, "/openapi.json"})
 CORS_HEADERS = ["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"]
 CORS_EXPOSED = ["X-Request-ID", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Retry-After"]
 
 logger = logging.getLogger("codeface")
 
 
-def check_secret(settings: Settings) -> None:
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_settings(settings: Settings) -> None:
+    """Refuse to start in a configuration that would be unsafe without saying so."""
     if settings.auth_enabled and settings.jwt_algorithm == "HS256" and (
             settings.secret_key == DEFAULT_SECRET or len(settings.secret_key) < MIN_SECRET_LENGTH):
         raise ValueError(f"auth is on: set SECRET_KEY to a random string of at least {MIN_SECRET_LENGTH} "
                          "characters (it signs the access tokens)")
+    if not settings.auth_enabled and not is_loopback(settings.host) and not settings.allow_unauthenticated_network:
+        raise ValueError(f"auth is off and the server would listen on {settings.host}, beyond this machine: turn "
+                         "auth on (AUTH_ENABLED=true), or say that this is meant with "
+                         "ALLOW_UNAUTHENTICATED_NETWORK=true")
+    if settings.fairness == "on" and settings.scheduling_policy != "priority":
+        raise ValueError("fairness: on needs scheduling_policy: priority (under fcfs the engine ignores priorities)")
+    if settings.fairness == "auto" and settings.auth_enabled and not settings.fairness_enabled:
+        logger.warning("fairness is off: auth is on but scheduling_policy is fcfs; set SCHEDULING_POLICY=priority "
+                       "for a fair share of the engine between tenants")
 
 
 def build_services(settings: Settings, engine: ChatEngine, database: Database, tokens: TokenService,
                    authenticator: Authenticator | None, limits: RateLimits) -> AppServices:
-    registry = Registry(settings.conversation_grace_s, heartbeat_s=settings.sse_heartbeat_s)
-    generator = Generator(engine, Admission(engine, limits, settings.max_inflight_generations))
+    retention = Retention(settings.reply_retention_s, settings.reply_buffer_bytes, settings.reply_buffers_total_bytes)
+    listeners = Listeners(settings.sse_heartbeat_s, settings.sse_idle_timeout_s, settings.max_sse_listeners,
+                          settings.max_sse_listeners_per_key)
+    registry = Registry(settings.conversation_grace_s, listeners, retention)
+    generator = Generator(engine, Admission(engine, limits, settings.max_inflight_generations),
+                          FairShare(settings.fairness_enabled))
+    salter = CacheSalter(CacheIsolation(settings.prefix_cache_isolation), settings.secret_key)
     conversations = ConversationService(engine, database, registry, generator,
-                                        ReplyWriter(database, settings.conversation_flush_s),
-                                        settings.conversation_max_tokens)
+                                        ReplyWriter(database, settings.conversation_flush_s,
+                                                    settings.conversation_heartbeat_s, settings.reply_store_timeout_s),
+                                        settings.conversation_max_tokens, settings.reply_stale_after_s, salter)
     return AppServices(settings=settings, engine=engine, database=database, limits=limits, registry=registry,
-                       chat=ChatCompletions(engine, generator, settings.sse_heartbeat_s),
-                       completions=Completions(engine, generator), tokenization=Tokenization(engine),
+                       generator=generator, lifecycle=Lifecycle(settings.drain_timeout_s),
+                       chat=ChatCompletions(engine, generator, settings.sse_heartbeat_s, salter),
+                       completions=Completions(engine, generator, salter), tokenization=Tokenization(engine),
                        conversations=conversations,
-                       identity=IdentityService(database, tokens, authenticator))
+                       identity=IdentityService(
+                           database, tokens, authenticator, max_keys_per_user=settings.max_keys_per_user,
+                           login_guard=LoginGuard(limits, per_address=settings.login_attempts_per_minute_per_address,
+                                                  per_username=settings.login_attempts_per_minute_per_username,
+                                                  concurrent_hashes=settings.max_concurrent_password_hashes)))
 
 
 def create_app(settings: Settings, model_path: str, *, tracing: bool | None = None,
@@ -76,7 +112,7 @@ def create_app(settings: Settings, model_path: str, *, tracing: bool | None = No
     `engine`: a ready-made engine (the fast test tier passes a fake one); by default vLLM's, started in the
     lifespan."""
     tracing = settings.trace_exporter != "none" if tracing is None else tracing
-    check_secret(settings)
+    check_settings(settings)
     engine = engine or ChatEngine(settings.engine_config(model_path))
     database = Database(settings.database_url, pool_size=settings.database_pool_size)
     instrument(database.engine, tracing=tracing)
@@ -85,9 +121,12 @@ def create_app(settings: Settings, model_path: str, *, tracing: bool | None = No
                           private_key_file=settings.jwt_private_key_file,
                           public_key_file=settings.jwt_public_key_file)
     default_quota = Quota(settings.requests_per_minute, settings.tokens_per_minute, settings.max_concurrent_streams)
-    authenticator = (Authenticator(database, tokens, default_quota, settings.api_key_cache_seconds)
+    user_quota = Quota(settings.user_requests_per_minute, settings.user_tokens_per_minute,
+                       settings.user_max_concurrent_streams)
+    authenticator = (Authenticator(database, tokens, default_quota, settings.api_key_cache_seconds, user_quota)
                      if settings.auth_enabled else None)
-    limits = RateLimits(settings.rate_limit_storage, fail_open=settings.rate_limit_failure == "open")
+    limits = RateLimits(settings.rate_limit_storage, fail_open=settings.rate_limit_failure == "open",
+                        timeout_s=settings.rate_limit_timeout_s, retry_s=settings.rate_limit_retry_s)
     held = build_services(settings, engine, database, tokens, authenticator, limits)
     policy = AccessPolicy(authenticator, database, settings.default_user, default_quota)
     if not settings.auth_enabled:
@@ -100,12 +139,15 @@ def create_app(settings: Settings, model_path: str, *, tracing: bool | None = No
         adopt_loggers("vllm")  # vLLM set its own handler on import: its lines go through ours instead
         await engine.start()
         # uvicorn binds the socket right after this returns.
+        held.lifecycle.start(held)
         logger.info("CodeFace ready: serving %s (%s, context %d tokens) on http://%s:%d", engine.model_name,
                     model_path, engine.max_model_len, settings.host, settings.port)
         try:
             yield
         finally:
+            await held.lifecycle.stop()
             await held.registry.shutdown()
+            await held.conversations.writer.drain(settings.drain_timeout_s)
             await engine.shutdown()
             await database.close()
 
@@ -116,7 +158,8 @@ def create_app(settings: Settings, model_path: str, *, tracing: bool | None = No
         routes=all_routes(),
         middleware=[
             Middleware(ObservabilityMiddleware, tracing=tracing, access_log=settings.access_log),
-            Middleware(SecurityHeadersMiddleware, pages=PUBLIC_PAGES, prefixes=(STATIC_PREFIX,)),
+            Middleware(SecurityHeadersMiddleware, pages=PUBLIC_PAGES, prefixes=(STATIC_PREFIX,),
+                       inline_styles=frozenset({DOCS_PATH})),
             *cors,
             Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
             Middleware(AccessControlMiddleware, policy=policy, limits=limits,

@@ -46,9 +46,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, log_format=settings.log_format, log_file=settings.log_file,
                       max_bytes=settings.log_max_bytes, backup_count=settings.log_backup_count)
 
-    import uvicorn
-
     from server.app import create_app
+    from server.serve import serve
     from server.telemetry.tracing import setup_tracing
     from storage import upgrade_database
 
@@ -58,12 +57,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     provider = setup_tracing(settings.trace_exporter, endpoint=settings.trace_endpoint,
                              sample_ratio=settings.trace_sample_ratio)
     app = create_app(settings, model_path)
-    # log_config=None: uvicorn's records go through our handler; our middleware writes the access lines.
-    uvicorn.run(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-                log_config=None, access_log=False, timeout_graceful_shutdown=10)
+    exit_code = serve(app, settings.host, settings.port)
     if provider is not None:
         provider.shutdown()
-    return 0
+    return exit_code
 
 
 def cmd_prepare_model(args: argparse.Namespace) -> int:

@@ -62,7 +62,25 @@ class Settings(BaseSettings, EngineOptions):
     conversation_max_tokens: int = 512      # reply length when a message does not say
     conversation_grace_s: float = 30.0      # a reply with no listener goes on this long, then is cancelled
     conversation_flush_s: float = 1.0       # partial replies are written this often (off the token path)
+    conversation_heartbeat_s: float = 5.0   # a running reply's row is touched this often, even without new text
+    reply_stale_after_s: float = 30.0       # an in_progress reply without a heartbeat this long is interrupted
+    reply_store_timeout_s: float = 600.0    # a reply's final write is retried this long while the database is down
+    # Event streams: a comment every heartbeat_s keeps idle connections through proxies (nginx, load balancers
+    # time out after 60 s by default); a listener waiting for a reply that does not come is closed after
+    # sse_idle_timeout_s (0: never) with an event that tells it to reconnect. Caps: open streams in all (503 past
+    # it) and per key (429); 0 = no cap. Each open stream holds a file descriptor: the open-file limit is checked
+    # at start.
     sse_heartbeat_s: float = 15.0
+    sse_idle_timeout_s: float = 900.0
+    max_sse_listeners: int = 16384
+    max_sse_listeners_per_key: int = 256
+    reply_retention_s: float = 300.0        # a finished reply's events stay in memory this long, for re-attaches
+    reply_buffer_bytes: int = 4 << 20       # one reply's buffered events at most (the newest are kept)
+    reply_buffers_total_bytes: int = 256 << 20  # all buffers together: the oldest finished replies go first
+
+    # Shutdown: on SIGTERM, not ready at once and new generations refused; running ones get this long to finish
+    # before they are interrupted (their streams end with an error event, their replies are stored).
+    drain_timeout_s: float = 30.0
 
     # Storage
     database_url: str = f"sqlite+aiosqlite:///{DATA_DIR / 'codeface.db'}"
@@ -71,6 +89,8 @@ class Settings(BaseSettings, EngineOptions):
 
     # Auth. Off only by this explicit flag; the server then serves everyone as `default_user` and says so loudly.
     auth_enabled: bool = True
+    # With auth off, listening beyond loopback needs this explicit flag.
+    allow_unauthenticated_network: bool = False
     default_user: str = "local"
     open_paths: list[str] = ["/health", "/healthz", "/readyz", "/version", "/metrics"]
     secret_key: str = "change-me"
@@ -89,8 +109,34 @@ class Settings(BaseSettings, EngineOptions):
     requests_per_minute: int | None = 600
     tokens_per_minute: int | None = 400_000
     max_concurrent_streams: int | None = 64
+    # The same budgets per user, added up over all of a user's keys and tokens (admins are exempt: they set the
+    # limits): minting keys does not multiply a user's budget.
+    user_requests_per_minute: int | None = 600
+    user_tokens_per_minute: int | None = 400_000
+    user_max_concurrent_streams: int | None = 64
+    max_keys_per_user: int = 20
+    # A limiter storage (Redis) that fails or stops answering costs one timeout, then is skipped for retry_s.
+    rate_limit_timeout_s: float = 0.25
+    rate_limit_retry_s: float = 5.0
+    # tenant: each user's prompts share the prefix cache only with that user's (closes a timing side channel);
+    # shared: vllm serve's single cache (more hits across users).
+    prefix_cache_isolation: Literal["tenant", "shared"] = "tenant"
+    # Fair share of the engine's queue between tenants (users) under overload: auto = on when auth is on. It needs
+    # scheduling_policy: priority; off, with scheduling_policy: fcfs, is vllm serve's order exactly.
+    fairness: Literal["auto", "on", "off"] = "auto"
     # Global admission control: past this many generations in flight (running or queued), answer 503 at once.
     max_inflight_generations: int = 1024
+
+    # Logins: password guessing is limited per client address and per username, and argon2's 64 MiB per try is
+    # bounded by the number of hashes computed at once.
+    login_attempts_per_minute_per_address: int = 30
+    login_attempts_per_minute_per_username: int = 10
+    max_concurrent_password_hashes: int = 2
+
+    @property
+    def fairness_enabled(self) -> bool:
+        wanted = self.fairness == "on" or (self.fairness == "auto" and self.auth_enabled)
+        return wanted and self.scheduling_policy == "priority"
 
     @classmethod
     def settings_customise_sources(

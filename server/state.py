@@ -9,11 +9,13 @@ from starlette.requests import Request
 
 from engine import ChatEngine
 from server.exceptions import AuthenticationFailed
+from server.lifecycle import Lifecycle
 from server.security.auth import Principal
 from server.security.ratelimit import RateLimits
 from server.serving.chat import ChatCompletions
 from server.serving.completions import Completions
 from server.serving.conversations import ConversationService
+from server.serving.generation import Generator
 from server.serving.identity import IdentityService
 from server.serving.replies import Registry
 from server.serving.tokenization import Tokenization
@@ -30,6 +32,8 @@ class AppServices:
     database: Database
     limits: RateLimits
     registry: Registry
+    generator: Generator
+    lifecycle: Lifecycle
     chat: ChatCompletions
     completions: Completions
     tokenization: Tokenization

@@ -122,7 +122,12 @@ def server_settings(database_url: str, redis_url: str, **overrides: object):
               # model's own template renders for chats without tools.
               "tool_call_parser": "hermes", "enable_auto_tool_choice": True,
               "chat_template": ROOT / "configs/templates/smollm2_hermes_tools.jinja",
-              "max_inflight_generations": 24, "conversation_grace_s": 3.0, "sse_heartbeat_s": 2.0,
+              "max_inflight_generations": 24,
+              # vllm serve's order (fairness off): the refusal of `priority` under fcfs is tested on this server;
+              # tests/test_fairness.py and test_scheduling.py run priority servers of their own.
+              "scheduling_policy": "fcfs", "conversation_grace_s": 3.0, "sse_heartbeat_s": 2.0,
+              # The suite logs in often from one address; the login-flood test sets the defaults back.
+              "login_attempts_per_minute_per_address": 10_000, "login_attempts_per_minute_per_username": 1_000,
               "secret_key": "test-secret-key-with-enough-entropy-0123456789",
               "rate_limit_storage": redis_url, **overrides}
     return load_settings(ROOT / "configs/cpu.yaml", **values)

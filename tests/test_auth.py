@@ -262,15 +262,18 @@ def test_auth_off_serves_everyone_as_the_default_user(start_replica, server_data
                                                       redis_url: str) -> None:
     url = start_replica(server_database_url, redis_url, auth_enabled=False, default_user="local-tests")
     assert httpx.get(f"{url}/v1/models").status_code == 200
-    created = httpx.post(f"{url}/api/v1/keys", json={"name": "made without credentials"})
-    assert created.status_code == 201
-    assert [k["name"] for k in httpx.get(f"{url}/api/v1/keys").json()["data"]] == ["made without credentials"]
+    conversation = httpx.post(f"{url}/api/v1/conversations", json={"title": "mine"})
+    assert conversation.status_code == 201
+    assert httpx.get(f"{url}/api/v1/conversations").json()["data"][0]["title"] == "mine"
+    # Nothing made with auth off may outlive a later switch to auth on: the identity routes refuse.
+    assert httpx.post(f"{url}/api/v1/keys", json={"name": "made without credentials"}).status_code == 403
+    assert httpx.post(f"{url}/api/v1/users", json={"username": "x", "password": "a-long-password"}).status_code == 403
 
 
 def test_auth_on_needs_a_real_secret(server_database_url: str, redis_url: str) -> None:
-    from conftest import server_settings
-
     from server.app import create_app
+
+    from conftest import server_settings
 
     for weak in ("change-me", "short"):
         with pytest.raises(ValueError, match="SECRET_KEY"):

@@ -13,12 +13,13 @@ import httpx
 import jsonschema
 import openai
 import pytest
-from conftest import RunningServer
-from engine_faults import engine_fails
 from pydantic import BaseModel
 
 from loadtests.sse import iter_events
 from server.protocol.fields import CHAT_FIELDS, Support
+
+from conftest import RunningServer
+from engine_faults import engine_fails
 
 CHAT = "/v1/chat/completions"
 WEATHER = {"type": "function", "function": {

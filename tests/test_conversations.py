@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
-from conftest import RunningServer
-from engine_faults import engine_fails
 
 from loadtests.sse import SSEEvent, SSEParser, iter_events
+
+from conftest import RunningServer
+from engine_faults import engine_fails
 
 API = "/api/v1/conversations"
 

@@ -9,3 +9,5 @@ wait_ready() {  # PORT [PATH]: up to 90 s
   for _ in $(seq 90); do curl -sf "localhost:$1${2:-/readyz}" >/dev/null && return 0; sleep 1; done
   echo "not ready on port $1" >&2; return 1
 }
+# The engine dtype CodeFace's CPU profile resolves to on this machine (vllm serve gets the same).
+DTYPE=$(.venv/bin/python -c "from engine.config import resolve_dtype; print(resolve_dtype('auto'))")

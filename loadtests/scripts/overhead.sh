@@ -10,7 +10,7 @@ run() {  # name port key
 mkdir -p /tmp/overhead
 for round in 1 2; do
 # vllm serve
-VLLM_CPU_KVCACHE_SPACE=2 setsid .venv/bin/python -m vllm.entrypoints.openai.api_server --model $M --served-model-name SmolLM2-135M-Instruct --dtype bfloat16 --max-model-len 2048 --enforce-eager --max-num-seqs 256 --enable-prefix-caching --seed 0 --port 8041 > /tmp/overhead/vllm.log 2>&1 &
+VLLM_CPU_KVCACHE_SPACE=2 setsid .venv/bin/python -m vllm.entrypoints.openai.api_server --model $M --served-model-name SmolLM2-135M-Instruct --dtype $DTYPE --max-model-len 2048 --enforce-eager --max-num-seqs 256 --enable-prefix-caching --seed 0 --port 8041 > /tmp/overhead/vllm.log 2>&1 &
 P=$!; wait_ready 8041 /health; run vllm-$round 8041; kill -- -$P; wait $P 2>/dev/null; sleep 3
 # codeface, auth + rate limits on
 rm -f /tmp/overhead/cf.db*; export DATABASE_URL=sqlite+aiosqlite:////tmp/overhead/cf.db SECRET_KEY=overhead-secret-key-0123456789abcdefghij

@@ -38,7 +38,7 @@ class AccessControlMiddleware:
         token = user_id_var.set(str(principal.user_id))
         try:
             try:
-                window = await self.limits.hit_request(principal.subject, principal.quota)
+                window = await self.limits.hit_requests(principal.budgets)
             except ServiceError as exc:
                 if isinstance(exc, LimitExceeded):
                     rate_limit_rejections.labels(self.model, exc.limit).inc()

@@ -14,6 +14,8 @@ from server.exceptions import InvalidRequest
 from server.protocol.sampling import MAX_TOP_LOGPROBS, GenerationFields
 
 MAX_TOOLS = 128
+# A chat longer than this is refused at decoding, before any template renders it.
+MAX_MESSAGES = 4096
 TEXT_PART = "text"
 
 
@@ -89,7 +91,7 @@ SERVER_ONLY = frozenset({"messages", "model", "user", "request_id"})
 
 
 class ChatCompletionRequest(GenerationFields, frozen=True, kw_only=True, omit_defaults=True):
-    messages: list[ChatMessage]
+    messages: Annotated[list[ChatMessage], Meta(max_length=MAX_MESSAGES)]
     model: str | None = None
     max_completion_tokens: Annotated[int, Meta(ge=1, le=2**31 - 1)] | None = None
     logprobs: bool | None = None

@@ -8,13 +8,14 @@ import msgspec
 from msgspec import Meta
 
 from server.exceptions import InvalidRequest
+from server.protocol.decode import NO_NUL
 from server.protocol.sampling import GenerationFields
 from storage.models import Conversation, Message
 
 MAX_TITLE_CHARS = 300
 MAX_MESSAGE_CHARS = 200_000
-Title = Annotated[str, Meta(max_length=MAX_TITLE_CHARS)]
-MessageText = Annotated[str, Meta(min_length=1, max_length=MAX_MESSAGE_CHARS)]
+Title = Annotated[str, Meta(max_length=MAX_TITLE_CHARS, pattern=NO_NUL)]
+MessageText = Annotated[str, Meta(min_length=1, max_length=MAX_MESSAGE_CHARS, pattern=NO_NUL)]
 
 
 class NewConversation(msgspec.Struct, forbid_unknown_fields=True):

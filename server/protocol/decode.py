@@ -22,6 +22,8 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 PositiveInt = Annotated[int, Meta(ge=1, le=INT32_MAX)]
 Count = Annotated[int, Meta(ge=0, le=INT32_MAX)]
 Seed = Annotated[int, Meta(ge=INT64_MIN, le=INT64_MAX)]
+# Text that is stored: Postgres refuses NUL characters in text columns, so they are refused here (a 400).
+NO_NUL = r"^[^\x00]*$"
 EMPTY_OBJECT = b"{}"
 
 
@@ -50,3 +52,5 @@ def decode_body(body: bytes, schema: type[T], *, empty_means: bytes | None = EMP
         raise InvalidRequest(str(exc), param=error_param(str(exc))) from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("the request body is nested too deeply") from None

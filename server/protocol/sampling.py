@@ -105,7 +105,7 @@ class GenerationFields(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=
     return_token_ids: bool | None = None
     return_tokens_as_token_ids: bool | None = None
     thinking_token_budget: Count | None = None
-    vllm_xargs: dict[str, Any] | None = None
+    vllm_xargs: dict[str, str | int | float | list[str | int | float]] | None = None
     repetition_detection: dict[str, Any] | None = None
     stream_interval: PositiveInt | None = None
     # Refused unless they ask for nothing (see server.protocol.fields): declared so that they are never ignored.

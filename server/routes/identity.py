@@ -28,7 +28,8 @@ async def issue_token(request: Request) -> Response:
         raise InvalidRequest("unsupported grant_type: only 'password'", param="grant_type")
     if not isinstance(username, str) or not isinstance(password, str) or not username or not password:
         raise InvalidRequest("username and password are required form fields", param="username")
-    issued = await services(request).identity.login(username, password)
+    client = request.scope.get("client")
+    issued = await services(request).identity.login(username, password, client[0] if client else None)
     return json_response({"access_token": issued.access_token, "token_type": "bearer",
                           "expires_in": issued.expires_in})
 
@@ -41,13 +42,13 @@ async def create_key(request: Request) -> Response:
 
 
 async def list_keys(request: Request) -> Response:
-    keys = await services(request).identity.list_keys(principal_of(request).user_id)
+    keys = await services(request).identity.list_keys(principal_of(request))
     return json_response({"object": "list", "data": [key_view(k) for k in keys]})
 
 
 async def revoke_key(request: Request) -> Response:
     key_id = parse_uuid(request.path_params["key_id"])
-    await services(request).identity.revoke_key(principal_of(request).user_id, key_id)
+    await services(request).identity.revoke_key(principal_of(request), key_id)
     return Response(status_code=204)
 
 

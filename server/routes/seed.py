@@ -14,7 +14,7 @@ from server.protocol.decode import EMPTY_OBJECT, decode_body
 from server.routes.conversations import owner, reply
 from server.routes.params import last_event_id, parse_uuid, path_uuid
 from server.serving.sse import Framing
-from server.state import services
+from server.state import principal_of, services
 from server.streaming import EventStreamResponse, RouteResponse
 
 OK = 200
@@ -47,9 +47,10 @@ async def seed_chat(request: Request) -> RouteResponse:
 async def seed_stream(request: Request) -> RouteResponse:
     """The reply in progress, the latest one if it has finished, or else the next one."""
     conversation_id = path_uuid(request, "conversation_id")
-    message_id, events = await services(request).conversations.follow_conversation(
-        owner(request), conversation_id, last_event_id(request))
-    return EventStreamResponse(events, headers={"X-Message-ID": str(message_id)} if message_id else None)
+    following = await services(request).conversations.follow_conversation(
+        principal_of(request), conversation_id, last_event_id(request))
+    headers = {"X-Message-ID": str(following.message_id)} if following.message_id else None
+    return EventStreamResponse(following.events, headers=headers, finalize=following.close)
 
 
 routes: list[BaseRoute] = [

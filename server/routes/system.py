@@ -25,7 +25,8 @@ async def healthz(request: Request) -> Response:
 
 async def health(request: Request) -> Response:
     """vLLM's liveness probe: 200 while the engine is alive, 503 once it has died (restart this process)."""
-    if not await services(request).engine.check_health():
+    held = services(request)
+    if held.lifecycle.engine_dead or not await held.engine.check_health():
         raise Unavailable("the engine is not running", retry_after_s=READY_RETRY_AFTER_S)
     return json_response({"status": "ok"})
 
@@ -37,7 +38,9 @@ async def version(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     """The engine and the database both answer: safe to route traffic here."""
     held = services(request)
-    engine_ok = await held.engine.check_health()
+    if held.lifecycle.draining:
+        raise Unavailable("not ready: draining (shutting down)", retry_after_s=READY_RETRY_AFTER_S)
+    engine_ok = not held.lifecycle.engine_dead and await held.engine.check_health()
     database_ok = await held.database.ping()
     if not (engine_ok and database_ok):
         problems = [name for name, ok in (("engine", engine_ok), ("database", database_ok)) if not ok]

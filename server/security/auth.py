@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from server.exceptions import AuthenticationFailed
 from server.security.credentials import api_key_hash, looks_like_api_key
-from server.security.ratelimit import Quota
+from server.security.ratelimit import Budget, Quota
 from server.security.tokens import InvalidTokenError, TokenService
 from storage import Database
 from storage.repository import ApiKeys, Users
@@ -28,11 +28,28 @@ class Principal:
     is_admin: bool
     quota: Quota
     key_id: uuid.UUID | None = None
+    # The user's aggregate quota over all its keys and tokens; None for admins (they set the limits).
+    user_quota: Quota | None = None
+    # The key's share of the engine's queue under overload (fairness); tokens and keys without one weigh 1.
+    weight: int = 1
+
+    @property
+    def tenant(self) -> str:
+        """Who shares the engine fairly: a user, with all its keys and tokens (more keys buy no bigger share)."""
+        return f"user:{self.user_id}"
 
     @property
     def subject(self) -> str:
         """The rate-limit identity: the key for API keys, the user for JWTs."""
         return f"key:{self.key_id}" if self.key_id is not None else f"user:{self.user_id}"
+
+    @property
+    def budgets(self) -> list[Budget]:
+        """Every budget a request of this caller counts against: its key's (or token's), then its user's."""
+        own = Budget(self.subject, self.quota)
+        if self.user_quota is None or self.key_id is None:
+            return [own]
+        return [own, Budget(f"user:{self.user_id}", self.user_quota)]
 
 
 def bearer_token(authorization: bytes | None) -> str:
@@ -47,10 +64,12 @@ def bearer_token(authorization: bytes | None) -> str:
 class Authenticator:
     """Verifies JWTs locally and API keys against the database, with a short in-process cache of key lookups."""
 
-    def __init__(self, database: Database, tokens: TokenService, default_quota: Quota, cache_seconds: float) -> None:
+    def __init__(self, database: Database, tokens: TokenService, default_quota: Quota, cache_seconds: float,
+                 user_quota: Quota | None = None) -> None:
         self.database = database
         self.tokens = tokens
         self.default_quota = default_quota
+        self.user_quota = user_quota or default_quota
         self.cache_seconds = cache_seconds
         self._keys: dict[str, tuple[float, Principal, datetime | None]] = {}
 
@@ -62,7 +81,8 @@ class Authenticator:
         except InvalidTokenError as exc:
             logger.info("rejected a token: %s", exc)
             raise AuthenticationFailed(INVALID_CREDENTIALS) from None
-        return Principal(claims.user_id, claims.is_admin, self.default_quota)
+        # A token's budget is its user's aggregate (admins: the default quota).
+        return Principal(claims.user_id, claims.is_admin, self.default_quota if claims.is_admin else self.user_quota)
 
     async def _api_key(self, key: str) -> Principal:
         digest = api_key_hash(key)
@@ -87,7 +107,8 @@ class Authenticator:
             max_concurrent_streams=_override(record.max_concurrent_streams,
                                              self.default_quota.max_concurrent_streams),
         )
-        principal = Principal(user.id, user.is_admin, quota, key_id=record.id)
+        principal = Principal(user.id, user.is_admin, quota, key_id=record.id,
+                              user_quota=None if user.is_admin else self.user_quota, weight=record.weight or 1)
         self._keys[digest] = (now + self.cache_seconds, principal, expires_at)
         return principal
 

@@ -1,32 +1,41 @@
-"""Per-key rate limits on the `limits` library: requests/minute (moving window), tokens/minute (reserve max_tokens
-at admission, settle to the real count at the end) and concurrent generations. In-memory, or Redis to share one
-budget between replicas; what happens when Redis is unreachable is a configured policy."""
+"""Rate limits on the `limits` library: requests/minute (moving window), tokens/minute (reserve prompt + max_tokens at
+admission, settle to the real count at the end) and concurrent generations (leases). Each applies per key and, in
+aggregate, per user, so that minting keys does not multiply a user's budget. In memory, or Redis to share budgets
+between replicas; what happens when Redis fails or hangs is a configured policy (server.security.limiter_storage)."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
-from collections.abc import Awaitable
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeVar
+from functools import partial
 
+import anyio
 from limits import RateLimitItemPerMinute
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
-from limits.errors import StorageError
-from limits.storage import storage_from_string
 
-from server.exceptions import RateLimited, Unavailable
+from server.exceptions import RateLimited
+from server.security.limiter_storage import GuardedStorage, LimiterUnavailable
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
-# A stream slot is normally released when its generation ends; the expiry only bounds a leak from a crashed replica.
-SLOT_EXPIRY_S = 24 * 3600
-WARN_EVERY_S = 30.0
-LIMITER_RETRY_AFTER_S = 5
+# A stream slot is released when its generation ends; the lease's expiry only bounds a leak from a crashed replica.
+SLOT_LEASE_S = 3600
 MINUTE_S = 60
+DEFAULT_TIMEOUT_S = 0.25
+DEFAULT_RETRY_S = 5.0
+
+__all__ = ["Budget", "Limit", "LimitExceeded", "LimiterUnavailable", "Quota", "RateLimits", "Reservation", "Window"]
+
+
+class Limit(StrEnum):
+    REQUESTS_PER_MINUTE = "requests_per_minute"
+    TOKENS_PER_MINUTE = "tokens_per_minute"
+    MAX_CONCURRENT_STREAMS = "max_concurrent_streams"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +47,12 @@ class Quota:
     max_concurrent_streams: int | None
 
 
-class Limit(StrEnum):
-    REQUESTS_PER_MINUTE = "requests_per_minute"
-    TOKENS_PER_MINUTE = "tokens_per_minute"
-    MAX_CONCURRENT_STREAMS = "max_concurrent_streams"
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """One budget a request counts against: a subject (a key, a user) and its quota."""
+
+    subject: str
+    quota: Quota
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,75 +77,80 @@ class LimitExceeded(RateLimited):
         self.window_headers = window.headers() if window is not None else None
 
 
-class LimiterUnavailable(Unavailable):
-    """The shared storage is down and the policy is to fail closed."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, retry_after_s=LIMITER_RETRY_AFTER_S)
-
-
-def async_storage_uri(uri: str) -> str:
-    return uri if uri.startswith("async+") else "async+" + uri
+@dataclass(slots=True)
+class _Charge:
+    item: RateLimitItemPerMinute
+    subject: str
+    tokens: int
+    reset_at: float
 
 
 class Reservation:
-    """Tokens and a stream slot held for one generation; `settle` gives back what was not used (once)."""
+    """Tokens and stream slots held for one generation; `settle` gives back what was not used, once, releasing
+    every slot even when a refund fails."""
 
-    def __init__(self, limits: RateLimits, subject: str, item: RateLimitItemPerMinute | None, reserved: int,
-                 window_reset_at: float, slot_key: str | None) -> None:
+    def __init__(self, limits: RateLimits) -> None:
         self._limits = limits
-        self._subject = subject
-        self._item = item
-        self._reserved = reserved
-        self._window_reset_at = window_reset_at
-        self._slot_key = slot_key
+        self.charges: list[_Charge] = []
+        self.slots: list[tuple[str, str]] = []
         self._settled = False
+
+    @property
+    def reserved_tokens(self) -> int:
+        return max((charge.tokens for charge in self.charges), default=0)
 
     async def settle(self, used_tokens: int) -> None:
         if self._settled:
             return
         self._settled = True
-        refund = self._reserved - used_tokens
-        # Refund only into the window that was charged: after it reset, the charge is gone anyway.
-        if self._item is not None and refund > 0 and time.time() < self._window_reset_at:
-            await self._limits.guarded(self._limits.storage.incr(
-                self._item.key_for(self._subject), self._item.get_expiry(), amount=-refund))
-        if self._slot_key is not None:
-            await self._limits.guarded(self._limits.storage.incr(self._slot_key, SLOT_EXPIRY_S, amount=-1))
+        for charge in self.charges:
+            refund = charge.tokens - used_tokens
+            # Refund only into the window that was charged: after it reset, the charge is gone anyway.
+            if refund > 0 and time.time() < charge.reset_at:
+                await self._quietly(partial(self._refund, charge, refund))
+        for key, lease in self.slots:
+            await self._quietly(partial(self._limits.storage.leases.release, key, lease))
+
+    async def _refund(self, charge: _Charge, tokens: int) -> None:
+        await self._limits.storage.storage.incr(charge.item.key_for(charge.subject), charge.item.get_expiry(),
+                                                amount=-tokens)
+
+    async def _quietly(self, operation: Callable[[], Awaitable[None]]) -> None:
+        """One give-back; a failure (storage down) does not stop the others. The expiry bounds what is lost."""
+        try:
+            await self._limits.storage.call(operation)
+        except LimiterUnavailable:
+            logger.warning("could not give back a rate-limit charge: the storage is down (its expiry will)")
 
 
 class RateLimits:
-    def __init__(self, storage_uri: str, *, fail_open: bool, key_prefix: str = "codeface") -> None:
-        self.storage = storage_from_string(async_storage_uri(storage_uri), wrap_exceptions=True)
-        self.requests = MovingWindowRateLimiter(self.storage)
-        self.tokens = FixedWindowRateLimiter(self.storage)
-        self.fail_open = fail_open
+    def __init__(self, storage_uri: str, *, fail_open: bool, key_prefix: str = "codeface",
+                 timeout_s: float = DEFAULT_TIMEOUT_S, retry_s: float = DEFAULT_RETRY_S) -> None:
+        self.storage = GuardedStorage(storage_uri, fail_open=fail_open, timeout_s=timeout_s, retry_s=retry_s)
+        self.requests = MovingWindowRateLimiter(self.storage.storage)
+        self.tokens = FixedWindowRateLimiter(self.storage.storage)
         self.key_prefix = key_prefix
-        self._last_warning = 0.0
 
-    async def guarded(self, operation: Awaitable[T]) -> T | None:
-        """Run a storage operation under the failure policy: None when the storage is down and we fail open."""
-        try:
-            return await operation
-        except (StorageError, ConnectionError, OSError) as exc:
-            if not self.fail_open:
-                raise LimiterUnavailable(f"rate-limit storage unavailable: {type(exc).__name__}") from None
-            now = time.monotonic()
-            if now - self._last_warning > WARN_EVERY_S:
-                self._last_warning = now
-                logger.warning("rate-limit storage unavailable (%s): failing open, requests are not limited",
-                               type(exc).__name__)
-            return None
+    async def hit_requests(self, budgets: list[Budget]) -> Window | None:
+        """Count one request against every budget; the first budget's window goes in the response headers."""
+        window = None
+        for index, budget in enumerate(budgets):
+            hit = await self.hit_request(budget.subject, budget.quota, with_window=index == 0)
+            window = window or hit
+        return window
 
-    async def hit_request(self, subject: str, quota: Quota) -> Window | None:
-        """Count one request against the per-minute budget; raises LimitExceeded when it is spent."""
+    async def hit_request(self, subject: str, quota: Quota, *, with_window: bool = True) -> Window | None:
+        """Count one request against the per-minute budget; raises LimitExceeded when it is spent. The window
+        (what RateLimit-* headers report) costs one more storage call: `with_window` False skips it."""
         if quota.requests_per_minute is None:
             return None
         item = RateLimitItemPerMinute(quota.requests_per_minute, namespace=f"{self.key_prefix}-rpm")
-        allowed = await self.guarded(self.requests.hit(item, subject))
+        allowed = await self.storage.call(lambda: self.requests.hit(item, subject))
         if allowed is None:
             return None
-        stats = await self.guarded(self.requests.get_window_stats(item, subject))
+        if not with_window and allowed:
+            return None
+        stats = await self.storage.call(lambda: self.requests.get_window_stats(item, subject))
         reset_s = max(0, math.ceil(stats.reset_time - time.time())) if stats is not None else MINUTE_S
         window = Window(quota.requests_per_minute, stats.remaining if stats is not None else 0, reset_s)
         if not allowed:
@@ -143,37 +159,49 @@ class RateLimits:
                                 reset_s, window)
         return window
 
+    async def reserve_all(self, budgets: list[Budget], tokens: int) -> Reservation:
+        """Hold `tokens` and a stream slot in every budget, or raise LimitExceeded having held nothing."""
+        reservation = Reservation(self)
+        try:
+            for budget in budgets:
+                await self._reserve_into(reservation, budget.subject, budget.quota, tokens)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await reservation.settle(0)
+            raise
+        return reservation
+
     async def reserve(self, subject: str, quota: Quota, tokens: int) -> Reservation:
-        """Hold `tokens` of the per-minute token budget and one concurrent-stream slot, or raise LimitExceeded."""
-        item = None
-        reset_at = 0.0
+        """One budget's reservation: `tokens` of the per-minute token budget and one concurrent-stream slot."""
+        return await self.reserve_all([Budget(subject, quota)], tokens)
+
+    async def _reserve_into(self, reservation: Reservation, subject: str, quota: Quota, tokens: int) -> None:
         if quota.tokens_per_minute is not None:
             if tokens > quota.tokens_per_minute:
                 raise LimitExceeded(Limit.TOKENS_PER_MINUTE,
-                                    f"this request may use {tokens} tokens, more than the key's budget of "
+                                    f"this request may use {tokens} tokens, more than the budget of "
                                     f"{quota.tokens_per_minute} tokens per minute; lower max_tokens", MINUTE_S)
             item = RateLimitItemPerMinute(quota.tokens_per_minute, namespace=f"{self.key_prefix}-tpm")
-            allowed = await self.guarded(self.tokens.hit(item, subject, cost=tokens))
-            stats = await self.guarded(self.tokens.get_window_stats(item, subject))
-            reset_at = stats.reset_time if stats is not None else time.time() + MINUTE_S
-            if allowed is False:
-                # A fixed window counts the refused hit too: take it back.
-                await self.guarded(self.storage.incr(item.key_for(subject), item.get_expiry(), amount=-tokens))
-                raise LimitExceeded(Limit.TOKENS_PER_MINUTE,
-                                    f"rate limit exceeded: {quota.tokens_per_minute} tokens per minute",
-                                    math.ceil(reset_at - time.time()))
-            if allowed is None:
-                item = None
-        slot_key = None
+            allowed = await self.storage.call(lambda: self.tokens.hit(item, subject, cost=tokens))
+            if allowed is not None:
+                stats = await self.storage.call(lambda: self.tokens.get_window_stats(item, subject))
+                reset_at = stats.reset_time if stats is not None else time.time() + MINUTE_S
+                if not allowed:
+                    # A fixed window counts the refused hit too: take it back.
+                    await self.storage.call(lambda: self.storage.storage.incr(
+                        item.key_for(subject), item.get_expiry(), amount=-tokens))
+                    raise LimitExceeded(Limit.TOKENS_PER_MINUTE,
+                                        f"rate limit exceeded: {quota.tokens_per_minute} tokens per minute",
+                                        math.ceil(reset_at - time.time()))
+                reservation.charges.append(_Charge(item, subject, tokens, reset_at))
         if quota.max_concurrent_streams is not None:
-            slot_key = f"{self.key_prefix}-streams/{subject}"
-            count = await self.guarded(self.storage.incr(slot_key, SLOT_EXPIRY_S, amount=1))
-            if count is None:
-                slot_key = None
-            elif count > quota.max_concurrent_streams:
-                await self.guarded(self.storage.incr(slot_key, SLOT_EXPIRY_S, amount=-1))
-                if item is not None:
-                    await self.guarded(self.storage.incr(item.key_for(subject), item.get_expiry(), amount=-tokens))
+            key = f"{self.key_prefix}-streams/{subject}"
+            lease = uuid.uuid4().hex
+            limit = quota.max_concurrent_streams
+            taken = await self.storage.call(lambda: self.storage.leases.acquire(key, limit, lease, SLOT_LEASE_S))
+            if taken is False:
                 raise LimitExceeded(Limit.MAX_CONCURRENT_STREAMS,
-                                    f"too many concurrent generations: at most {quota.max_concurrent_streams}", 1)
-        return Reservation(self, subject, item, tokens if item is not None else 0, reset_at, slot_key)
+                                    f"too many concurrent generations: at most {limit}", 1)
+            if taken:
+                reservation.slots.append((key, lease))
+

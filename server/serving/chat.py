@@ -21,14 +21,16 @@ from server.errors import error_body, status_of
 from server.exceptions import InvalidRequest, NotFound
 from server.protocol.chat import ChatCompletionRequest
 from server.security.auth import Principal
-from server.serving.generation import Generation, Generator
+from server.security.cache_salt import CacheSalter
+from server.serving.generation import Generation, Generator, Interrupted
 from server.serving.openai_format import COMPLETION_ID_PREFIX, ChunkWriter, MessageBuilder, usage
 from server.serving.sse import DONE, HEARTBEAT, EventStream, frame
 from server.telemetry.metrics import AbortReason, aborted_requests, sse_streams_active
 from server.telemetry.tracing import tracer
 
 CHAT_PATH = "/v1/chat/completions"
-ENGINE_ERRORS = (InvalidRequestError, EngineUnavailableError, GenerationFailedError)
+# What can end a stream after its first byte: reported in-band, then [DONE].
+STREAM_ERRORS = (InvalidRequestError, EngineUnavailableError, GenerationFailedError, Interrupted)
 
 
 @dataclass(slots=True)
@@ -52,10 +54,11 @@ def engine_refusal(exc: PromptTooLongError | InvalidRequestError, param: str) ->
 
 
 class ChatCompletions:
-    def __init__(self, engine: ChatEngine, generator: Generator, heartbeat_s: float) -> None:
+    def __init__(self, engine: ChatEngine, generator: Generator, heartbeat_s: float, salter: CacheSalter) -> None:
         self.engine = engine
         self.generator = generator
         self.heartbeat_s = heartbeat_s
+        self.salter = salter
 
     async def start(self, request: ChatCompletionRequest, principal: Principal | None,
                     usage_sink: MutableMapping[str, Any], request_id: str) -> ChatCompletion:
@@ -65,9 +68,11 @@ class ChatCompletions:
             raise NotFound(f"the model {request.model!r} does not exist; this server serves {model!r}",
                            param="model")
         completion_id = COMPLETION_ID_PREFIX + request_id
+        chat = request.chat_input()
+        self.salter.apply(chat.fields, principal)
         try:
             with tracer.start_as_current_span("prompt.build"):
-                prepared = await self.engine.prepare_chat(request.chat_input(), completion_id)
+                prepared = await self.engine.prepare_chat(chat, completion_id)
             generation = await self.generator.start(principal, prepared, usage_sink=usage_sink)
         except (PromptTooLongError, InvalidRequestError) as exc:
             raise engine_refusal(exc, "messages") from None
@@ -130,7 +135,7 @@ class ChatCompletions:
                         role = []
                     else:
                         yield writer.chunk(choices, so_far)
-            except ENGINE_ERRORS as exc:
+            except STREAM_ERRORS as exc:
                 yield frame(error_body(status_of(exc), str(exc), path=CHAT_PATH))
             else:
                 if role:

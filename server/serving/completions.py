@@ -14,7 +14,8 @@ from server.errors import error_body, status_of
 from server.exceptions import NotFound
 from server.protocol.completions import CompletionRequest
 from server.security.auth import Principal
-from server.serving.chat import ENGINE_ERRORS, engine_refusal
+from server.security.cache_salt import CacheSalter
+from server.serving.chat import STREAM_ERRORS, engine_refusal
 from server.serving.generation import Generation, Generator
 from server.serving.openai_format import ABORTED, STOP, usage
 from server.serving.sse import DONE, EventStream, frame
@@ -75,9 +76,10 @@ class CompletionLogprobs:
 
 
 class Completions:
-    def __init__(self, engine: ChatEngine, generator: Generator) -> None:
+    def __init__(self, engine: ChatEngine, generator: Generator, salter: CacheSalter) -> None:
         self.engine = engine
         self.generator = generator
+        self.salter = salter
 
     async def start(self, request: CompletionRequest, principal: Principal | None,
                     usage_sink: MutableMapping[str, Any], request_id: str) -> CompletionRun:
@@ -89,6 +91,7 @@ class Completions:
         run = CompletionRun([], request, completion_id, model)
         try:
             for index, item in enumerate(request.completion_inputs()):
+                self.salter.apply(item.fields, principal)
                 prepared = await self.engine.prepare_completion(item, f"{completion_id}-{index}")
                 run.generations.append(await self.generator.start(principal, prepared, usage_sink=usage_sink))
         except (PromptTooLongError, InvalidRequestError) as exc:
@@ -163,7 +166,7 @@ class Completions:
                             chunk["usage"] = (usage(run.prompt_tokens, run.completion_tokens)
                                               if request.continuous_usage else None)
                         yield frame(chunk)
-            except ENGINE_ERRORS as exc:
+            except STREAM_ERRORS as exc:
                 yield frame(error_body(status_of(exc), str(exc), path=COMPLETIONS_PATH))
             else:
                 if request.include_usage:

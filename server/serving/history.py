@@ -10,7 +10,8 @@ from engine import ChatEngine, ChatInput, PreparedRequest, PromptTooLongError
 from storage.models import Message, MessageRole, MessageStatus
 
 # Replies that ended in error carry nothing the model should see; cancelled ones were shown to the user: kept.
-VISIBLE_STATUSES = {MessageStatus.COMPLETED, MessageStatus.LENGTH, MessageStatus.CANCELLED}
+VISIBLE_STATUSES = {MessageStatus.COMPLETED, MessageStatus.LENGTH, MessageStatus.CANCELLED,
+                    MessageStatus.INTERRUPTED}
 
 
 @dataclass(slots=True)
@@ -20,30 +21,59 @@ class AssembledPrompt:
 
 
 def visible_turns(messages: list[Message]) -> list[dict[str, str]]:
-    turns = []
+    turns: list[dict[str, str]] = []
     for message in messages:
         if message.role == MessageRole.ASSISTANT and (message.status not in VISIBLE_STATUSES or not message.content):
+            # The exchange failed: its question goes too, so that roles keep alternating (strict templates, as
+            # Mistral's and Gemma's, refuse two user turns in a row).
+            if turns and turns[-1]["role"] == MessageRole.USER:
+                turns.pop()
             continue
         turns.append({"role": message.role, "content": message.content})
     return turns
 
 
+def cut_points(rest: list[dict[str, str]]) -> list[int]:
+    """Where the history may start: dropping the oldest message and the reply that answered it, one exchange at a
+    time (roles keep alternating), down to the new message alone."""
+    cuts = [0]
+    while len(rest) - cuts[-1] > 1:
+        start = cuts[-1]
+        cuts.append(start + (2 if len(rest) - start > 2 and rest[start + 1]["role"] == MessageRole.ASSISTANT else 1))
+    return cuts
+
+
 async def assemble(engine: ChatEngine, turns: list[dict[str, str]], fields: dict[str, Any], request_id: str
                    ) -> AssembledPrompt:
-    """Prepare `turns` (ending with the new user message); drop the oldest exchanges until the reply fits."""
+    """Prepare `turns` (ending with the new user message), dropping the fewest oldest exchanges that let the reply
+    fit. The prompt's length falls as exchanges are dropped, so the fewest is found by bisection: a handful of
+    renders for a long history, not one per dropped turn."""
     system = turns[:1] if turns and turns[0]["role"] == MessageRole.SYSTEM else []
     rest = turns[len(system):]
-    dropped = 0
-    while True:
+    cuts = cut_points(rest)
+
+    async def attempt(index: int) -> AssembledPrompt | None:
         try:
-            return AssembledPrompt(await engine.prepare_chat(ChatInput(system + rest, fields), request_id), dropped)
+            prepared = await engine.prepare_chat(ChatInput(system + rest[cuts[index]:], fields), request_id)
         except PromptTooLongError:
-            if len(rest) <= 1:
-                break
-        # Drop the oldest message, and the reply that answered it, so that roles keep alternating.
-        drop = 2 if len(rest) > 2 and rest[1]["role"] == MessageRole.ASSISTANT else 1
-        rest = rest[drop:]
-        dropped += drop
+            return None
+        return AssembledPrompt(prepared, cuts[index])
+
+    found = await attempt(0)
+    if found is not None:
+        return found
+    low, high, best = 1, len(cuts) - 1, None  # attempt(low - 1) failed; find the first that fits
+    while low <= high:
+        middle = (low + high) // 2
+        fits = await attempt(middle)
+        if fits is not None:
+            best, high = fits, middle - 1
+        else:
+            low = middle + 1
+    if best is not None:
+        return best
+    rest = rest[cuts[-1]:]
+    dropped = cuts[-1]
     # Only the new message is left and the reply does not fit after it: give the reply the room there is, rather
     # than cut the user's words.
     alone = ChatInput(system + rest, {name: value for name, value in fields.items() if name != "max_tokens"})

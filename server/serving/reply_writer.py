@@ -1,6 +1,7 @@
-"""Runs one conversation reply: streams its events to the run's buffer and stores it whatever happens (completed,
-length, cancelled, failed), writing partial text from a task of its own so that a slow database never delays a
-token."""
+"""Runs one conversation reply: streams its events to the run's buffer, writes its partial text (and a heartbeat)
+from a task of its own so that a slow database never delays a token, and stores it at the end whatever happens
+(completed, length, cancelled, interrupted, failed). The final event reaches listeners at once; the final write
+is retried, in a task no cancellation reaches, until the database takes it."""
 
 from __future__ import annotations
 
@@ -8,12 +9,10 @@ import asyncio
 import logging
 import time
 import uuid
-
-import anyio
-from sqlalchemy.exc import SQLAlchemyError
+from dataclasses import dataclass
 
 from engine import EngineUnavailableError, GenerationFailedError, InvalidRequestError
-from server.serving.generation import Generation
+from server.serving.generation import Generation, Interrupted
 from server.serving.replies import Run
 from server.serving.sse import ReplyEvent
 from storage import Database
@@ -22,24 +21,38 @@ from storage.repository import Messages
 
 logger = logging.getLogger(__name__)
 
-FINAL_WRITE_ATTEMPTS = 4
-FINAL_WRITE_BACKOFF_S = 0.2
+FIRST_RETRY_S = 0.2
+MAX_RETRY_S = 5.0
 LENGTH = "length"
 CANCELLED = "cancelled"
+INTERRUPTED = "interrupted"
+
+
+@dataclass(slots=True)
+class FinalReply:
+    message_id: uuid.UUID
+    text: str
+    status: MessageStatus
+    finish_reason: str | None
+    completion_tokens: int
 
 
 class ReplyWriter:
-    def __init__(self, database: Database, flush_s: float) -> None:
+    def __init__(self, database: Database, flush_s: float, heartbeat_s: float, store_timeout_s: float) -> None:
         self.database = database
         self.flush_s = flush_s
+        self.heartbeat_s = heartbeat_s
+        self.store_timeout_s = store_timeout_s
+        self.pending: set[asyncio.Task[None]] = set()
+        self.storing: set[uuid.UUID] = set()  # replies whose final write has not landed yet
 
     async def produce(self, run: Run, generation: Generation) -> None:
-        """Generate the reply into `run`, then store it and publish its final event (shielded from cancellation)."""
+        """Generate the reply into `run`; then publish its final event and hand its storage to a task of its own."""
         parts: list[str] = []
         finish_reason: str | None = None
         status = MessageStatus.FAILED
         error: str | None = None
-        flusher = _Flusher(self.database, run.message_id, self.flush_s)
+        flusher = _Flusher(self.database, run.message_id, self.flush_s, self.heartbeat_s)
         try:
             async for step in generation:
                 choice = step.choices[0]
@@ -48,62 +61,103 @@ class ReplyWriter:
                     await run.publish(ReplyEvent.DELTA, {"message_id": str(run.message_id), "delta": choice.content})
                 if choice.finish_reason is not None:
                     finish_reason = choice.finish_reason
-                flusher.maybe_flush(parts, generation.tally.completion_tokens)
+                flusher.update(parts, generation.tally.completion_tokens)
             status = MessageStatus.LENGTH if finish_reason == LENGTH else MessageStatus.COMPLETED
         except asyncio.CancelledError:
             status, finish_reason = MessageStatus.CANCELLED, CANCELLED
+        except Interrupted as exc:
+            status, finish_reason, error = MessageStatus.INTERRUPTED, INTERRUPTED, str(exc)
         except (InvalidRequestError, EngineUnavailableError, GenerationFailedError) as exc:
             error = str(exc)
         except Exception as exc:  # the engine broke mid-reply: store what there is as failed
             logger.exception("reply %s failed", run.message_id)
             error = f"generation failed: {type(exc).__name__}"
-        text = "".join(parts)
-        with anyio.CancelScope(shield=True):
-            await generation.close()
-            completion_tokens = generation.tally.completion_tokens
-            await flusher.stop()
-            await self._store_final(run.message_id, text, status, finish_reason, completion_tokens)
-            summary = {"message_id": str(run.message_id), "status": status, "finish_reason": finish_reason,
-                       "prompt_tokens": generation.prepared.prompt.num_tokens,
-                       "completion_tokens": completion_tokens}
-            if status == MessageStatus.FAILED:
-                await run.publish(ReplyEvent.ERROR, {**summary, "error": error}, final=True)
-            else:
-                await run.publish(ReplyEvent.COMPLETED, summary, final=True)
+        final = FinalReply(run.message_id, "".join(parts), status, finish_reason, generation.tally.completion_tokens)
+        # The rest runs in a task of its own: a second cancellation (grace timer, cancel, DELETE, shutdown) that
+        # reaches this one cannot stop it.
+        finishing = asyncio.create_task(self._finish(run, generation, flusher, final, error))
+        self.pending.add(finishing)
+        self.storing.add(final.message_id)
+        finishing.add_done_callback(self.pending.discard)
+        finishing.add_done_callback(lambda _: self.storing.discard(final.message_id))
+        await asyncio.shield(finishing)
 
-    async def _store_final(self, message_id: uuid.UUID, text: str, status: MessageStatus, finish_reason: str | None,
-                           completion_tokens: int) -> None:
-        for attempt in range(FINAL_WRITE_ATTEMPTS):
+    async def _finish(self, run: Run, generation: Generation, flusher: _Flusher, final: FinalReply,
+                      error: str | None) -> None:
+        await generation.close()
+        summary = {"message_id": str(final.message_id), "status": final.status, "finish_reason": final.finish_reason,
+                   "prompt_tokens": generation.prepared.prompt.num_tokens,
+                   "completion_tokens": final.completion_tokens}
+        # Listeners hear the end at once, whatever the database is doing.
+        if error is not None:
+            await run.publish(ReplyEvent.ERROR, {**summary, "error": error}, final=True)
+        else:
+            await run.publish(ReplyEvent.COMPLETED, summary, final=True)
+        await flusher.stop()
+        await self.store_final(final)
+
+    async def store_final(self, final: FinalReply) -> None:
+        """Retried with backoff until the database takes it (or store_timeout_s passes, logged: the reconciler then
+        finds the row stale and keeps its last flushed text)."""
+        deadline = time.monotonic() + self.store_timeout_s
+        delay = FIRST_RETRY_S
+        while True:
             try:
                 async with self.database.session() as session:
-                    await Messages(session).finish(message_id, content=text, status=status,
-                                                   finish_reason=finish_reason, completion_tokens=completion_tokens)
+                    await Messages(session).finish(final.message_id, content=final.text, status=final.status,
+                                                   finish_reason=final.finish_reason,
+                                                   completion_tokens=final.completion_tokens)
                     await session.commit()
                 return
-            except SQLAlchemyError:
-                if attempt == FINAL_WRITE_ATTEMPTS - 1:
-                    logger.exception("could not store reply %s (%s, %d tokens) after %d attempts", message_id,
-                                     status, completion_tokens, FINAL_WRITE_ATTEMPTS)
+            except Exception as exc:  # any driver failure: connection refused, reset, timeout, server gone
+                if time.monotonic() + delay > deadline:
+                    logger.error("could not store reply %s (%s, %d tokens) within %.0f s: %s", final.message_id,
+                                 final.status, final.completion_tokens, self.store_timeout_s, type(exc).__name__)
                     return
-                await asyncio.sleep(FINAL_WRITE_BACKOFF_S * 2 ** attempt)
+                logger.warning("storing reply %s failed (%s); retrying in %.1f s", final.message_id,
+                               type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_S)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait for the final writes still running (shutdown)."""
+        if self.pending:
+            await asyncio.wait(set(self.pending), timeout=timeout_s)
 
 
 class _Flusher:
-    """Writes the partial reply every `interval_s` from a task of its own: a slow database never blocks a token."""
+    """Writes the partial reply from a task of its own, at most every `interval_s`, and touches the row every
+    `heartbeat_s` even without new text (a reply waiting in the engine's queue is alive; a row whose heartbeat
+    stopped belongs to a replica that died, and the reconciler marks it interrupted)."""
 
-    def __init__(self, database: Database, message_id: uuid.UUID, interval_s: float) -> None:
+    def __init__(self, database: Database, message_id: uuid.UUID, interval_s: float, heartbeat_s: float) -> None:
         self.database = database
         self.message_id = message_id
         self.interval_s = interval_s
-        self.last = time.monotonic()
-        self.task: asyncio.Task[None] | None = None
+        self.heartbeat_s = heartbeat_s
+        self.parts: list[str] = []
+        self.completion_tokens = 0
+        self.changed = False
+        self._stopping = asyncio.Event()
+        self.task = asyncio.create_task(self._loop())
 
-    def maybe_flush(self, parts: list[str], completion_tokens: int) -> None:
-        now = time.monotonic()
-        if now - self.last < self.interval_s or (self.task is not None and not self.task.done()):
-            return
-        self.last = now
-        self.task = asyncio.create_task(self._write("".join(parts), completion_tokens))
+    def update(self, parts: list[str], completion_tokens: int) -> None:
+        self.parts = parts
+        self.completion_tokens = completion_tokens
+        self.changed = True
+
+    async def _loop(self) -> None:
+        last_write = time.monotonic()
+        while True:
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
+                return
+            except TimeoutError:
+                pass
+            if self.changed or time.monotonic() - last_write >= self.heartbeat_s:
+                self.changed = False
+                await self._write("".join(self.parts), self.completion_tokens)
+                last_write = time.monotonic()
 
     async def _write(self, text: str, completion_tokens: int) -> None:
         try:
@@ -111,10 +165,10 @@ class _Flusher:
                 await Messages(session).finish(self.message_id, content=text, status=MessageStatus.IN_PROGRESS,
                                                finish_reason=None, completion_tokens=completion_tokens)
                 await session.commit()
-        except SQLAlchemyError:
+        except Exception:
             logger.warning("interim write of reply %s failed; the final write will carry the text", self.message_id)
 
     async def stop(self) -> None:
-        # The final write must land after any interim one, never before it.
-        if self.task is not None:
-            await asyncio.gather(self.task, return_exceptions=True)
+        """Ends the loop after the write in progress, if any: the final write must land after any interim one."""
+        self._stopping.set()
+        await asyncio.gather(self.task, return_exceptions=True)

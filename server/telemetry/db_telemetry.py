@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from typing import Any
 
 from opentelemetry.trace import SpanKind
@@ -52,10 +53,9 @@ def instrument(engine: AsyncEngine, *, tracing: bool) -> None:
             operation = operation_of(context.statement or "")
         db_errors.labels(operation).inc()
 
-    @event.listens_for(sync_engine, "checkout")
-    def checkout(*_: Any) -> None:
-        db_pool_checked_out.inc()
+    _pools.add(sync_engine.pool)
 
-    @event.listens_for(sync_engine, "checkin")
-    def checkin(*_: Any) -> None:
-        db_pool_checked_out.dec()
+
+# The pools' own count, read at scrape time: checkout/checkin events do not pair up when connections fail.
+_pools: weakref.WeakSet[Any] = weakref.WeakSet()
+db_pool_checked_out.set_function(lambda: sum(getattr(pool, "checkedout", lambda: 0)() for pool in list(_pools)))

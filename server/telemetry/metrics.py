@@ -16,7 +16,10 @@ http_duration = Histogram("codeface_http_request_duration_seconds",
                           "HTTP request duration, to the last byte of the response", ["route", "method"],
                           buckets=LATENCY_BUCKETS)
 http_in_flight = Gauge("codeface_http_requests_in_flight", "HTTP requests being served")
-
+# How late the event loop wakes a timer: the server's own responsiveness (every request waits this long extra).
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+event_loop_lag = Histogram("codeface_event_loop_lag_seconds", "How late the event loop ran a timer (sampled "
+                           "twice a second)", buckets=LOOP_LAG_BUCKETS)
 
 
 class AbortReason(StrEnum):
@@ -30,6 +33,21 @@ rate_limit_rejections = Counter("codeface_rate_limit_rejections", "Requests refu
 admission_rejections = Counter("codeface_admission_rejections", "Requests refused by global admission control",
                                ["model"])
 sse_streams_active = Gauge("codeface_sse_streams_active", "Server-sent event streams open now", ["model"])
+# Per-tenant waits with a bounded label: the tenant's share class, how many generations it already had in flight
+# when this one arrived (never a raw key or user id).
+SHARE_CLASSES = ((0, "0"), (3, "1-3"), (15, "4-15"), (63, "16-63"))
+tenant_queue_time = Histogram("codeface_tenant_queue_time_seconds", "Time a generation waited in the engine's "
+                              "queue, by its tenant's share class", ["model", "share"], buckets=LATENCY_BUCKETS)
+tenant_ttft = Histogram("codeface_tenant_time_to_first_token_seconds", "Time from admission to the first token, by "
+                        "the tenant's share class", ["model", "share"], buckets=LATENCY_BUCKETS)
+
+
+def tenant_share_class(in_flight: int) -> str:
+    """The label for a tenant that already has `in_flight` generations: 0, 1-3, 4-15, 16-63 or 64+."""
+    return next((label for bound, label in SHARE_CLASSES if in_flight <= bound), "64+")
+
+
+sse_listeners = Gauge("codeface_sse_listeners", "Event-stream listeners open now (stream routes and reply streams)")
 sse_streams_resumed = Counter("codeface_sse_streams_resumed", "Streams re-attached with Last-Event-ID", ["model"])
 
 db_operation = Histogram("codeface_db_operation_seconds", "Database statement latency", ["operation"],

@@ -15,6 +15,7 @@ from engine import (
     ChatInput,
     CompletionInput,
     EngineConfig,
+    GenerationFailedError,
     PreparedRequest,
     Prompt,
     PromptTooLongError,
@@ -26,6 +27,8 @@ from engine.types import ChatTemplateError, ChoiceDelta, EngineStats, TokenLogpr
 FAKE_MODEL = "fake-model"
 # A message with this content makes the fake template refuse the chat, as strict templates refuse some orders.
 TEMPLATE_REFUSES = "<refuse>"
+# A prompt that ends with this makes the fake engine fail after one token, as a failing engine does.
+ENGINE_FAILS = "<fail>"
 # Without ignore_eos the fake model "ends its sentence" after this many words.
 SENTENCE_WORDS = 12
 
@@ -67,6 +70,9 @@ class FakeEngine(ChatEngine):
     async def render(self, chat: ChatInput) -> Prompt:
         if any(m.get("content") == TEMPLATE_REFUSES for m in chat.messages):
             raise ChatTemplateError("the model's chat template rejected these messages: refused", "messages")
+        # Strict, as Mistral's and Gemma's templates are: roles must alternate.
+        if any(a["role"] == b["role"] == "user" for a, b in zip(chat.messages, chat.messages[1:])):
+            raise ChatTemplateError("the model's chat template rejected these messages: two user turns", "messages")
         text = "".join(f"<{m['role']}>{m.get('content') or ''}\n" for m in chat.messages) + "<assistant>"
         return Prompt(token_ids=[ord(c) for c in text], text=text)
 
@@ -103,8 +109,11 @@ class FakeEngine(ChatEngine):
         try:
             texts = ["" for _ in range(prepared.n)]
             length = prepared.max_tokens if fields.get("ignore_eos") else min(prepared.max_tokens, SENTENCE_WORDS)
+            fails = prepared.prompt.text is not None and ENGINE_FAILS in prepared.prompt.text.rsplit("<user>", 1)[-1]
             for position in range(length):
                 await asyncio.sleep(self.token_delay_s)
+                if fails and position == 1:
+                    raise GenerationFailedError("generation failed: injected")
                 choices = []
                 for index in range(prepared.n):
                     word = f"w{position}" + (f"c{index}" if index else "") + " "

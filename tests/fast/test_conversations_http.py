@@ -8,8 +8,9 @@ import uuid
 import httpx
 import pytest
 
-from fast.fake_engine import TEMPLATE_REFUSES, FakeEngine
 from loadtests.sse import iter_events
+
+from fast.fake_engine import TEMPLATE_REFUSES, FakeEngine
 
 API = "/api/v1/conversations"
 
@@ -122,3 +123,38 @@ async def test_last_event_id_must_be_ascii_digits(client: httpx.AsyncClient) -> 
     conversation_id = await new_conversation(client)
     response = await client.get(f"{API}/{conversation_id}/stream", headers={"Last-Event-ID": "²".encode()})
     assert response.status_code == 400 and response.json()["error"]["param"] == "Last-Event-ID"
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("POST", "/api/v1/keys", {"name": "k"}), ("GET", "/api/v1/keys", None),
+    ("POST", "/api/v1/users", {"username": "someone", "password": "a-long-password"}),
+])
+async def test_identity_routes_refuse_with_auth_off(client: httpx.AsyncClient, method: str, path: str,
+                                                    body: object) -> None:
+    """What they would make would persist and apply once auth is turned on."""
+    response = await client.request(method, path, json=body)
+    assert response.status_code == 403 and "auth is off" in response.json()["message"]
+    token = await client.post("/api/v1/auth/token", data={"username": "a", "password": "b"})
+    assert token.status_code == 403
+
+
+async def test_a_failed_reply_does_not_break_a_strict_template(client: httpx.AsyncClient) -> None:
+    """A failed reply leaves its question unanswered; the next post must not render two user turns in a row."""
+    conversation_id = await new_conversation(client)
+    failed = await client.post(f"{API}/{conversation_id}/messages", json={"content": "<fail>"})
+    assert failed.json()["message"]["status"] == "failed"
+    following = await client.post(f"{API}/{conversation_id}/messages", json={"content": "Again"})
+    assert following.status_code == 201 and following.json()["message"]["status"] in ("completed", "length")
+
+
+async def test_nul_in_stored_text_is_a_400(client: httpx.AsyncClient) -> None:
+    conversation_id = await new_conversation(client)
+    response = await client.post(f"{API}/{conversation_id}/messages", json={"content": "a\u0000b"})
+    assert response.status_code == 400 and response.json()["param"] == "content"
+    assert (await client.post(API, json={"title": "x\u0000"})).status_code == 400
+
+
+async def test_deeply_nested_bodies_are_a_400(client: httpx.AsyncClient) -> None:
+    body = b'{"messages": [{"role": "user", "content": "hi"}], "zzz": ' + b"[" * 1500 + b"]" * 1500 + b"}"
+    response = await client.post("/v1/chat/completions", content=body)
+    assert response.status_code == 400

@@ -6,8 +6,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from fast.fake_engine import FAKE_MODEL, TEMPLATE_REFUSES, FakeEngine
 from loadtests.sse import iter_events
+
+from fast.fake_engine import FAKE_MODEL, TEMPLATE_REFUSES, FakeEngine
 
 CHAT = "/v1/chat/completions"
 HELLO = [{"role": "user", "content": "hello"}]

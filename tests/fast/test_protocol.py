@@ -72,3 +72,11 @@ def test_the_readme_carries_the_field_tables() -> None:
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert markdown_table(CHAT_FIELDS) in readme, "run python -m server.protocol.fields and paste the tables"
+
+
+def test_the_readme_carries_the_javascript_example_the_browser_test_runs() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    example = (root / "server/static/chat/example.js").read_text()
+    assert f"```js\n{example}```" in (root / "README.md").read_text()

@@ -1,0 +1,116 @@
+"""The process around the app: a graceful drain on SIGTERM (not ready at once, new generations refused, running
+ones finished or interrupted by the deadline, replies stored, then exit), an engine watchdog (a dead engine makes
+the process not ready and exit non-zero, so that its supervisor restarts it), the reconciler of replies that a
+dead replica left in progress, and the event loop's lag sampler."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from server.telemetry.loop_lag import watch_loop_lag
+
+if TYPE_CHECKING:
+    from server.state import AppServices
+
+logger = logging.getLogger("codeface")
+
+SHUTTING_DOWN = "the server is shutting down; retry on another replica"
+WATCH_ENGINE_S = 0.5
+# After the engine dies, how long in-flight streams get to send their error events before the process exits.
+ENGINE_DEATH_GRACE_S = 2.0
+INTERRUPT_GRACE_S = 3.0
+RECONCILE_EVERY_S = 5.0
+POLL_S = 0.1
+ENGINE_DIED_EXIT_CODE = 1
+
+
+class Lifecycle:
+    def __init__(self, drain_timeout_s: float) -> None:
+        self.drain_timeout_s = drain_timeout_s
+        self.draining = False
+        self.engine_dead = False
+        self.exit_code = 0
+        # Set by whoever runs the server (the CLI's uvicorn): ends the serve loop. Unset under a test harness.
+        self.request_exit: Callable[[], None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def ready(self) -> bool:
+        return not (self.draining or self.engine_dead)
+
+    def start(self, services: AppServices) -> None:
+        """Called from the app's startup: the watchdog and the reconciler."""
+        self.loop = asyncio.get_running_loop()
+        self._spawn(self._watch_engine(services))
+        self._spawn(watch_loop_lag())
+        self._spawn(self._reconcile(services))
+
+    def begin_drain(self, services: AppServices) -> bool:
+        """SIGTERM: start draining (thread-safe: a signal handler calls it). False if a drain already runs."""
+        if self.draining or self.loop is None:
+            return False
+        self.draining = True
+        self.loop.call_soon_threadsafe(lambda: self._spawn(self._drain(services)))
+        return True
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drain(self, services: AppServices) -> None:
+        started = time.monotonic()
+        admission = services.generator.admission
+        admission.draining = True
+        logger.info("draining: %d generation(s) in flight, %.0f s to finish", admission.admitted,
+                    self.drain_timeout_s)
+        deadline = started + self.drain_timeout_s
+        while admission.admitted > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(POLL_S)
+        if admission.admitted > 0:
+            interrupted = await services.generator.interrupt_all(SHUTTING_DOWN)
+            logger.warning("drain deadline: interrupted %d generation(s)", interrupted)
+            grace = time.monotonic() + INTERRUPT_GRACE_S
+            while admission.admitted > 0 and time.monotonic() < grace:
+                await asyncio.sleep(POLL_S)
+        await services.conversations.writer.drain(max(1.0, deadline - time.monotonic()))
+        logger.info("drained in %.1f s; exiting", time.monotonic() - started)
+        self._exit()
+
+    async def _watch_engine(self, services: AppServices) -> None:
+        while True:
+            await asyncio.sleep(WATCH_ENGINE_S)
+            if not services.engine.is_running:
+                break
+        self.engine_dead = True
+        services.generator.admission.draining = True
+        logger.error("the engine has died: not ready; exiting with code %d so that a supervisor restarts the "
+                     "process", ENGINE_DIED_EXIT_CODE)
+        self.exit_code = ENGINE_DIED_EXIT_CODE
+        await asyncio.sleep(ENGINE_DEATH_GRACE_S)  # in-flight streams send their error events meanwhile
+        await services.conversations.writer.drain(ENGINE_DEATH_GRACE_S * 5)
+        self._exit()
+
+    async def _reconcile(self, services: AppServices) -> None:
+        conversations = services.conversations
+        while True:
+            try:
+                if await conversations.check_database():
+                    await conversations.reconcile()
+            except Exception as exc:  # the database may be down; the next round retries
+                logger.warning("reconciling stale replies failed: %s", type(exc).__name__)
+            await asyncio.sleep(min(RECONCILE_EVERY_S, conversations.stale_after_s))
+
+    def _exit(self) -> None:
+        if self.request_exit is not None:
+            self.request_exit()

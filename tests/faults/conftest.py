@@ -1,0 +1,246 @@
+"""The fault group's own real services, so that breaking them touches nothing else: a Postgres cluster (initdb'd in
+a temp folder, run as the postgres user) and a Redis, each on a free port, that the tests stop, pause (SIGSTOP:
+connections accepted, never answered), resume and restart; and CodeFace servers in processes of their own."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import IN_CI, free_port, unavailable
+from servers import SpawnedServer
+
+READY_TIMEOUT_S = 30
+SECRET = "fault-tests-secret-key-0123456789abcdefghij"
+# What the fault tests measured this run (RELIABILITY.md's last column): printed at the end of the run.
+MEASURED: dict[str, str] = {}
+
+
+@pytest.fixture
+def measured(request: pytest.FixtureRequest) -> Callable[[str, object], None]:
+    def record(what: str, value: object) -> None:
+        MEASURED[f"{request.node.name}: {what}"] = str(value)
+        request.node.user_properties.append((what, value))
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if MEASURED:
+        terminalreporter.section("fault group: measured")
+        for what, value in MEASURED.items():
+            terminalreporter.write_line(f"{what} = {value}")
+
+
+def postgres_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not found:
+        unavailable(f"no {name}: install Debian's postgresql package")
+    return found[-1]
+
+
+def wait_until(check: object, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    raise TimeoutError(what)
+
+
+class OwnPostgres:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.data = folder / "data"
+        self.port = free_port()
+        self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/codeface"
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.chown(folder, "postgres")
+        self._as_postgres(postgres_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres")
+
+    def _as_postgres(self, *command: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*prefix, *command], check=True, capture_output=True, timeout=60)
+
+    def start(self) -> None:
+        self._as_postgres(postgres_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "log"), "-w",
+                          "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1", "start")
+
+    def stop(self) -> None:
+        self._as_postgres(postgres_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def create_database(self) -> None:
+        import asyncio
+
+        import asyncpg
+
+        async def create() -> None:
+            connection = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres")
+            await connection.execute("CREATE DATABASE codeface")
+            await connection.close()
+
+        asyncio.run(create())
+
+    def pids(self) -> list[int]:
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout.split()
+        return [postmaster, *map(int, children)]
+
+    def pause(self) -> None:
+        """Connections are accepted by the kernel and never answered."""
+        for pid in self.pids():
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in self.pids():
+            os.kill(pid, signal.SIGCONT)
+
+
+class OwnRedis:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.folder)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self.answers, READY_TIMEOUT_S, "redis did not start")
+
+    def answers(self) -> bool:
+        return subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True, text=True,
+                              timeout=5).stdout.strip() == "PONG"
+
+    def cli(self, *args: str) -> str:
+        return subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True,
+                              timeout=5).stdout.strip()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def restart(self) -> None:
+        """A restart loses everything it held (no persistence), as a crashed Redis does."""
+        self.stop()
+        self.start()
+
+    def pause(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+
+@pytest.fixture(scope="session")
+def own_postgres() -> Iterator[OwnPostgres]:
+    if shutil.which("runuser") is None and os.geteuid() == 0:
+        unavailable("runuser is needed to run Postgres as the postgres user")
+    # Not under pytest's temp folder: the postgres user could not reach into it.
+    folder = Path(tempfile.mkdtemp(prefix="codeface-postgres-"))
+    database = OwnPostgres(folder)
+    database.start()
+    database.create_database()
+    try:
+        yield database
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            database.resume()
+        with contextlib.suppress(subprocess.SubprocessError):
+            database.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnRedis]:
+    if shutil.which("redis-server") is None:
+        unavailable("no redis-server")
+    redis = OwnRedis(tmp_path_factory.mktemp("own-redis"))
+    redis.start()
+    try:
+        yield redis
+    finally:
+        with contextlib.suppress(AssertionError, OSError):
+            redis.resume()
+        redis.stop()
+
+
+def spawn(folder: Path, database_url: str, redis_url: str, **settings: object) -> SpawnedServer:
+    """A CodeFace server in a process (and session) of its own: auth on, limits in the given Redis."""
+    from storage import upgrade_database
+
+    upgrade_database(database_url)
+    values: dict[str, object] = {"auth_enabled": "true", "rate_limit_storage": redis_url,
+                                 "conversation_grace_s": 30, "kv_cache_space_gib": 1, **settings}
+    return SpawnedServer(free_port(), folder / "server.log", database_url=database_url, settings=values,
+                         env={"SECRET_KEY": SECRET})
+
+
+def admin_key(database_url: str, redis_url: str) -> str:
+    """An admin with an unlimited key, made with the admin CLI's functions."""
+    import asyncio
+    import uuid
+
+    from server import admin
+    from server.settings import load_settings
+
+    settings = load_settings(None, database_url=database_url, rate_limit_storage=redis_url, secret_key=SECRET)
+    username = f"admin-{uuid.uuid4().hex[:6]}"
+    asyncio.run(admin.create_user(settings, username, "admin-password-1", True))
+    unlimited = {"requests_per_minute": 0, "tokens_per_minute": 0, "max_concurrent_streams": 0}
+    return asyncio.run(admin.create_key(settings, username, "faults", None, unlimited))
+
+
+@pytest.fixture
+def spawn_frontend() -> Iterator[Callable[..., str]]:
+    """Replicas without the engine in processes of their own (tests/frontend_process.py); returns their URLs."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(database_url: str, redis_url: str, **overrides: object) -> str:
+        port = free_port()
+        script = Path(__file__).resolve().parent.parent / "frontend_process.py"
+        started.append(subprocess.Popen([sys.executable, str(script), str(port), database_url, redis_url,
+                                         json.dumps(overrides)]))
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _answers(f"{url}/healthz"), READY_TIMEOUT_S, f"the replica on {url} did not start")
+        return url
+
+    yield start
+    for process in started:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def readyz(url: str) -> int:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code
+    except httpx.TransportError:
+        return 0
+
+
+__all__ = ["IN_CI", "OwnPostgres", "OwnRedis", "admin_key", "readyz", "spawn", "wait_until"]

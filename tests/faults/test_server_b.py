@@ -1,0 +1,191 @@
+"""A CodeFace server killed twice: SIGKILL of the server mid-reply, then a restart that reconciles the reply it left
+in progress; then kill -9 of its engine core process under running streams."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import asyncpg
+import httpx
+import psutil
+import pytest
+
+from loadtests.sse import aiter_events
+from storage import upgrade_database
+
+from faults.conftest import OwnPostgres, OwnRedis, admin_key, readyz, spawn
+from servers import SpawnedServer
+
+API = "/api/v1/conversations"
+CHAT = "/v1/chat/completions"
+STALE_AFTER_S = 10
+
+
+@pytest.fixture(scope="module")
+def database_url(own_postgres: OwnPostgres) -> str:
+    """A database of this module's own in the fault group's Postgres."""
+    async def create() -> None:
+        connection = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{own_postgres.port}/postgres")
+        await connection.execute("CREATE DATABASE server_b")
+        await connection.close()
+
+    asyncio.run(create())
+    url = own_postgres.url.rsplit("/", 1)[0] + "/server_b"
+    upgrade_database(url)
+    return url
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> object:
+    return tmp_path_factory.mktemp("server-b")
+
+
+@pytest.fixture(scope="module")
+def key(database_url: str, own_redis: OwnRedis) -> str:
+    return admin_key(database_url, own_redis.url)
+
+
+def start(folder: object, database_url: str, own_redis: OwnRedis) -> SpawnedServer:
+    return spawn(folder, database_url, own_redis.url, reply_stale_after_s=STALE_AFTER_S,  # type: ignore[arg-type]
+                 conversation_flush_s=0.5).start()
+
+
+@pytest.fixture(scope="module")
+def servers(folder: object, database_url: str, own_redis: OwnRedis) -> Iterator[list[SpawnedServer]]:
+    started: list[SpawnedServer] = []
+    yield started
+    for server in started:
+        server.stop()
+
+
+def headers(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def first_deltas(http: httpx.AsyncClient, conversation_id: str, count: int) -> tuple[str, str]:
+    """Starts a long streamed reply and reads `count` deltas; returns (message id, text so far)."""
+    body = {"content": "Tell me a long story.", "stream": True, "max_tokens": 400, "ignore_eos": True}
+    text = []
+    async with http.stream("POST", f"{API}/{conversation_id}/messages", json=body) as response:
+        message_id = response.headers["x-message-id"]
+        async for event in aiter_events(response.aiter_lines()):
+            text.append(event.json()["delta"])
+            if len(text) == count:
+                break
+    return message_id, "".join(text)
+
+
+def test_sigkill_mid_reply_then_restart_reconciles(folder: object, database_url: str, own_redis: OwnRedis,
+                                                    key: str, servers: list[SpawnedServer],
+                                                    measured: Callable[[str, object], None]) -> None:
+    """The reply a killed server left in progress is stored `interrupted` with the text it had flushed, within
+    STALE_AFTER_S of the restart; the conversation then accepts a new post."""
+    first = start(folder, database_url, own_redis)
+    servers.append(first)
+    with httpx.Client(base_url=first.url, headers=headers(key), timeout=120) as http:
+        conversation_id = http.post(API, json={}).json()["id"]
+
+    killed: list[float] = []
+
+    async def stream_then_kill() -> tuple[str, str]:
+        async with httpx.AsyncClient(base_url=first.url, headers=headers(key), timeout=120) as http:
+            message_id, text = await first_deltas(http, conversation_id, 12)
+            await asyncio.sleep(1.5)  # a flush (every 0.5 s) carries the text so far
+            first.signal_group(signal.SIGKILL)  # as a container runtime kills it: the engine processes too
+            killed.append(time.monotonic())
+            return message_id, text
+
+    message_id, streamed = asyncio.run(stream_then_kill())
+    first.wait(30)
+    second = start(folder, database_url, own_redis)
+    servers.append(second)
+    restarted = time.monotonic()
+    with httpx.Client(base_url=second.url, headers=headers(key), timeout=120) as http:
+        while True:
+            messages = http.get(f"{API}/{conversation_id}").json()["messages"]
+            reply = next(m for m in messages if m["id"] == message_id)
+            if reply["status"] != "in_progress" or time.monotonic() - restarted > STALE_AFTER_S + 15:
+                break
+            time.sleep(0.5)
+        assert reply["status"] == "interrupted" and reply["content"].startswith(streamed)
+        measured("reconciled, s after the kill / after the restart",
+                 f"{time.monotonic() - killed[0]:.1f} / {time.monotonic() - restarted:.1f}")
+        measured("streamed / kept characters", f"{len(streamed)} / {len(reply['content'])}")
+        following = http.post(f"{API}/{conversation_id}/messages", json={"content": "Continue.", "max_tokens": 2})
+        assert following.status_code == 201, following.text
+
+
+def test_engine_core_killed_under_streams(key: str, servers: list[SpawnedServer], database_url: str,
+                                          measured: Callable[[str, object], None]) -> None:
+    """kill -9 of the engine core: error events and [DONE] on the chat streams, 503s, replies stored failed,
+    /readyz 503 within a second, and the process exits non-zero so that its supervisor restarts it."""
+    server = servers[-1]
+    asyncio.run(_kill_engine(server, key, database_url, measured))
+
+
+async def _kill_engine(server: SpawnedServer, key: str, database_url: str,
+                       measured: Callable[[str, object], None]) -> None:
+    async with httpx.AsyncClient(base_url=server.url, headers=headers(key), timeout=120) as http:
+        conversation_id = (await http.post(API, json={})).json()["id"]
+        started = [asyncio.Event() for _ in range(5)]
+        chats = [asyncio.create_task(chat_until_end(http, s)) for s in started[:4]]
+        reply = asyncio.create_task(reply_until_end(http, conversation_id, started[4]))
+        await asyncio.gather(*(s.wait() for s in started))
+        engine_cores = [child for child in psutil.Process(server.pid).children(recursive=True)
+                        if "EngineCore" in " ".join(child.cmdline()) or child.name().startswith("VLLM::Engine")]
+        assert engine_cores, [c.name() for c in psutil.Process(server.pid).children(recursive=True)]
+        for core in engine_cores:
+            core.kill()
+        killed = time.monotonic()
+        while readyz(server.url) != 503:
+            assert time.monotonic() - killed < 1.0, "/readyz still 200 a second after the engine died"
+            await asyncio.sleep(0.05)
+        measured("/readyz 503, s after the kill", f"{time.monotonic() - killed:.2f}")
+        refused = await http.post(CHAT, json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+        assert refused.status_code == 503
+        assert [await chat for chat in chats] == ["error"] * 4
+        message_id, final = await reply
+        assert final["status"] == "failed"
+    exit_code = await asyncio.to_thread(server.wait, 60)
+    assert exit_code != 0
+    measured("process exit, s after the kill / code", f"{time.monotonic() - killed:.1f} / {exit_code}")
+    connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    try:
+        row = await connection.fetchrow("SELECT status FROM messages WHERE id = $1", uuid.UUID(message_id))
+    finally:
+        await connection.close()
+    assert row["status"] == "failed"
+
+
+async def chat_until_end(http: httpx.AsyncClient, started: asyncio.Event) -> str:
+    body = {"messages": [{"role": "user", "content": "Go on and on."}], "max_tokens": 400, "ignore_eos": True,
+            "stream": True}
+    outcome = "cut"
+    async with http.stream("POST", CHAT, json=body) as response:
+        async for event in aiter_events(response.aiter_lines()):
+            if event.done:
+                return outcome
+            data = event.json()
+            if "error" in data:
+                outcome = "error"
+            else:
+                started.set()
+    return outcome
+
+
+async def reply_until_end(http: httpx.AsyncClient, conversation_id: str,
+                          started: asyncio.Event) -> tuple[str, dict]:
+    body = {"content": "Go on and on.", "stream": True, "max_tokens": 400, "ignore_eos": True}
+    final: dict = {}
+    async with http.stream("POST", f"{API}/{conversation_id}/messages", json=body) as response:
+        message_id = response.headers["x-message-id"]
+        async for event in aiter_events(response.aiter_lines()):
+            if event.event == "message.delta":
+                started.set()
+            else:
+                final = event.json()
+    return message_id, final
