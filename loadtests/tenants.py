@@ -19,9 +19,9 @@ from loadtests.runner import http_client, http_sender, run_closed_loop
 from loadtests.systems import ServerProcess, codeface_server, profile_engine_config, vllm_server
 from loadtests.workload import Job, build_jobs
 
-# The systems a noisy-neighbour run compares, and the CodeFace settings each stands for.
-SYSTEMS: dict[str, dict[str, str] | None] = {
-    "vllm": None,
+# The systems a noisy-neighbour run compares, and the settings each stands for (vllm serve: its default order).
+SYSTEMS: dict[str, dict[str, str]] = {
+    "vllm": {"scheduling_policy": "fcfs"},
     "codeface-fcfs": {"fairness": "off", "scheduling_policy": "fcfs"},
     "codeface-fair": {"fairness": "on", "scheduling_policy": "priority"},
 }
@@ -88,8 +88,8 @@ async def noisy_neighbour(server: ServerProcess, keys: tuple[str | None, str | N
 async def run_system(name: str, config: Path, overrides: dict[str, str], folder: Path, heavy: Tenant, light: Tenant,
                      tokenizer: str, seed: int, ramp_s: float) -> dict[str, Any]:
     settings = SYSTEMS[name]
-    if settings is None:
-        server = vllm_server(profile_engine_config(config, overrides), folder)
+    if name == "vllm":
+        server = vllm_server(profile_engine_config(config, {**overrides, **settings}), folder)
         keys: tuple[str | None, str | None] = (None, None)
     else:
         server = await codeface_server(config, {**overrides, **settings}, folder, f"{name}-{seed}", keys=2)

@@ -24,10 +24,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 ARTIFACTS = Path(os.environ.get("ARTIFACTS_DIR", Path(__file__).resolve().parents[2] / ".artifacts" / "browser"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(server_url: str, auth_headers: dict[str, str]) -> Iterator[object]:
-    """Started after the server: Playwright's sync API keeps an event loop on this thread, where the session's
-    fixtures could no longer run theirs."""
+    """Started after the server, and stopped with the module: while Playwright's sync API runs, its event loop
+    is the running loop of this thread, where other fixtures and tests could not run theirs (asyncio.run)."""
     if not shutil.which(CHROMIUM):
         unavailable(f"no Chromium at {CHROMIUM}: apt-get install -y chromium")
     try:
