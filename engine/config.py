@@ -38,7 +38,11 @@ class EngineOptions(BaseModel):
     enforce_eager: bool = False
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
+    # Engines bigger than one device or machine (vLLM's own executors; ray needs a running Ray cluster).
     tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1
+    distributed_executor_backend: Literal["mp", "ray"] | None = None
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool | None = None
     load_format: str = "auto"

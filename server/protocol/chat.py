@@ -90,16 +90,34 @@ class StreamOptions(msgspec.Struct, frozen=True, omit_defaults=True):
 SERVER_ONLY = frozenset({"messages", "model", "user", "request_id"})
 
 
-class ChatCompletionRequest(GenerationFields, frozen=True, kw_only=True, omit_defaults=True):
-    messages: Annotated[list[ChatMessage], Meta(max_length=MAX_MESSAGES)]
+class StreamedGeneration(GenerationFields, frozen=True, kw_only=True, omit_defaults=True):
+    """What chat and completion requests share beyond sampling: the model, streaming and its options, the ids."""
+
     model: str | None = None
-    max_completion_tokens: Annotated[int, Meta(ge=1, le=2**31 - 1)] | None = None
-    logprobs: bool | None = None
-    top_logprobs: Annotated[int, Meta(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     user: Annotated[str, Meta(max_length=256)] | None = None
     request_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.stream_options is not None and not self.stream:
+            raise InvalidRequest("stream_options requires stream to be true", param="stream_options")
+        super().__post_init__()
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and bool(self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        return self.include_usage and bool(self.stream_options and self.stream_options.continuous_usage_stats)
+
+
+class ChatCompletionRequest(StreamedGeneration, frozen=True, kw_only=True, omit_defaults=True):
+    messages: Annotated[list[ChatMessage], Meta(max_length=MAX_MESSAGES)]
+    max_completion_tokens: Annotated[int, Meta(ge=1, le=2**31 - 1)] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Meta(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     tools: Annotated[list[Tool], Meta(min_length=1, max_length=MAX_TOOLS)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
@@ -125,8 +143,6 @@ class ChatCompletionRequest(GenerationFields, frozen=True, kw_only=True, omit_de
             message.check_text_only(index)
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
-        if self.stream_options is not None and not self.stream:
-            raise InvalidRequest("stream_options requires stream to be true", param="stream_options")
         if self.tool_choice not in (None, "none") and not self.tools:
             raise InvalidRequest("tool_choice requires tools", param="tool_choice")
         if isinstance(self.tool_choice, NamedToolChoice) and self.tools and self.tool_choice.function.name not in {
@@ -134,14 +150,6 @@ class ChatCompletionRequest(GenerationFields, frozen=True, kw_only=True, omit_de
             raise InvalidRequest(f"tool_choice names {self.tool_choice.function.name!r}, which is not in tools",
                                  param="tool_choice")
         super().__post_init__()
-
-    @property
-    def include_usage(self) -> bool:
-        return self.stream_options is not None and bool(self.stream_options.include_usage)
-
-    @property
-    def continuous_usage(self) -> bool:
-        return self.include_usage and bool(self.stream_options and self.stream_options.continuous_usage_stats)
 
     def chat_input(self) -> ChatInput:
         return ChatInput([msgspec.to_builtins(m) for m in self.messages], self.engine_fields(SERVER_ONLY))

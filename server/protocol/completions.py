@@ -9,9 +9,9 @@ from msgspec import Meta
 
 from engine import CompletionInput
 from server.exceptions import InvalidRequest
-from server.protocol.chat import StreamOptions
+from server.protocol.chat import StreamedGeneration
 from server.protocol.fields import COMPLETION_FIELDS, Field
-from server.protocol.sampling import MAX_LIST_ITEMS, MAX_TOP_LOGPROBS, GenerationFields, TokenId, TokenIds
+from server.protocol.sampling import MAX_LIST_ITEMS, MAX_TOP_LOGPROBS, TokenId, TokenIds
 
 # vLLM's own bound (VLLM_MAX_COMPLETION_PROMPTS is 1024); lower here: every prompt is a generation of its own.
 MAX_PROMPTS = 64
@@ -23,24 +23,17 @@ Prompts = Annotated[str, Meta(min_length=1)] | Annotated[list[PromptItem], Meta(
 SERVER_ONLY = frozenset({"prompt", "model", "user", "request_id"})
 
 
-class CompletionRequest(GenerationFields, frozen=True, kw_only=True, omit_defaults=True):
+class CompletionRequest(StreamedGeneration, frozen=True, kw_only=True, omit_defaults=True):
     FIELDS: ClassVar[dict[str, Field]] = COMPLETION_FIELDS
 
     prompt: Prompts
-    model: str | None = None
     logprobs: Annotated[int, Meta(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     echo: bool | None = None
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
-    user: Annotated[str, Meta(max_length=256)] | None = None
-    request_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
     # Refused (see server.protocol.fields): declared so that they are never silently ignored.
     suffix: Any = None
     prompt_embeds: Any = None
 
     def __post_init__(self) -> None:
-        if self.stream_options is not None and not self.stream:
-            raise InvalidRequest("stream_options requires stream to be true", param="stream_options")
         if isinstance(self.prompt, list):
             kinds = {type(item) for item in self.prompt}
             if len(kinds) != 1:
@@ -49,14 +42,6 @@ class CompletionRequest(GenerationFields, frozen=True, kw_only=True, omit_defaul
             if kinds != {int} and len(self.prompt) > MAX_PROMPTS:
                 raise InvalidRequest(f"at most {MAX_PROMPTS} prompts in one request", param="prompt")
         super().__post_init__()
-
-    @property
-    def include_usage(self) -> bool:
-        return self.stream_options is not None and bool(self.stream_options.include_usage)
-
-    @property
-    def continuous_usage(self) -> bool:
-        return self.include_usage and bool(self.stream_options and self.stream_options.continuous_usage_stats)
 
     def prompts(self) -> list[str | list[int]]:
         """One entry per prompt: a string, or a list of token ids."""
