@@ -36,6 +36,7 @@ from server.serving.generation import Admission, Generator
 from server.serving.identity import IdentityService
 from server.serving.listeners import Listeners
 from server.serving.replies import Registry, Retention
+from server.serving.reply_bus import ReplyBus
 from server.serving.reply_writer import ReplyWriter
 from server.serving.tokenization import Tokenization
 from server.settings import Settings
@@ -85,9 +86,10 @@ def build_services(settings: Settings, engine: ChatEngine, database: Database, t
     retention = Retention(settings.reply_retention_s, settings.reply_buffer_bytes, settings.reply_buffers_total_bytes)
     listeners = Listeners(settings.sse_heartbeat_s, settings.sse_idle_timeout_s, settings.max_sse_listeners,
                           settings.max_sse_listeners_per_key)
-    registry = Registry(settings.conversation_grace_s, listeners, retention)
+    bus = ReplyBus(settings.reply_streams_url, settings.reply_retention_s) if settings.reply_streams_url else None
+    registry = Registry(settings.conversation_grace_s, listeners, retention, bus)
     generator = Generator(engine, Admission(engine, limits, settings.max_inflight_generations),
-                          FairShare(settings.fairness_enabled))
+                          FairShare(settings.fairness_enabled, settings.max_num_seqs, settings.fairness_reserve))
     salter = CacheSalter(CacheIsolation(settings.prefix_cache_isolation), settings.secret_key)
     conversations = ConversationService(engine, database, registry, generator,
                                         ReplyWriter(database, settings.conversation_flush_s,

@@ -74,6 +74,9 @@ class Settings(BaseSettings, EngineOptions):
     sse_idle_timeout_s: float = 900.0
     max_sse_listeners: int = 16384
     max_sse_listeners_per_key: int = 256
+    # Unset: a reply's stream lives in the replica generating it (route a conversation to one replica).
+    # redis://host:6379/0: replies are shared through Redis, and any replica resumes, cancels or follows any reply.
+    reply_streams_url: str | None = None
     reply_retention_s: float = 300.0        # a finished reply's events stay in memory this long, for re-attaches
     reply_buffer_bytes: int = 4 << 20       # one reply's buffered events at most (the newest are kept)
     reply_buffers_total_bytes: int = 256 << 20  # all buffers together: the oldest finished replies go first
@@ -124,6 +127,9 @@ class Settings(BaseSettings, EngineOptions):
     # Fair share of the engine's queue between tenants (users) under overload: auto = on when auth is on. It needs
     # scheduling_policy: priority; off, with scheduling_policy: fcfs, is vllm serve's order exactly.
     fairness: Literal["auto", "on", "off"] = "auto"
+    # With fairness on, this share of the engine's sequence slots (max_num_seqs; at least one) is kept free of any
+    # single tenant, so that another tenant's request never waits for a slot to free. 0: no reserve.
+    fairness_reserve: float = Field(default=0.05, ge=0.0, lt=1.0)
     # Global admission control: past this many generations in flight (running or queued), answer 503 at once.
     max_inflight_generations: int = 1024
 

@@ -164,7 +164,9 @@ def running_server(server_database_url: str, redis_url: str,
     from server.cli import resolve_model
 
     port = free_port()
-    settings = server_settings(server_database_url, redis_url, port=port)
+    # Replies shared through Redis: any replica started with the same reply_streams_url follows them
+    # (tests/test_shared_replies.py); replicas without it hold only their own (the in-memory path).
+    settings = server_settings(server_database_url, redis_url, port=port, reply_streams_url=redis_url)
     app = create_app(settings, resolve_model(settings), tracing=True)
     server = ThreadedServer(app, port)
     url = f"http://127.0.0.1:{port}"

@@ -190,14 +190,31 @@ class Generator:
                                 prepared.n, prepared.priority)
         prepared.submit_kwargs["priority"] = place.priority
         tally = Tally(prompt_tokens, prepared.n, spans, usage_sink, reservation, self.admission, place, self.fair)
-        try:
-            steps = await self.engine.submit(prepared)
-        except BaseException:
-            await tally.close()
-            raise
+        if self.fair.tenant_cap is not None:
+            steps = self._gated(place, prepared)
+        else:
+            try:
+                steps = await self.engine.submit(prepared)
+            except BaseException:
+                await tally.close()
+                raise
         generation = Generation(prepared, steps, tally, self)
         self.live.add(generation)
         return generation
+
+    async def _gated(self, place: Place, prepared: PreparedRequest) -> AsyncIterator[StepOutput]:
+        """The engine's steps once the tenant may enter it: the wait is part of the stream (its heartbeats go on),
+        and the engine's refusal arrives as the stream's first item."""
+        seqs = await self.fair.enter_engine(place)
+        try:
+            steps = await self.engine.submit(prepared)
+            try:
+                async for step in steps:
+                    yield step
+            finally:
+                await steps.aclose()  # type: ignore[attr-defined]
+        finally:
+            self.fair.leave_engine(place, seqs)
 
     async def interrupt_all(self, reason: str) -> int:
         """Stop every running generation (shutdown's deadline); returns how many there were."""

@@ -1,7 +1,8 @@
 """Replies that outlive their HTTP connection: each runs as a task of its own and keeps the SSE events it sent in a
 bounded in-memory buffer, so that a client can re-attach with Last-Event-ID; it is cancelled after a grace period
-without listeners. Listeners wait on signals, never on a sleep loop (serving/listeners.py). One replica holds a
-reply's buffer: behind a load balancer, route a conversation's requests to one replica (README)."""
+without listeners. Listeners wait on signals, never on a sleep loop (serving/listeners.py). Without
+`reply_streams_url` one replica holds a reply's buffer (route a conversation to one replica); with it, replies
+are shared through Redis and any replica mirrors another's (serving/shared_replies.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from typing import Any
 
 from server.exceptions import Conflict, InvalidRequest
 from server.serving.listeners import Listener, Listeners, Signal, Wake
+from server.serving.reply_bus import RemoteReply, ReplyBus, StreamEntry
+from server.serving.shared_replies import SharedReplies
 from server.serving.sse import HEARTBEAT, EventStream, Framing, ReplyEvent, frame_reply_event
 
 logger = logging.getLogger(__name__)
@@ -40,7 +43,7 @@ class Run:
     """One reply being generated: its buffered events, who is listening, and the task producing it."""
 
     def __init__(self, message_id: uuid.UUID, conversation_id: uuid.UUID, owner_id: uuid.UUID,
-                 max_bytes: int = REPLY_BYTES) -> None:
+                 max_bytes: int = REPLY_BYTES, *, remote: bool = False) -> None:
         self.message_id = message_id
         self.conversation_id = conversation_id
         self.owner_id = owner_id
@@ -54,13 +57,35 @@ class Run:
         self.task: asyncio.Task[None] | None = None
         self.grace_timer: asyncio.TimerHandle | None = None
         self.changed = Signal()
+        # remote: a mirror of a reply another replica generates (its task reads the shared stream).
+        self.remote = remote
+        # Where this replica's events also go when replies are shared (an Outbox's push).
+        self.forward: Callable[[StreamEntry], None] | None = None
+        self.presence: asyncio.Task[None] | None = None
+        # A mirror is synced once its first read of the shared stream is in (what was published so far).
+        self.synced = asyncio.Event()
+        if not remote:
+            self.synced.set()
 
     @property
     def last_id(self) -> int:
         return self.first_id + len(self.events) - 1
 
     async def publish(self, event: ReplyEvent, data: dict[str, Any], *, final: bool = False) -> None:
-        frames = frame_reply_event(event, data, self.last_id + 1)
+        event_id = self.last_id + 1
+        frames = frame_reply_event(event, data, event_id)
+        self._append(frames, final)
+        if self.forward is not None:
+            self.forward(StreamEntry(event_id, frames[Framing.NAMED], frames[Framing.PLAIN], final))
+
+    def mirror(self, entry: StreamEntry) -> None:
+        """An event read from the shared stream, in order (the stream may have dropped its oldest)."""
+        if not self.events:
+            self.first_id = entry.event_id
+        if entry.event_id == self.last_id + 1:
+            self._append({Framing.NAMED: entry.named, Framing.PLAIN: entry.plain}, entry.final)
+
+    def _append(self, frames: dict[Framing, bytes], final: bool) -> None:
         self.events.append(frames)
         self.size += len(frames[Framing.NAMED]) + len(frames[Framing.PLAIN])
         while self.size > self.max_bytes and len(self.events) > 1:
@@ -76,6 +101,16 @@ class Run:
         """Until the task producing the reply has ended; cancelling the caller does not cancel the task."""
         if self.task is not None:
             await asyncio.shield(self.task)
+
+    async def catch_up(self, event_id: int, timeout_s: float) -> None:
+        """A mirror may lag the replica generating the reply by a batch: waits (bounded) until it holds
+        `event_id`, so that a client resuming from what it saw there is not told the id is in the future."""
+        deadline = time.monotonic() + timeout_s
+        while self.remote and not self.done and self.last_id < event_id and time.monotonic() < deadline:
+            waiter: asyncio.Future[Wake] = asyncio.get_running_loop().create_future()
+            self.changed.waiters.add(waiter)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, deadline - time.monotonic())
 
     def check_resumable(self, after_id: int) -> None:
         if after_id > self.last_id:
@@ -107,8 +142,13 @@ class Run:
 class Registry:
     """The runs this replica holds, by message id; finished ones are kept for late re-attaches (see Retention)."""
 
-    def __init__(self, grace_s: float, listeners: Listeners, retention: Retention | None = None) -> None:
+    def __init__(self, grace_s: float, listeners: Listeners, retention: Retention | None = None,
+                 bus: ReplyBus | None = None) -> None:
         self.grace_s = grace_s
+        self.shared = SharedReplies(bus, grace_s) if bus is not None else None
+        if bus is not None:
+            bus.on_cancel = self._cancel_requested
+            bus.on_started = self._started_elsewhere
         self.listeners = listeners
         self.retention = retention or Retention()
         self.runs: dict[uuid.UUID, Run] = {}
@@ -116,6 +156,7 @@ class Registry:
         # Listeners waiting for a conversation's next reply: its start wakes them.
         self._next_run: dict[uuid.UUID, Signal] = {}
         self._evicted_at = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def new_run(self, message_id: uuid.UUID, conversation_id: uuid.UUID, owner_id: uuid.UUID) -> Run:
         return Run(message_id, conversation_id, owner_id, self.retention.reply_bytes)
@@ -124,6 +165,10 @@ class Registry:
         self._evict()
         self.runs[run.message_id] = run
         self._by_conversation[run.conversation_id] = run.message_id
+        if self.shared is not None:
+            self.shared.bus.ensure_subscribed()
+            run.forward = self.shared.outbox(run).push
+            self._background(self.shared.announce(run))
         run.task = asyncio.create_task(produce(run), name=f"reply-{run.message_id}")
         # With nobody attached yet, the grace clock starts now.
         self._arm_grace(run)
@@ -141,6 +186,61 @@ class Registry:
         message_id = self._by_conversation.get(conversation_id)
         return self.get(message_id, owner_id) if message_id is not None else None
 
+    async def find(self, message_id: uuid.UUID, owner_id: uuid.UUID) -> Run | None:
+        """The reply held here, or else, with shared streams, a mirror of the one another replica generates."""
+        run = self.get(message_id, owner_id)
+        if run is not None or self.shared is None:
+            return run
+        remote = await self.shared.lookup(message_id)
+        if remote is None or remote.owner_id != owner_id:
+            return None
+        run = self._mirror(remote)
+        await run.synced.wait()
+        return run
+
+    async def find_current(self, conversation_id: uuid.UUID, owner_id: uuid.UUID) -> Run | None:
+        """The conversation's latest reply, here or (shared streams) on another replica."""
+        run = self.current(conversation_id, owner_id)
+        if self.shared is None:
+            return run
+        remote = await self.shared.latest(conversation_id)
+        if remote is None or remote.owner_id != owner_id or (run is not None and run.message_id == remote.message_id):
+            return run
+        run = self.runs.get(remote.message_id) or self._mirror(remote)
+        await run.synced.wait()
+        return run
+
+    def _mirror(self, remote: RemoteReply) -> Run:
+        assert self.shared is not None
+        self.shared.bus.ensure_subscribed()
+        existing = self.runs.get(remote.message_id)
+        if existing is not None:
+            return existing
+        run = Run(remote.message_id, remote.conversation_id, remote.owner_id, self.retention.reply_bytes, remote=True)
+        self.runs[run.message_id] = run
+        self._by_conversation[run.conversation_id] = run.message_id
+        run.task = asyncio.create_task(self.shared.follow_remote(run), name=f"mirror-{run.message_id}")
+        return run
+
+    def _started_elsewhere(self, remote: RemoteReply) -> None:
+        """A reply started on some replica: wakes this replica's listeners waiting for the conversation's next."""
+        waiting = self._next_run.get(remote.conversation_id)
+        if waiting is None or remote.message_id in self.runs:
+            return
+        self._mirror(remote)
+        del self._next_run[remote.conversation_id]
+        waiting.notify()
+
+    def _cancel_requested(self, message_id: uuid.UUID) -> None:
+        run = self.runs.get(message_id)
+        if run is not None and not run.remote:
+            self.cancel(run)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def running(self, conversation_id: uuid.UUID) -> bool:
         message_id = self._by_conversation.get(conversation_id)
         run = self.runs.get(message_id) if message_id is not None else None
@@ -153,6 +253,8 @@ class Registry:
 
     async def wait_for_next(self, conversation_id: uuid.UUID, listener: Listener) -> Wake:
         """Until a reply starts in the conversation (EVENT), or the listener's heartbeat or idle close is due."""
+        if self.shared is not None:
+            self.shared.bus.ensure_subscribed()
         signal = self._next_run.setdefault(conversation_id, Signal())
         try:
             return await self.listeners.wait(listener, signal)
@@ -167,11 +269,13 @@ class Registry:
         if run.grace_timer is not None:
             run.grace_timer.cancel()
             run.grace_timer = None
+        if run.remote and self.shared is not None and (run.presence is None or run.presence.done()):
+            run.presence = asyncio.create_task(self.shared.keep_listening(run))
         try:
             yield
         finally:
             run.listeners -= 1
-            if run.listeners == 0 and not run.done:
+            if run.listeners == 0 and not run.done and not run.remote:
                 self._arm_grace(run)
 
     async def listen(self, run: Run, after_id: int, listener: Listener,
@@ -181,8 +285,13 @@ class Registry:
                 yield chunk
 
     def cancel(self, run: Run) -> bool:
+        """Stops a reply; for a mirror, asks the replica generating it (the mirror ends with its final event)."""
         if run.done or run.task is None:
             return False
+        if run.remote:
+            if self.shared is not None:
+                self._background(self.shared.request_cancel(run))
+            return True
         run.task.cancel()
         return True
 
@@ -193,15 +302,31 @@ class Registry:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.listeners.stop()
+        if self.shared is not None:
+            await self.shared.bus.close()
 
     def _arm_grace(self, run: Run) -> None:
         def expire() -> None:
             run.grace_timer = None
             if run.listeners == 0 and not run.done:
+                if self.shared is not None:
+                    self._background(self._expire_shared(run))
+                    return
                 logger.info("no listener for %.0f s: cancelling reply %s", self.grace_s, run.message_id)
                 self.cancel(run)
 
         run.grace_timer = asyncio.get_running_loop().call_later(self.grace_s, expire)
+
+    async def _expire_shared(self, run: Run) -> None:
+        """Another replica's listeners keep the reply going; without any, it is cancelled as locally."""
+        assert self.shared is not None
+        if run.listeners or run.done:
+            return
+        if await self.shared.someone_listens(run):
+            self._arm_grace(run)
+            return
+        logger.info("no listener for %.0f s on any replica: cancelling reply %s", self.grace_s, run.message_id)
+        self.cancel(run)
 
     def _evict(self) -> None:
         """Finished replies past their retention go; so do the oldest finished ones while the buffers are over

@@ -3,6 +3,8 @@ kept within a rank, and the counts given back."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from server.exceptions import InvalidRequest
@@ -45,3 +47,34 @@ def test_a_priority_that_would_jump_ranks_is_refused() -> None:
     with pytest.raises(InvalidRequest) as refused:
         FairShare(enabled=True).check(MAX_REQUEST_PRIORITY + 1)
     assert refused.value.param == "priority"
+
+
+async def test_one_tenant_leaves_a_reserve_of_engine_slots() -> None:
+    fair = FairShare(enabled=True, engine_slots=16, reserve_fraction=0.05)
+    assert fair.tenant_cap == 15
+    heavy = [fair.place("heavy", 1, 1, 0) for _ in range(16)]
+    entered = [await fair.enter_engine(place) for place in heavy[:15]]
+    waiting = asyncio.create_task(fair.enter_engine(heavy[15]))
+    await asyncio.sleep(0)
+    assert not waiting.done()  # the 16th slot stays free for someone else
+    assert await fair.enter_engine(fair.place("light", 1, 1, 0)) == 1
+    fair.leave_engine(heavy[0], entered[0])
+    assert await asyncio.wait_for(waiting, 1) == 1  # the next heavy request goes in as one leaves
+
+
+async def test_a_cancelled_wait_gives_nothing_away() -> None:
+    fair = FairShare(enabled=True, engine_slots=2, reserve_fraction=0.05)
+    first = fair.place("t", 1, 1, 0)
+    seqs = await fair.enter_engine(first)
+    waiting = asyncio.create_task(fair.enter_engine(fair.place("t", 1, 1, 0)))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    fair.leave_engine(first, seqs)
+    assert fair.gates == {}
+
+
+def test_no_reserve_when_off_or_unknown() -> None:
+    assert FairShare(enabled=False, engine_slots=16, reserve_fraction=0.05).tenant_cap is None
+    assert FairShare(enabled=True, engine_slots=None, reserve_fraction=0.05).tenant_cap is None
+    assert FairShare(enabled=True, engine_slots=256, reserve_fraction=0.05).tenant_cap == 243

@@ -1,0 +1,162 @@
+"""Reply streams shared through Redis (`reply_streams_url`), so that any replica serves resume, cancel and the
+seed's stream route of a reply that another replica generates. The replica generating a reply appends its events
+to a Redis stream (capped, expiring after the resume window) and keeps an `alive` key fresh; a replica that does
+not hold the reply mirrors that stream with blocking reads; cancels and reply starts travel on pub/sub channels;
+a replica with listeners on a mirror keeps a `listening` key fresh, which stops the owner's grace clock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "codeface:reply"
+CANCEL_CHANNEL = "codeface:reply-cancel"
+STARTED_CHANNEL = "codeface:reply-started"
+# A blocking read returns at least this often, so that a mirror notices a replica that died.
+READ_BLOCK_MS = 2000
+READ_COUNT = 512
+# The owner refreshes its `alive` key this often; a mirror gives up after ALIVE_TTL_S without it.
+ALIVE_EVERY_S = 2.0
+ALIVE_TTL_S = 10
+RESUBSCRIBE_AFTER_S = 1.0
+MAX_STREAM_EVENTS = 100_000
+
+
+def _key(message_id: uuid.UUID, part: str) -> str:
+    return f"{PREFIX}:{message_id}:{part}"
+
+
+def _latest_key(conversation_id: uuid.UUID) -> str:
+    return f"codeface:conversation:{conversation_id}:reply"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteReply:
+    message_id: uuid.UUID
+    conversation_id: uuid.UUID
+    owner_id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEntry:
+    """One event as a mirror reads it: its SSE id, both framings, whether it ends the reply."""
+
+    event_id: int
+    named: bytes
+    plain: bytes
+    final: bool
+
+
+class ReplyBus:
+    """The Redis side of shared reply streams. Connects lazily; every call raises RedisError when Redis fails,
+    which callers treat as "not shared right now" (the local path goes on)."""
+
+    def __init__(self, url: str, retention_s: float) -> None:
+        self.redis = aioredis.Redis.from_url(url)
+        self.retention_s = int(max(retention_s, 1))
+        self.on_cancel: Callable[[uuid.UUID], None] = lambda _message_id: None
+        self.on_started: Callable[[RemoteReply], None] = lambda _reply: None
+        self._subscriber: asyncio.Task[None] | None = None
+
+    def ensure_subscribed(self) -> None:
+        if self._subscriber is None or self._subscriber.done():
+            self._subscriber = asyncio.get_running_loop().create_task(self._subscribe(), name="reply-bus")
+
+    async def _subscribe(self) -> None:
+        while True:
+            try:
+                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(CANCEL_CHANNEL, STARTED_CHANNEL)
+                async for message in pubsub.listen():
+                    self._dispatch(message)
+            except RedisError as exc:
+                logger.warning("reply streams: subscription lost (%s); retrying", exc)
+                await asyncio.sleep(RESUBSCRIBE_AFTER_S)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        channel, data = message["channel"].decode(), message["data"].decode()
+        try:
+            if channel == CANCEL_CHANNEL:
+                self.on_cancel(uuid.UUID(data))
+            elif channel == STARTED_CHANNEL:
+                message_id, conversation_id, owner_id = (uuid.UUID(part) for part in data.split())
+                self.on_started(RemoteReply(message_id, conversation_id, owner_id))
+        except ValueError:
+            logger.warning("reply streams: ignored a malformed message on %s", channel)
+
+    async def announce(self, reply: RemoteReply) -> None:
+        """A reply starts on this replica: where to find it, then a word to replicas waiting for it."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(_key(reply.message_id, "meta"), mapping={
+                "conversation": str(reply.conversation_id), "owner": str(reply.owner_id)})
+            pipe.expire(_key(reply.message_id, "meta"), self.retention_s)
+            pipe.set(_key(reply.message_id, "alive"), 1, ex=ALIVE_TTL_S)
+            pipe.set(_latest_key(reply.conversation_id), str(reply.message_id), ex=self.retention_s)
+            pipe.publish(STARTED_CHANNEL, f"{reply.message_id} {reply.conversation_id} {reply.owner_id}")
+            await pipe.execute()
+
+    async def append(self, message_id: uuid.UUID, entries: list[StreamEntry]) -> None:
+        key = _key(message_id, "events")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry in entries:
+                pipe.xadd(key, {"id": entry.event_id, "named": entry.named, "plain": entry.plain,
+                                "final": int(entry.final)}, maxlen=MAX_STREAM_EVENTS, approximate=True)
+            pipe.expire(key, self.retention_s)
+            if entries and entries[-1].final:
+                pipe.delete(_key(message_id, "alive"))
+            await pipe.execute()
+
+    async def keep_alive(self, message_id: uuid.UUID) -> None:
+        await self.redis.set(_key(message_id, "alive"), 1, ex=ALIVE_TTL_S)
+
+    async def alive(self, message_id: uuid.UUID) -> bool:
+        return bool(await self.redis.exists(_key(message_id, "alive")))
+
+    async def lookup(self, message_id: uuid.UUID) -> RemoteReply | None:
+        meta = await self.redis.hgetall(_key(message_id, "meta"))
+        if not meta:
+            return None
+        return RemoteReply(message_id, uuid.UUID(meta[b"conversation"].decode()), uuid.UUID(meta[b"owner"].decode()))
+
+    async def latest(self, conversation_id: uuid.UUID) -> RemoteReply | None:
+        message_id = await self.redis.get(_latest_key(conversation_id))
+        return await self.lookup(uuid.UUID(message_id.decode())) if message_id else None
+
+    async def read(self, message_id: uuid.UUID, after: str, *, block: bool = True) -> tuple[str, list[StreamEntry]]:
+        """Entries after the stream position `after` ("0-0": from the start), blocking up to READ_BLOCK_MS (or
+        not at all); returns the new position and the entries."""
+        answer = await self.redis.xread({_key(message_id, "events"): after}, count=READ_COUNT,
+                                        block=READ_BLOCK_MS if block else None)
+        entries: list[StreamEntry] = []
+        for _key_name, items in answer or []:
+            for position, fields in items:
+                after = position.decode()
+                entries.append(StreamEntry(int(fields[b"id"]), fields[b"named"], fields[b"plain"],
+                                           fields[b"final"] == b"1"))
+        return after, entries
+
+    async def request_cancel(self, message_id: uuid.UUID) -> None:
+        await self.redis.publish(CANCEL_CHANNEL, str(message_id))
+
+    async def mark_listening(self, message_id: uuid.UUID, ttl_s: float) -> None:
+        await self.redis.set(_key(message_id, "listening"), 1, ex=max(1, int(ttl_s)))
+
+    async def listening(self, message_id: uuid.UUID) -> bool:
+        return bool(await self.redis.exists(_key(message_id, "listening")))
+
+    async def close(self) -> None:
+        if self._subscriber is not None:
+            self._subscriber.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._subscriber
+        await self.redis.aclose()

@@ -1,0 +1,101 @@
+"""Replies shared through Redis (`reply_streams_url`): the suite's server generates, a second replica without an
+engine (same Postgres, same Redis) serves the rest, with no sticky routing: a stream started on one resumes on the
+other with no gap or duplicate, a cancel sent to the other stops the reply, the seed's stream route on the other
+receives a reply generated here, and a listener on the other keeps the reply alive past the grace period."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from test_conversations import API, SSEReader, new_conversation, wait_for_status
+
+LONG = {"stream": True, "max_tokens": 1500, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def http(server_url: str, auth_headers: dict[str, str]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server_url, headers=auth_headers, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def other(start_replica, server_database_url: str, redis_url: str) -> str:
+    return start_replica(server_database_url, redis_url, reply_streams_url=redis_url)
+
+
+def test_a_stream_resumes_on_another_replica(http: httpx.Client, other: str, auth_headers: dict[str, str]) -> None:
+    conversation_id = new_conversation(http)
+    body = {"content": "Tell me a long story.", "stream": True, "max_tokens": 120, "ignore_eos": True}
+    with http.stream("POST", f"{API}/{conversation_id}/messages", json=body) as response:
+        message_id = response.headers["x-message-id"]
+        reader = SSEReader(response)
+        first = [reader.next() for _ in range(5)]
+    with httpx.stream("GET", f"{other}{API}/{conversation_id}/stream", params={"message_id": message_id},
+                      headers={**auth_headers, "Last-Event-ID": str(reader.last_id)}, timeout=120) as resumed:
+        assert resumed.status_code == 200, resumed.read()
+        rest = SSEReader(resumed).rest()
+    assert [e.id for e in rest] == list(range(6, 6 + len(rest)))  # no duplicate, no gap
+    assert rest[-1].event == "message.completed" and rest[-1].data["completion_tokens"] == 120
+    streamed = "".join(e.data["delta"] for e in first + rest[:-1])
+    assert wait_for_status(http, conversation_id, message_id)["content"] == streamed
+
+
+def test_a_cancel_sent_to_another_replica_stops_the_reply(http: httpx.Client, other: str,
+                                                          auth_headers: dict[str, str]) -> None:
+    conversation_id = new_conversation(http)
+    with http.stream("POST", f"{API}/{conversation_id}/messages", json={"content": "Go on.", **LONG}) as response:
+        message_id = response.headers["x-message-id"]
+        reader = SSEReader(response)
+        reader.next()
+        cancelled = httpx.post(f"{other}{API}/{conversation_id}/messages/{message_id}/cancel", headers=auth_headers,
+                               timeout=60)
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["status"] == "cancelled"
+        rest = reader.rest()
+    assert rest[-1].event == "message.completed" and rest[-1].data["status"] == "cancelled"
+    assert 0 < rest[-1].data["completion_tokens"] < LONG["max_tokens"]
+
+
+async def test_the_seed_stream_on_another_replica_gets_a_reply_generated_here(
+        server_url: str, other: str, auth_headers: dict[str, str]) -> None:
+    async with httpx.AsyncClient(headers=auth_headers, timeout=120) as client:
+        conversation_id = (await client.post(f"{server_url}{API}", json={"title": "seed"})).json()["id"]
+        events: list[dict] = []
+
+        async def listen() -> None:
+            async with client.stream("GET", f"{other}/api/v1/stream/{conversation_id}") as attached:
+                async for line in attached.aiter_lines():
+                    if line.startswith("data:"):
+                        events.append(json.loads(line[len("data:"):]))
+                        if events[-1]["type"] == "message.completed":
+                            return
+
+        listener = asyncio.create_task(listen())
+        await asyncio.sleep(1.0)  # the other replica waits for the conversation's next reply
+        posted = await client.post(f"{server_url}/api/v1/chat", json={"message": "Hello there",
+                                                                       "conversation_id": conversation_id})
+        assert posted.status_code == 200
+        await asyncio.wait_for(listener, 60)
+    assert [e["type"] for e in events[:-1]] == ["message.delta"] * (len(events) - 1) and len(events) > 1
+    assert "".join(e["delta"] for e in events[:-1]) == posted.json()["reply"]
+
+
+def test_a_listener_on_another_replica_keeps_the_reply_going(http: httpx.Client, other: str,
+                                                             auth_headers: dict[str, str]) -> None:
+    """The suite's grace period is 3 s: with its only listener on the other replica, the reply runs to the end."""
+    conversation_id = new_conversation(http)
+    body = {"content": "Tell me everything.", "stream": True, "max_tokens": 600, "ignore_eos": True}
+    with http.stream("POST", f"{API}/{conversation_id}/messages", json=body) as response:
+        message_id = response.headers["x-message-id"]
+        SSEReader(response).next()
+    began = time.monotonic()
+    with httpx.stream("GET", f"{other}{API}/{conversation_id}/stream", params={"message_id": message_id},
+                      headers=auth_headers, timeout=300) as attached:
+        rest = SSEReader(attached).rest()
+    assert rest[-1].data["status"] == "length", (rest[-1].data, time.monotonic() - began)
