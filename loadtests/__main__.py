@@ -149,7 +149,8 @@ def cmd_listeners(args: argparse.Namespace) -> int:
 
     folder = out_dir(args, "listeners")
     jobs = jobs_for(args, args.num_prompts or 2 * args.concurrency, seed=args.seed)
-    warmup = jobs_for(args, max(1, args.warmup), seed=args.seed + 999)
+    # A full round at the load's concurrency: the first load after a smaller warm-up runs slow on the CPU engine.
+    warmup = jobs_for(args, max(args.warmup, args.concurrency), seed=args.seed + 999)
     repeats = asyncio.run(measure(args.config, dict(args.set), folder, args.listeners, args.repeats, args.window,
                                   jobs, warmup, args.concurrency))
     context = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(),

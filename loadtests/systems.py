@@ -117,6 +117,8 @@ async def codeface_server(config_file: Path, overrides: dict[str, str], log_dir:
     from storage import upgrade_database
 
     database_url = f"sqlite+aiosqlite:///{log_dir / f'codeface-{run_id}.db'}"
+    # The users' own budgets (over all their keys) as high as the keys': limits are checked, never reached.
+    overrides = {**{f"user_{name}": str(value) for name, value in BENCH_LIMITS.items()}, **overrides}
     settings = load_settings(config_file, **{**overrides, "database_url": database_url, "auth_enabled": "true"})
     await asyncio.to_thread(upgrade_database, database_url)
     api_keys = []

@@ -71,6 +71,9 @@ class Settings(BaseSettings, EngineOptions):
     # it) and per key (429); 0 = no cap. Each open stream holds a file descriptor: the open-file limit is checked
     # at start.
     sse_heartbeat_s: float = 15.0
+    # Listeners waiting for a reply that may never come (GET /api/v1/stream/{id} between replies, idle tabs): a
+    # keep-alive every 45 s, under the 60 s idle timeout of common proxies (nginx, AWS ALB); null = sse_heartbeat_s.
+    sse_idle_heartbeat_s: float | None = 45.0
     sse_idle_timeout_s: float = 900.0
     max_sse_listeners: int = 16384
     max_sse_listeners_per_key: int = 256

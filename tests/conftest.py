@@ -125,7 +125,8 @@ def server_settings(database_url: str, redis_url: str, **overrides: object):
               "max_inflight_generations": 24,
               # vllm serve's order (fairness off): the refusal of `priority` under fcfs is tested on this server;
               # tests/test_fairness.py and test_scheduling.py run priority servers of their own.
-              "scheduling_policy": "fcfs", "conversation_grace_s": 3.0, "sse_heartbeat_s": 2.0,
+              "scheduling_policy": "fcfs", "conversation_grace_s": 3.0,
+              "sse_heartbeat_s": 2.0, "sse_idle_heartbeat_s": 2.0,
               # The suite logs in often from one address; the login-flood test sets the defaults back.
               "login_attempts_per_minute_per_address": 10_000, "login_attempts_per_minute_per_username": 1_000,
               "secret_key": "test-secret-key-with-enough-entropy-0123456789",

@@ -48,10 +48,11 @@ class Listener:
     """One open SSE listener: when it last wrote (heartbeats are due from then) and last saw an event (idle from
     then), and what it waits on now."""
 
-    __slots__ = ("closed", "idle_after_s", "last_event", "last_write", "subject", "waiting")
+    __slots__ = ("closed", "heartbeat_s", "idle_after_s", "last_event", "last_write", "subject", "waiting")
 
-    def __init__(self, subject: str, now: float, idle_after_s: float | None) -> None:
+    def __init__(self, subject: str, now: float, idle_after_s: float | None, heartbeat_s: float) -> None:
         self.subject = subject
+        self.heartbeat_s = heartbeat_s
         self.last_write = now
         self.last_event = now
         self.idle_after_s = idle_after_s  # None: never idle (it follows a running reply)
@@ -69,9 +70,13 @@ class Listeners:
     listener about once per heartbeat interval (a timer wheel: one bucket per tick), so an idle listener costs
     one write per interval and nothing in between."""
 
-    def __init__(self, heartbeat_s: float, idle_timeout_s: float, max_total: int, max_per_caller: int) -> None:
+    def __init__(self, heartbeat_s: float, idle_timeout_s: float, max_total: int, max_per_caller: int,
+                 idle_heartbeat_s: float | None = None) -> None:
         self.heartbeat_s = heartbeat_s
-        self.tick_s = min(MAX_TICK_S, heartbeat_s / 4)
+        # Listeners that wait for something that may never come (an idle tab's next reply) heartbeat less often:
+        # their keep-alive is most of what 10,000 of them cost.
+        self.idle_heartbeat_s = idle_heartbeat_s or heartbeat_s
+        self.tick_s = min(MAX_TICK_S, heartbeat_s / 4, self.idle_heartbeat_s / 4)
         self.idle_timeout_s = idle_timeout_s  # 0: never closed for idleness
         self.max_total = max_total            # 0: no cap
         self.max_per_caller = max_per_caller  # 0: no cap
@@ -90,11 +95,12 @@ class Listeners:
         idle_after_s = None
         if may_idle and self.idle_timeout_s:
             idle_after_s = self.idle_timeout_s * random.uniform(1 - IDLE_JITTER, 1.0)
-        listener = Listener(subject, loop.time(), idle_after_s)
+        listener = Listener(subject, loop.time(), idle_after_s,
+                            self.idle_heartbeat_s if may_idle else self.heartbeat_s)
         self.open_count += 1
         self._per_subject[subject] += 1
         sse_listeners.inc()
-        self._schedule(listener, listener.last_write + self.heartbeat_s)
+        self._schedule(listener, listener.last_write + listener.heartbeat_s)
         if self._clock is None:
             self._clock = loop.create_task(self._run_clock(), name="sse-heartbeat-clock")
         return listener
@@ -157,7 +163,7 @@ class Listeners:
         if listener.closed:
             return
         idle_at = listener.last_event + listener.idle_after_s if listener.idle_after_s is not None else None
-        due = listener.last_write + self.heartbeat_s
+        due = listener.last_write + listener.heartbeat_s
         if idle_at is not None:
             due = min(due, idle_at)
         if due > now:
@@ -168,7 +174,7 @@ class Listeners:
             self._schedule(listener, now + self.tick_s)  # busy writing: look again at the next tick
             return
         waiter.set_result(Wake.IDLE if idle_at is not None and idle_at <= now else Wake.HEARTBEAT)
-        self._schedule(listener, now + self.heartbeat_s)
+        self._schedule(listener, now + listener.heartbeat_s)
 
     async def stop(self) -> None:
         if self._clock is not None:

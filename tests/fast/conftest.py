@@ -36,7 +36,7 @@ def make_app(template: Path, tmp_path: Path, engine: FakeEngine, **overrides: ob
     url = f"sqlite+aiosqlite:///{database}"
     values: dict[str, object] = {"database_url": url, "auth_enabled": False, "rate_limit_storage": "memory://",
                                  "secret_key": SECRET, "max_body_bytes": 65536, "conversation_grace_s": 1.0,
-                                 "sse_heartbeat_s": 0.5, "access_log": False, **overrides}
+                                 "sse_heartbeat_s": 0.5, "sse_idle_heartbeat_s": 0.5, "access_log": False, **overrides}
     return create_app(load_settings(None, **values), "/fake", engine=engine)
 
 

@@ -56,7 +56,7 @@ async def test_an_idle_listener_is_told_to_reconnect_and_the_caps_refuse() -> No
 
 async def test_seed_stream_waits_with_heartbeats_then_reconnects(client_for: Callable[..., httpx.AsyncClient],
                                                                engine: FakeEngine) -> None:
-    async with client_for(engine, sse_heartbeat_s=0.1, sse_idle_timeout_s=0.5) as http:
+    async with client_for(engine, sse_heartbeat_s=0.1, sse_idle_heartbeat_s=0.1, sse_idle_timeout_s=0.5) as http:
         conversation_id = (await http.post(API, json={})).json()["id"]
         response = await http.get(f"/api/v1/stream/{conversation_id}")
     assert response.status_code == 200
@@ -66,7 +66,8 @@ async def test_seed_stream_waits_with_heartbeats_then_reconnects(client_for: Cal
 
 async def test_listeners_past_the_key_cap_get_429(client_for: Callable[..., httpx.AsyncClient],
                                                   engine: FakeEngine) -> None:
-    async with client_for(engine, sse_heartbeat_s=0.1, sse_idle_timeout_s=0.5, max_sse_listeners_per_key=1) as http:
+    async with client_for(engine, sse_heartbeat_s=0.1, sse_idle_heartbeat_s=0.1, sse_idle_timeout_s=0.5,
+                          max_sse_listeners_per_key=1) as http:
         conversation_id = (await http.post(API, json={})).json()["id"]
         first, second = await asyncio.gather(http.get(f"/api/v1/stream/{conversation_id}"),
                                              http.get(f"/api/v1/stream/{conversation_id}"))

@@ -37,7 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, own_postgres: OwnPostgres,
            own_redis: OwnRedis) -> Iterator[SpawnedServer]:
     process = spawn(tmp_path_factory.mktemp("server-a"), own_postgres.url, own_redis.url,
                     drain_timeout_s=15, max_inflight_generations=64, reply_stale_after_s=20,
-                    sse_heartbeat_s=1, max_sse_listeners_per_key=1000)
+                    sse_heartbeat_s=1, sse_idle_heartbeat_s=1, max_sse_listeners_per_key=1000)
     process.start()
     try:
         yield process
