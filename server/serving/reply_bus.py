@@ -12,7 +12,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -123,19 +123,20 @@ class ReplyBus:
         return bool(await self.redis.exists(_key(message_id, "alive")))
 
     async def lookup(self, message_id: uuid.UUID) -> RemoteReply | None:
-        meta = await self.redis.hgetall(_key(message_id, "meta"))
+        # The client returns bytes (decode_responses off); redis-py types them as bytes | str.
+        meta = cast("dict[bytes, bytes]", await self.redis.hgetall(_key(message_id, "meta")))
         if not meta:
             return None
         return RemoteReply(message_id, uuid.UUID(meta[b"conversation"].decode()), uuid.UUID(meta[b"owner"].decode()))
 
     async def latest(self, conversation_id: uuid.UUID) -> RemoteReply | None:
-        message_id = await self.redis.get(_latest_key(conversation_id))
+        message_id = cast("bytes | None", await self.redis.get(_latest_key(conversation_id)))
         return await self.lookup(uuid.UUID(message_id.decode())) if message_id else None
 
     async def read(self, message_id: uuid.UUID, after: str, *, block: bool = True) -> tuple[str, list[StreamEntry]]:
         """Entries after the stream position `after` ("0-0": from the start), blocking up to READ_BLOCK_MS (or
         not at all); returns the new position and the entries."""
-        answer = await self.redis.xread({_key(message_id, "events"): after}, count=READ_COUNT,
+        answer: Any = await self.redis.xread({_key(message_id, "events"): after}, count=READ_COUNT,
                                         block=READ_BLOCK_MS if block else None)
         entries: list[StreamEntry] = []
         for _key_name, items in answer or []:
