@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import msgspec
 from starlette.requests import Request
@@ -16,6 +18,7 @@ from server.protocol.chat import ChatCompletionRequest
 from server.protocol.completions import CompletionRequest
 from server.protocol.decode import decode_body
 from server.routes.params import json_response
+from server.serving.sse import EventStream
 from server.state import principal_of, request_state, services
 from server.streaming import EventStreamResponse, RouteResponse, cancel_on_disconnect
 from server.telemetry.metrics import AbortReason, aborted_requests
@@ -30,6 +33,29 @@ def generation_request_id(request: Request, body_request_id: str | None) -> str:
     return client_request_id(request.scope) or body_request_id or uuid.uuid4().hex
 
 
+class Started(Protocol):
+    """A started chat completion or completion: what the response needs of it."""
+
+    model: str
+
+    async def close(self) -> None: ...
+
+
+async def respond(request: Request, started: Started, events: EventStream | None,
+                  collect: Callable[[], Awaitable[dict[str, Any]]]) -> RouteResponse:
+    """The stream (closed with the response), or the whole answer unless the client left first (499)."""
+    if events is not None:
+        return EventStreamResponse(events, finalize=started.close)
+    try:
+        result = await cancel_on_disconnect(request.receive, collect)
+    finally:
+        await started.close()
+    if result is None:
+        aborted_requests.labels(started.model, AbortReason.CLIENT_DISCONNECT).inc()
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    return Response(msgspec.json.encode(result), media_type="application/json")
+
+
 async def chat_completions(request: Request) -> RouteResponse:
     body = decode_body(await request.body(), ChatCompletionRequest, empty_means=None)
     chat = services(request).chat
@@ -38,16 +64,8 @@ async def chat_completions(request: Request) -> RouteResponse:
         state["end_user"] = body.user
     completion = await chat.start(body, principal_of(request), state,
                                   generation_request_id(request, body.request_id))
-    if body.stream:
-        return EventStreamResponse(chat.events(completion), finalize=completion.close)
-    try:
-        result = await cancel_on_disconnect(request.receive, lambda: chat.collect(completion))
-    finally:
-        await completion.close()
-    if result is None:
-        aborted_requests.labels(completion.model, AbortReason.CLIENT_DISCONNECT).inc()
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
-    return Response(msgspec.json.encode(result), media_type="application/json")
+    return await respond(request, completion, chat.events(completion) if body.stream else None,
+                         lambda: chat.collect(completion))
 
 
 async def completions(request: Request) -> RouteResponse:
@@ -57,16 +75,7 @@ async def completions(request: Request) -> RouteResponse:
     if body.user is not None:
         state["end_user"] = body.user
     run = await service.start(body, principal_of(request), state, generation_request_id(request, body.request_id))
-    if body.stream:
-        return EventStreamResponse(service.events(run), finalize=run.close)
-    try:
-        result = await cancel_on_disconnect(request.receive, lambda: service.collect(run))
-    finally:
-        await run.close()
-    if result is None:
-        aborted_requests.labels(run.model, AbortReason.CLIENT_DISCONNECT).inc()
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
-    return Response(msgspec.json.encode(result), media_type="application/json")
+    return await respond(request, run, service.events(run) if body.stream else None, lambda: service.collect(run))
 
 
 async def list_models(request: Request) -> RouteResponse:

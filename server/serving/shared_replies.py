@@ -9,7 +9,8 @@ import contextlib
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
@@ -79,15 +80,16 @@ class SharedReplies:
             logger.warning("reply streams: could not announce reply %s (%s)", run.message_id, exc)
 
     async def lookup(self, message_id: uuid.UUID) -> RemoteReply | None:
-        try:
-            return await self.bus.lookup(message_id)
-        except RedisError as exc:
-            logger.warning("reply streams: lookup failed (%s)", exc)
-            return None
+        return await self._find(self.bus.lookup(message_id))
 
     async def latest(self, conversation_id: uuid.UUID) -> RemoteReply | None:
+        return await self._find(self.bus.latest(conversation_id))
+
+    @staticmethod
+    async def _find(query: Coroutine[Any, Any, RemoteReply | None]) -> RemoteReply | None:
+        """A lookup that Redis failing answers with "not shared" (the caller falls back to what is stored)."""
         try:
-            return await self.bus.latest(conversation_id)
+            return await query
         except RedisError as exc:
             logger.warning("reply streams: lookup failed (%s)", exc)
             return None

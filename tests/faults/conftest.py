@@ -4,6 +4,7 @@ connections accepted, never answered), resume and restart; and CodeFace servers 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import glob
 import json
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from loadtests.sse import aiter_events
 
 from conftest import IN_CI, free_port, unavailable
 from servers import SpawnedServer
@@ -243,4 +246,23 @@ def readyz(url: str) -> int:
         return 0
 
 
-__all__ = ["IN_CI", "OwnPostgres", "OwnRedis", "admin_key", "readyz", "spawn", "wait_until"]
+__all__ = ["IN_CI", "OwnPostgres", "OwnRedis", "admin_key", "long_chat", "readyz", "spawn", "wait_until"]
+
+
+async def long_chat(http: httpx.AsyncClient, started: asyncio.Event) -> str:
+    """A long chat stream: "finished" if it ended with a finish reason then [DONE], "error" if an error event did."""
+    body = {"messages": [{"role": "user", "content": "Tell me everything."}], "max_tokens": 400, "ignore_eos": True,
+            "stream": True}
+    outcome = "cut"
+    async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        async for event in aiter_events(response.aiter_lines()):
+            if event.done:
+                return outcome
+            data = json.loads(event.data)
+            if "error" in data:
+                outcome = "error"
+            elif data["choices"]:
+                started.set()
+                if data["choices"][0].get("finish_reason"):
+                    outcome = "finished"
+    return outcome

@@ -6,7 +6,6 @@ SIGTERM under 16 chat and 16 conversation streams (the drain)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 import uuid
@@ -22,7 +21,7 @@ from loadtests.listeners import IdleListeners, make_conversations
 from loadtests.sse import aiter_events
 from loadtests.systems import ServerProcess
 
-from faults.conftest import OwnPostgres, OwnRedis, admin_key, readyz, spawn
+from faults.conftest import OwnPostgres, OwnRedis, admin_key, long_chat, readyz, spawn
 from servers import SpawnedServer
 
 API = "/api/v1/conversations"
@@ -273,7 +272,7 @@ async def _drain(server: SpawnedServer, key: str, own_postgres: OwnPostgres,
                                  limits=httpx.Limits(max_connections=64)) as http:
         conversations = [(await http.post(API, json={})).json()["id"] for _ in range(16)]
         started = [asyncio.Event() for _ in range(32)]
-        chats = [asyncio.create_task(chat_stream(http, s)) for s in started[:16]]
+        chats = [asyncio.create_task(long_chat(http, s)) for s in started[:16]]
         replies = [asyncio.create_task(stream_reply(http, c, s, max_tokens=400))
                    for c, s in zip(conversations, started[16:])]
         await asyncio.gather(*(s.wait() for s in started))
@@ -305,23 +304,3 @@ async def _drain(server: SpawnedServer, key: str, own_postgres: OwnPostgres,
             assert row["status"] == final["status"] and row["content"] == text
     finally:
         await connection.close()
-
-
-async def chat_stream(http: httpx.AsyncClient, started: asyncio.Event) -> str:
-    """A long chat stream: "finished" if it ended with a finish reason then [DONE], "error" if an error event did."""
-    body = {"messages": [{"role": "user", "content": "Tell me everything."}], "max_tokens": 400, "ignore_eos": True,
-            "stream": True}
-    outcome = "cut"
-    async with http.stream("POST", CHAT, json=body) as response:
-        async for event in aiter_events(response.aiter_lines()):
-            if event.done:
-                return outcome
-            data = json.loads(event.data)
-            if "error" in data:
-                outcome = "error"
-            elif data["choices"]:
-                started.set()
-                if data["choices"][0].get("finish_reason"):
-                    outcome = "finished"
-    return outcome
-

@@ -17,7 +17,7 @@ import pytest
 from loadtests.sse import aiter_events
 from storage import upgrade_database
 
-from faults.conftest import OwnPostgres, OwnRedis, admin_key, readyz, spawn
+from faults.conftest import OwnPostgres, OwnRedis, admin_key, long_chat, readyz, spawn
 from servers import SpawnedServer
 
 API = "/api/v1/conversations"
@@ -132,7 +132,7 @@ async def _kill_engine(server: SpawnedServer, key: str, database_url: str,
     async with httpx.AsyncClient(base_url=server.url, headers=headers(key), timeout=120) as http:
         conversation_id = (await http.post(API, json={})).json()["id"]
         started = [asyncio.Event() for _ in range(5)]
-        chats = [asyncio.create_task(chat_until_end(http, s)) for s in started[:4]]
+        chats = [asyncio.create_task(long_chat(http, s)) for s in started[:4]]
         reply = asyncio.create_task(reply_until_end(http, conversation_id, started[4]))
         await asyncio.gather(*(s.wait() for s in started))
         engine_cores = [child for child in psutil.Process(server.pid).children(recursive=True)
@@ -159,22 +159,6 @@ async def _kill_engine(server: SpawnedServer, key: str, database_url: str,
     finally:
         await connection.close()
     assert row["status"] == "failed"
-
-
-async def chat_until_end(http: httpx.AsyncClient, started: asyncio.Event) -> str:
-    body = {"messages": [{"role": "user", "content": "Go on and on."}], "max_tokens": 400, "ignore_eos": True,
-            "stream": True}
-    outcome = "cut"
-    async with http.stream("POST", CHAT, json=body) as response:
-        async for event in aiter_events(response.aiter_lines()):
-            if event.done:
-                return outcome
-            data = event.json()
-            if "error" in data:
-                outcome = "error"
-            else:
-                started.set()
-    return outcome
 
 
 async def reply_until_end(http: httpx.AsyncClient, conversation_id: str,
