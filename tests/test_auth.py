@@ -87,6 +87,7 @@ def test_password_login_and_token_use(server_url: str, admin: httpx.Client, mode
 
 @pytest.mark.parametrize("form, status", [
     ({"username": "nobody-here", "password": "whatever-password"}, 401),
+    ({"username": "a\x00b", "password": "whatever-password"}, 401),  # no user has it: never looked up
     ({"username": "", "password": "x"}, 400),
     ({"password": "x"}, 400),
     ({"grant_type": "client_credentials", "username": "a", "password": "b"}, 400),
@@ -229,6 +230,19 @@ def test_only_admins_set_limits_or_create_users(server_url: str, admin: httpx.Cl
     assert httpx.post(f"{server_url}/api/v1/users", headers=user,
                       json={"username": "sneaky", "password": "long-enough-pw"}).status_code == 403
     assert admin.post("/api/v1/keys", json={"requests_per_minute": 5}).status_code == 201
+
+
+def test_a_keys_fairness_weight_is_stored_and_only_an_admin_sets_it(server_url: str, admin: httpx.Client) -> None:
+    username, password = new_user(admin)
+    user = bearer(login(server_url, username, password))
+    assert httpx.post(f"{server_url}/api/v1/keys", headers=user, json={"weight": 4}).status_code == 403
+    made = admin.post("/api/v1/keys", json={"name": "weighted", "weight": 4})
+    assert made.status_code == 201 and made.json()["weight"] == 4
+    listed = {key["id"]: key for key in admin.get("/api/v1/keys").json()["data"]}
+    assert listed[made.json()["id"]]["weight"] == 4
+    for weight in (0, 1001, 2.5):
+        refused = admin.post("/api/v1/keys", json={"weight": weight})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "weight", refused.text
 
 
 @pytest.mark.parametrize("body", [b"{", b'{"name": 5}', b'{"unknown": 1}', b'{"expires_in_days": 0}',

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import msgspec
@@ -13,6 +14,7 @@ from storage.models import ApiKey
 Limit = Count  # 0 = unlimited for this key
 MAX_KEY_LIFETIME_DAYS = 3650
 USERNAME_PATTERN = r"^[A-Za-z0-9_.@-]+$"
+MAX_USERNAME_LENGTH = 150
 MIN_PASSWORD_LENGTH = 8
 MAX_KEY_WEIGHT = 1000
 
@@ -33,9 +35,14 @@ class NewKey(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class NewUser(msgspec.Struct, forbid_unknown_fields=True):
-    username: Annotated[str, Meta(min_length=1, max_length=150, pattern=USERNAME_PATTERN)]
+    username: Annotated[str, Meta(min_length=1, max_length=MAX_USERNAME_LENGTH, pattern=USERNAME_PATTERN)]
     password: Annotated[str, Meta(min_length=MIN_PASSWORD_LENGTH, max_length=1024)]
     is_admin: bool = False
+
+
+def possible_username(name: str) -> bool:
+    """Whether a user could have this name (NewUser's rules): a login under any other name is not looked up."""
+    return len(name) <= MAX_USERNAME_LENGTH and re.fullmatch(USERNAME_PATTERN, name) is not None
 
 
 def key_view(key: ApiKey) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.exc import IntegrityError
 
 from server.exceptions import AuthenticationFailed, Conflict, Forbidden, NotFound
-from server.protocol.identity import NewKey
+from server.protocol.identity import NewKey, possible_username
 from server.security.auth import Authenticator, Principal
 from server.security.credentials import api_key_hash, hash_password, new_api_key, verify_password, visible_prefix
 from server.security.login import LoginGuard
@@ -62,8 +62,11 @@ class IdentityService:
         self._require_auth()
         if self.login_guard is not None:
             await self.login_guard.check(address, username)
-        async with self.database.session() as session:
-            user = await Users(session).by_username(username)
+        user = None
+        # A name no user can have (a NUL, say, which Postgres text refuses) is not looked up: it simply fails.
+        if possible_username(username):
+            async with self.database.session() as session:
+                user = await Users(session).by_username(username)
         # Verified even for unknown users, so that response time does not tell which usernames exist.
         async with self._hashing():
             verified = await verify_password(user.password_hash if user else None, password)
