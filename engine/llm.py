@@ -12,6 +12,7 @@ from typing import Any
 from engine.chat import ChatFeatures, ChatPreparer, PreparedRequest, vllm_error_param
 from engine.completion import CompletionPreparer
 from engine.config import EngineConfig, build_engine_args
+from engine.frontends import EngineClientSlot
 from engine.stats import SchedulerStatsRecorder
 from engine.types import (
     ChatInput,
@@ -28,8 +29,11 @@ logger = logging.getLogger(__name__)
 
 
 class ChatEngine:
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, client_slot: EngineClientSlot | None = None) -> None:
+        """`client_slot`: join an engine core started by engine.frontends (one of several API processes); by
+        default start() starts an engine core of its own."""
         self.config = config
+        self.client_slot = client_slot
         self._llm: Any = None
         self._chat: ChatPreparer | None = None
         self._completion: CompletionPreparer | None = None
@@ -57,7 +61,15 @@ class ChatEngine:
         """Start the engine core process and load the model (tens of seconds)."""
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        self._llm = AsyncLLM.from_engine_args(build_engine_args(self.config), stat_loggers=[self._stats.factory])
+        engine_args = build_engine_args(self.config)
+        slot = self.client_slot or EngineClientSlot(index=0, count=1)
+        if self.client_slot is not None:
+            engine_args._api_process_count, engine_args._api_process_rank = slot.count, slot.index
+        self._llm = AsyncLLM.from_vllm_config(engine_args.create_engine_config(), stat_loggers=[self._stats.factory],
+                                              enable_log_requests=engine_args.enable_log_requests,
+                                              disable_log_stats=engine_args.disable_log_stats,
+                                              client_addresses=slot.addresses or None, client_count=slot.count,
+                                              client_index=slot.index)
         features = ChatFeatures(tool_call_parser=self.config.tool_call_parser,
                                 enable_auto_tool_choice=self.config.enable_auto_tool_choice,
                                 reasoning_parser=self.config.reasoning_parser,

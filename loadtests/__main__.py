@@ -161,6 +161,23 @@ def cmd_listeners(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_api_processes(args: argparse.Namespace) -> int:
+    from loadtests.api_processes import measure, report
+
+    folder = out_dir(args, "api-processes")
+    jobs = jobs_for(args, args.num_prompts or 2 * args.concurrency, seed=args.seed)
+    warmup = jobs_for(args, max(args.warmup, args.concurrency), seed=args.seed + 999)
+    counts = [int(count) for count in args.api_processes.split(",")]
+    runs = asyncio.run(measure(args.config, dict(args.set), folder, args.redis_url, counts, args.repeats, jobs,
+                               warmup, args.concurrency))
+    context = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(),
+               "cpu": platform.processor() or platform.machine()}
+    text = report(runs, context)
+    (folder / "report.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
 def cmd_tenants(args: argparse.Namespace) -> int:
     from loadtests.tenants import SYSTEMS, Tenant, compare, report
 
@@ -225,6 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("--window", type=float, default=30.0, help="seconds of each CPU measurement")
     add_workload_args(n)
     n.set_defaults(handler=cmd_listeners)
+    a = commands.add_parser("api-processes", help="output tok/s and frontend CPU per 1,000 tokens for api_processes N")
+    a.add_argument("--config", type=Path, default=Path("configs/cpu.yaml"))
+    a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=override,
+                   help="profile overrides, the same for every run")
+    a.add_argument("--api-processes", default="1,2", help="the values to compare, comma-separated")
+    a.add_argument("--concurrency", type=int, default=64)
+    a.add_argument("--repeats", type=int, default=2)
+    a.add_argument("--redis-url", default="redis://127.0.0.1:6379", help="limits and reply streams (N > 1 needs it)")
+    add_workload_args(a)
+    a.set_defaults(handler=cmd_api_processes)
     t = commands.add_parser("tenants", help="noisy neighbour: a light tenant's TTFT beside a heavy tenant's flood")
     t.add_argument("--config", type=Path, default=Path("configs/cpu.yaml"))
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=override,

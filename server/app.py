@@ -46,6 +46,7 @@ from server.telemetry.logs import adopt_loggers
 from storage import Database
 
 DEFAULT_SECRET = "change-me"
+MEMORY_STORAGE = "memory://"
 MIN_SECRET_LENGTH = 32
 # Pages anyone may load (the API they describe or drive still needs credentials).
 PUBLIC_PAGES = frozenset({"/", DOCS_PATH, "/openapi.json"})
@@ -74,6 +75,14 @@ def check_settings(settings: Settings) -> None:
         raise ValueError(f"auth is off and the server would listen on {settings.host}, beyond this machine: turn "
                          "auth on (AUTH_ENABLED=true), or say that this is meant with "
                          "ALLOW_UNAUTHENTICATED_NETWORK=true")
+    if settings.api_processes > 1:
+        shared = {"rate_limit_storage": not settings.rate_limit_storage.startswith(MEMORY_STORAGE),
+                  "reply_streams_url": bool(settings.reply_streams_url)}
+        if missing := [name for name, ok in shared.items() if not ok]:
+            raise ValueError(f"api_processes: {settings.api_processes} needs limits and reply streams shared between "
+                             f"the processes: set {' and '.join(name.upper() for name in missing)} to a Redis URL "
+                             "(async+redis://host:6379 for rate_limit_storage, redis://host:6379/0 for "
+                             "reply_streams_url), or run one API process")
     if settings.fairness == "on" and settings.scheduling_policy != "priority":
         raise ValueError("fairness: on needs scheduling_policy: priority (under fcfs the engine ignores priorities)")
     if settings.fairness == "auto" and settings.auth_enabled and not settings.fairness_enabled:
@@ -88,7 +97,9 @@ def build_services(settings: Settings, engine: ChatEngine, database: Database, t
                           settings.max_sse_listeners_per_key, settings.sse_idle_heartbeat_s)
     bus = ReplyBus(settings.reply_streams_url, settings.reply_retention_s) if settings.reply_streams_url else None
     registry = Registry(settings.conversation_grace_s, listeners, retention, bus)
-    generator = Generator(engine, Admission(engine, limits, settings.max_inflight_generations),
+    # Each API process admits its share of the cap (the least-loaded accept spreads connections evenly).
+    per_process_cap = -(-settings.max_inflight_generations // settings.api_processes)
+    generator = Generator(engine, Admission(engine, limits, per_process_cap),
                           FairShare(settings.fairness_enabled, settings.max_num_seqs, settings.fairness_reserve))
     salter = CacheSalter(CacheIsolation(settings.prefix_cache_isolation), settings.secret_key)
     conversations = ConversationService(engine, database, registry, generator,

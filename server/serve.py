@@ -4,6 +4,7 @@ once, a second one stops now; the process's exit code says whether the engine di
 from __future__ import annotations
 
 import signal
+import socket
 from types import FrameType
 from typing import Any
 
@@ -20,8 +21,8 @@ BACKLOG = 2048
 
 
 class DrainingServer(uvicorn.Server):  # type: ignore[misc]
-    def __init__(self, config: uvicorn.Config, services: AppServices) -> None:
-        super().__init__(config)
+    def __init__(self, config: uvicorn.Config, services: AppServices, **server_options: Any) -> None:
+        super().__init__(config, **server_options)
         self.services = services
         services.lifecycle.request_exit = self.exit_now
 
@@ -34,14 +35,35 @@ class DrainingServer(uvicorn.Server):  # type: ignore[misc]
         super().handle_exit(sig, frame)
 
 
-def serve(app: Starlette, host: str, port: int, **config: Any) -> int:
+def uvicorn_config(app: Starlette, **config: Any) -> uvicorn.Config:
+    services: AppServices = app.state.services
+    settings = services.settings
+    raise_open_file_limit(settings.max_sse_listeners)
+    backlog = config.pop("backlog", BACKLOG)
+    check_listen_backlog(backlog)
+    # log_config=None: uvicorn's records go through our handler; our middleware writes the access lines.
+    return uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+                          log_config=None, access_log=False, timeout_graceful_shutdown=CLOSE_CONNECTIONS_S,
+                          backlog=backlog, proxy_headers=bool(settings.forwarded_allow_ips),
+                          forwarded_allow_ips=settings.forwarded_allow_ips or None, **config)
+
+
+def serve(app: Starlette, **config: Any) -> int:
     """Serve until drained or stopped; returns the exit code (non-zero when the engine died)."""
     services: AppServices = app.state.services
-    raise_open_file_limit(services.settings.max_sse_listeners)
-    check_listen_backlog(config.get("backlog", BACKLOG))
-    # log_config=None: uvicorn's records go through our handler; our middleware writes the access lines.
-    uv_config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools", log_config=None,
-                               access_log=False, timeout_graceful_shutdown=CLOSE_CONNECTIONS_S,
-                               backlog=config.pop("backlog", BACKLOG), **config)
-    DrainingServer(uv_config, services).run()
+    DrainingServer(uvicorn_config(app, **config), services).run()
+    return services.lifecycle.exit_code
+
+
+def serve_on(app: Starlette, sock: socket.socket, peer_loads: Any) -> int:
+    """One of several API processes on a shared listening socket: vLLM's least-loaded accept (each process publishes
+    its open connections in `peer_loads`), with the same drain on SIGTERM."""
+    from vllm.entrypoints.launchers.launcher import NoSignalServer
+
+    class DrainingWorker(DrainingServer, NoSignalServer):  # type: ignore[misc]
+        # vLLM's server installs no signal handlers (its launcher does); this one drains on SIGTERM like serve().
+        capture_signals = uvicorn.Server.capture_signals
+
+    services: AppServices = app.state.services
+    DrainingWorker(uvicorn_config(app), services, peer_loads=peer_loads).run(sockets=[sock])
     return services.lifecycle.exit_code

@@ -37,6 +37,13 @@ class Settings(BaseSettings, EngineOptions):
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = 1_048_576
+    # API processes over the one engine core (vLLM's multi-API-server machinery, as vllm serve --api-server-count):
+    # more than one needs limits and reply streams in Redis (rate_limit_storage, reply_streams_url).
+    api_processes: int = Field(default=1, ge=1)
+    # Addresses of balancers whose X-Forwarded-For and X-Forwarded-Proto are trusted (uvicorn's
+    # forwarded_allow_ips): behind one, the login guard and the access log see the client's address, not the
+    # balancer's. Empty: the headers are ignored.
+    forwarded_allow_ips: list[str] = []
 
     # Logs: JSON lines on stdout by default, or a rotating file
     log_level: str = "info"
@@ -133,7 +140,8 @@ class Settings(BaseSettings, EngineOptions):
     # With fairness on, this share of the engine's sequence slots (max_num_seqs; at least one) is kept free of any
     # single tenant, so that another tenant's request never waits for a slot to free. 0: no reserve.
     fairness_reserve: float = Field(default=0.05, ge=0.0, lt=1.0)
-    # Global admission control: past this many generations in flight (running or queued), answer 503 at once.
+    # Global admission control: past this many generations in flight (running or queued), answer 503 at once
+    # (with several API processes, each admits its share).
     max_inflight_generations: int = 1024
 
     # Logins: password guessing is limited per client address and per username, and argon2's 64 MiB per try is

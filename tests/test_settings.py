@@ -62,3 +62,20 @@ def test_shipped_profiles_load() -> None:
     root = Path(__file__).resolve().parent.parent
     assert load_settings(root / "configs/cpu.yaml").kv_cache_space_gib == 2
     assert load_settings(root / "configs/h100.yaml").gpu_memory_utilization == 0.9
+
+
+@pytest.mark.parametrize(("shared", "missing"), [
+    ({}, ["RATE_LIMIT_STORAGE", "REPLY_STREAMS_URL"]),
+    ({"rate_limit_storage": "async+redis://127.0.0.1:6379"}, ["REPLY_STREAMS_URL"]),
+    ({"reply_streams_url": "redis://127.0.0.1:6379/0"}, ["RATE_LIMIT_STORAGE"]),
+])
+def test_several_api_processes_need_shared_limits_and_streams(shared: dict[str, str], missing: list[str]) -> None:
+    from server.app import check_settings
+
+    with pytest.raises(ValueError, match="api_processes: 2 needs") as refused:
+        check_settings(load_settings(None, api_processes=2, auth_enabled=False, **shared))
+    named = [name for name in ("RATE_LIMIT_STORAGE", "REPLY_STREAMS_URL") if name in str(refused.value)]
+    assert named == missing
+    check_settings(load_settings(None, api_processes=2, auth_enabled=False,
+                                 rate_limit_storage="async+redis://127.0.0.1:6379",
+                                 reply_streams_url="redis://127.0.0.1:6379/0"))

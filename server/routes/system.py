@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from importlib.metadata import version as package_version
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute, Route
 from server.exceptions import Unavailable
 from server.routes.params import json_response
 from server.state import services
+from server.telemetry.metrics import registry as metrics_registry
 
 READY_RETRY_AFTER_S = 5
 CODEFACE_VERSION = package_version("codeface")
@@ -51,7 +52,7 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     """CodeFace's metrics and vLLM's (vllm:*), in Prometheus text format."""
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(metrics_registry()), media_type=CONTENT_TYPE_LATEST)
 
 
 routes: list[BaseRoute] = [

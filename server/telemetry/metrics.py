@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
+from typing import Final
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
+
+# Set (by engine.frontends, before it spawns them) when several API processes serve: each writes its values to
+# files there and /metrics adds them up. Gauges then report the sum over the live processes.
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+SUM_OVER_PROCESSES: Final = "livesum"
+
+
+def registry() -> CollectorRegistry:
+    """What /metrics exposes: this process's metrics, or every API process's added up."""
+    if os.environ.get(MULTIPROCESS_DIR):
+        combined = CollectorRegistry()
+        MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
+        return combined
+    return REGISTRY
 
 # From 5 ms (a probe) to 10 minutes (a long generation).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 600)
@@ -15,7 +32,8 @@ http_requests = Counter("codeface_http_requests", "HTTP requests by route templa
 http_duration = Histogram("codeface_http_request_duration_seconds",
                           "HTTP request duration, to the last byte of the response", ["route", "method"],
                           buckets=LATENCY_BUCKETS)
-http_in_flight = Gauge("codeface_http_requests_in_flight", "HTTP requests being served")
+http_in_flight = Gauge("codeface_http_requests_in_flight", "HTTP requests being served",
+                       multiprocess_mode=SUM_OVER_PROCESSES)
 # How late the event loop wakes a timer: the server's own responsiveness (every request waits this long extra).
 LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 event_loop_lag = Histogram("codeface_event_loop_lag_seconds", "How late the event loop ran a timer (sampled "
@@ -32,7 +50,8 @@ rate_limit_rejections = Counter("codeface_rate_limit_rejections", "Requests refu
                                 ["model", "limit"])
 admission_rejections = Counter("codeface_admission_rejections", "Requests refused by global admission control",
                                ["model"])
-sse_streams_active = Gauge("codeface_sse_streams_active", "Server-sent event streams open now", ["model"])
+sse_streams_active = Gauge("codeface_sse_streams_active", "Server-sent event streams open now", ["model"],
+                           multiprocess_mode=SUM_OVER_PROCESSES)
 # Per-tenant waits with a bounded label: the tenant's share class, how many generations it already had in flight
 # when this one arrived (never a raw key or user id).
 SHARE_CLASSES = ((0, "0"), (3, "1-3"), (15, "4-15"), (63, "16-63"))
@@ -47,11 +66,13 @@ def tenant_share_class(in_flight: int) -> str:
     return next((label for bound, label in SHARE_CLASSES if in_flight <= bound), "64+")
 
 
-sse_listeners = Gauge("codeface_sse_listeners", "Event-stream listeners open now (stream routes and reply streams)")
+sse_listeners = Gauge("codeface_sse_listeners", "Event-stream listeners open now (stream routes and reply streams)",
+                      multiprocess_mode=SUM_OVER_PROCESSES)
 sse_streams_resumed = Counter("codeface_sse_streams_resumed", "Streams re-attached with Last-Event-ID", ["model"])
 
 db_operation = Histogram("codeface_db_operation_seconds", "Database statement latency", ["operation"],
                          buckets=DB_BUCKETS)
 db_errors = Counter("codeface_db_errors", "Database statements that raised", ["operation"])
-db_pool_checked_out = Gauge("codeface_db_pool_connections_in_use", "Pooled database connections checked out")
+db_pool_checked_out = Gauge("codeface_db_pool_connections_in_use", "Pooled database connections checked out",
+                            multiprocess_mode=SUM_OVER_PROCESSES)
 
