@@ -148,11 +148,12 @@ def cmd_listeners(args: argparse.Namespace) -> int:
     from loadtests.listeners import measure, report
 
     folder = out_dir(args, "listeners")
-    jobs = jobs_for(args, args.num_prompts or 2 * args.concurrency, seed=args.seed)
+    count = args.num_prompts or 2 * args.concurrency
     # A full round at the load's concurrency: the first load after a smaller warm-up runs slow on the CPU engine.
     warmup = jobs_for(args, max(args.warmup, args.concurrency), seed=args.seed + 999)
     repeats = asyncio.run(measure(args.config, dict(args.set), folder, args.listeners, args.repeats, args.window,
-                                  jobs, warmup, args.concurrency))
+                                  lambda load: jobs_for(args, count, seed=args.seed + load), warmup,
+                                  args.concurrency))
     context = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(),
                "cpu": platform.processor() or platform.machine()}
     text = report(repeats, args.listeners, context)

@@ -7,9 +7,13 @@ that the client costs little next to the server on the same machine."""
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +128,59 @@ def raise_own_open_file_limit(needed: int) -> None:
         raise SystemExit(f"this client needs {needed} open files; the hard limit is {hard} (ulimit -Hn)")
 
 
+class Command(StrEnum):
+    COUNT = "count"
+    CLOSE = "close"
+
+
+def hold_listeners(port: int, api_key: str, conversation_ids: list[str], pipe: Connection) -> None:
+    """The body of the listeners' own process: open them, then answer COUNT with (alive, heartbeats) until CLOSE."""
+    raise_own_open_file_limit(len(conversation_ids) + 1024)
+
+    async def run() -> None:
+        tabs = IdleListeners(port, api_key)
+        await tabs.open(conversation_ids)
+        pipe.send((tabs.alive, tabs.heartbeats))
+        while await asyncio.to_thread(pipe.recv) != Command.CLOSE:
+            pipe.send((tabs.alive, tabs.heartbeats))
+        await tabs.close()
+        pipe.send((0, tabs.heartbeats))
+
+    asyncio.run(run())
+
+
+class ListenerProcess:
+    """The idle listeners in a process of their own, so that the chat load's client shares no event loop with
+    10,000 sockets (on 2 cores, the client's own loop would otherwise be a confounder)."""
+
+    def __init__(self, port: int, api_key: str) -> None:
+        self.port = port
+        self.api_key = api_key
+        self.pipe: Connection | None = None
+        self.process: multiprocessing.process.BaseProcess | None = None
+
+    async def open(self, conversation_ids: list[str]) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.pipe, child = context.Pipe()
+        self.process = context.Process(target=hold_listeners, args=(self.port, self.api_key, conversation_ids, child),
+                                       name="idle-listeners")
+        self.process.start()
+        await asyncio.to_thread(self.pipe.recv)
+
+    async def count(self) -> tuple[int, int]:
+        """(listeners alive, keep-alives received so far)."""
+        assert self.pipe is not None
+        self.pipe.send(Command.COUNT)
+        alive, heartbeats = await asyncio.to_thread(self.pipe.recv)
+        return alive, heartbeats
+
+    async def close(self) -> None:
+        assert self.pipe is not None and self.process is not None
+        self.pipe.send(Command.CLOSE)
+        await asyncio.to_thread(self.pipe.recv)
+        await asyncio.to_thread(self.process.join, 60)
+
+
 async def make_conversations(server: ServerProcess, count: int) -> list[str]:
     headers = {"Authorization": f"Bearer {server.api_key}"}
     async with httpx.AsyncClient(base_url=server.base_url, headers=headers, timeout=60,
@@ -149,8 +206,10 @@ async def chat_load(server: ServerProcess, jobs: list[Job], concurrency: int) ->
 
 
 async def measure(config: Path, overrides: dict[str, str], folder: Path, listeners: int, repeats: int,
-                  window_s: float, jobs: list[Job], warmup: list[Job], concurrency: int) -> list[Repeat]:
-    raise_own_open_file_limit(listeners + 1024)
+                  window_s: float, loads: Callable[[int], list[Job]], warmup: list[Job],
+                  concurrency: int) -> list[Repeat]:
+    """`loads(n)`: the n-th chat load's jobs. Each load gets prompts of its own, so that none finds the prefix cache
+    warmed by another (the load that ran second would otherwise be favoured)."""
     overrides = {"max_sse_listeners": str(listeners + 1024), "max_sse_listeners_per_key": "0", **overrides}
     server = await codeface_server(config, overrides, folder, "listeners")
     server.start()
@@ -165,22 +224,23 @@ async def measure(config: Path, overrides: dict[str, str], folder: Path, listene
             with_first = index % 2 == 0
             chat: dict[bool, dict[str, float]] = {}
             if not with_first:
-                chat[False] = await chat_load(server, jobs, concurrency)
+                chat[False] = await chat_load(server, loads(2 * index), concurrency)
             await asyncio.sleep(SETTLE_S)
             idle = await measure_window(process, window_s)
-            tabs = IdleListeners(server.port, server.api_key)
+            tabs = ListenerProcess(server.port, server.api_key)
             await tabs.open(conversation_ids)
             await asyncio.sleep(SETTLE_S)
-            heartbeats_before = tabs.heartbeats
+            _, heartbeats_before = await tabs.count()
             listening = await measure_window(process, window_s)
-            heartbeats = tabs.heartbeats - heartbeats_before
-            chat[True] = await chat_load(server, jobs, concurrency)
-            alive = tabs.alive
+            _, heartbeats_after = await tabs.count()
+            chat[True] = await chat_load(server, loads(2 * index + 1), concurrency)
+            alive, _ = await tabs.count()
             await tabs.close()
             await asyncio.sleep(SETTLE_S)
             if with_first:
-                chat[False] = await chat_load(server, jobs, concurrency)
-            repeats_done.append(Repeat(idle, listening, alive, heartbeats, chat[True], chat[False]))
+                chat[False] = await chat_load(server, loads(2 * index), concurrency)
+            repeats_done.append(Repeat(idle, listening, alive, heartbeats_after - heartbeats_before, chat[True],
+                                       chat[False]))
             print(f"repeat {index + 1}: {repeats_done[-1]}", flush=True)
         return repeats_done
     finally:

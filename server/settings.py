@@ -40,10 +40,10 @@ class Settings(BaseSettings, EngineOptions):
     # API processes over the one engine core (vLLM's multi-API-server machinery, as vllm serve --api-server-count):
     # more than one needs limits and reply streams in Redis (rate_limit_storage, reply_streams_url).
     api_processes: int = Field(default=1, ge=1)
-    # Addresses of balancers whose X-Forwarded-For and X-Forwarded-Proto are trusted (uvicorn's
-    # forwarded_allow_ips): behind one, the login guard and the access log see the client's address, not the
-    # balancer's. Empty: the headers are ignored.
-    forwarded_allow_ips: list[str] = []
+    # Balancers whose X-Forwarded-For and X-Forwarded-Proto are trusted (uvicorn's forwarded_allow_ips: addresses or
+    # networks, "*" for any): behind one, the login guard, limits and access log see the client's address, not the
+    # balancer's. The default trusts a balancer on this machine, as uvicorn does; empty: the headers are ignored.
+    forwarded_allow_ips: list[str] = ["127.0.0.1", "::1"]
 
     # Logs: JSON lines on stdout by default, or a rotating file
     log_level: str = "info"

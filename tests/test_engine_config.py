@@ -34,3 +34,11 @@ def test_options_unknown_to_this_vllm_are_dropped(monkeypatch: pytest.MonkeyPatc
 def test_unset_optional_options_leave_vllm_defaults() -> None:
     kwargs = EngineConfig(model="/m", served_model_name="m").engine_kwargs()
     assert "gpu_memory_utilization" not in kwargs and "max_num_seqs" not in kwargs
+
+
+def test_parallel_options_reach_vllm_as_they_are() -> None:
+    args = build_engine_args(EngineConfig(model="/models/m", served_model_name="m", tensor_parallel_size=8,
+                                          pipeline_parallel_size=2, data_parallel_size=4,
+                                          distributed_executor_backend="ray"))
+    assert (args.tensor_parallel_size, args.pipeline_parallel_size, args.data_parallel_size) == (8, 2, 4)
+    assert args.distributed_executor_backend == "ray"
