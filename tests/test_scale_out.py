@@ -1,0 +1,350 @@
+"""Past one process and one machine, with real parts: replica A is the suite's server (in this process), replica B
+is `codeface serve` with `api_processes: 2` (one engine core, two API processes on one port through vLLM's
+multi-API-server machinery), both on one Postgres and one Redis, behind a real nginx that sends each request to the
+next replica in turn (round robin, no sticky routing; a response header names the replica that answered).
+
+Through the balancer: a stream started on one replica resumes on the other with no gap or duplicate, a cancel that
+reaches the other stops the reply, the seed's stream route on one receives a reply generated on the other, a key's
+limits hold across both, and the login guard counts the client's address (X-Forwarded-For), not nginx's. On B alone:
+the openai SDK tests pass, connections spread over both API processes, /metrics adds both up, and SIGTERM to the
+launcher drains both (running streams finish, then every process exits)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+# The openai SDK tests, run again here against the two API processes (their fixtures resolve to this module's).
+from test_chat import (  # noqa: F401
+    async_client,
+    client,
+    test_async_client_non_stream,
+    test_async_client_sixteen_concurrent_streams,
+    test_greedy_is_deterministic,
+    test_ignore_eos_produces_exactly_max_tokens,
+    test_max_tokens_gives_length,
+    test_n_choices_and_logprobs,
+    test_non_stream,
+    test_seed_makes_sampling_repeatable,
+    test_stop_sequence,
+    test_stream_with_usage,
+    test_stream_without_usage_has_no_usage_chunk,
+)
+from test_chat_api import (  # noqa: F401
+    test_auto_with_the_hermes_parser_and_a_tool_loop,
+    test_forced_tool_call_validates_and_streams_the_same,
+    test_parse_with_a_pydantic_model,
+)
+
+from conftest import ROOT, free_port, server_settings, unavailable
+from servers import SpawnedServer
+from test_conversations import API, SSEReader, new_conversation, wait_for_status
+
+SECRET = "test-secret-key-with-enough-entropy-0123456789"
+UPSTREAM = "x-upstream"  # set by nginx: the replica that answered
+LOGINS_PER_ADDRESS = 5
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {folder}/nginx.pid;
+error_log {folder}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {folder}/body;
+  proxy_temp_path {folder}/proxy;
+  fastcgi_temp_path {folder}/fastcgi;
+  uwsgi_temp_path {folder}/uwsgi;
+  scgi_temp_path {folder}/scgi;
+  upstream codeface {{ server 127.0.0.1:{a}; server 127.0.0.1:{b}; keepalive 16; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://codeface;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_buffering off;
+      proxy_read_timeout 300s;
+      add_header X-Upstream $upstream_addr always;
+    }}
+  }}
+}}
+"""
+ENGINE_CORE = "VLLM::EngineCore"
+API_PROCESS = re.compile(r"VLLM::APIServer_\d")
+LONG = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 200, "ignore_eos": True,
+        "stream": True}
+
+
+class Nginx:
+    def __init__(self, folder: Path, upstreams: tuple[int, int]) -> None:
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not Path(binary).exists():
+            unavailable("no nginx: install Debian's nginx package (.ci/run does)")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        conf = folder / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(folder=folder, a=upstreams[0], b=upstreams[1], port=self.port))
+        self.process = subprocess.Popen([binary, "-c", str(conf), "-p", str(folder)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"{self.url}/healthz", timeout=2)
+                return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise TimeoutError(f"nginx did not start: {(folder / 'error.log').read_text(errors='replace')}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def api_processes(tmp_path_factory: pytest.TempPathFactory, server_database_url: str,
+                  redis_url: str) -> Iterator[SpawnedServer]:
+    """Replica B: the suite's settings (its secret, so that admin_key verifies), two API processes, and a login
+    guard of 5 tries a minute per address."""
+    settings = {"api_processes": 2, "auth_enabled": "true", "secret_key": SECRET, "max_body_bytes": 65536,
+                "rate_limit_storage": redis_url, "reply_streams_url": redis_url, "scheduling_policy": "fcfs",
+                "conversation_grace_s": 3.0, "tool_call_parser": "hermes", "enable_auto_tool_choice": "true",
+                "chat_template": ROOT / "configs/templates/smollm2_hermes_tools.jinja", "drain_timeout_s": 30,
+                "login_attempts_per_minute_per_address": LOGINS_PER_ADDRESS,
+                "login_attempts_per_minute_per_username": 1000}
+    log = tmp_path_factory.mktemp("api-processes") / "server.log"
+    server = SpawnedServer(free_port(), log, database_url=server_database_url, settings=settings).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def balancer(tmp_path_factory: pytest.TempPathFactory, running_server, api_processes: SpawnedServer) -> Iterator[str]:
+    a_port = int(running_server.url.rsplit(":", 1)[1])
+    nginx = Nginx(tmp_path_factory.mktemp("nginx"), (a_port, api_processes.port))
+    try:
+        yield nginx.url
+    finally:
+        nginx.stop()
+
+
+@pytest.fixture(scope="module")
+def server_url(api_processes: SpawnedServer) -> str:
+    """The openai SDK tests' server: replica B."""
+    return api_processes.url
+
+
+@pytest.fixture(scope="module")
+def model_name(server_url: str, auth_headers: dict[str, str]) -> str:
+    return str(httpx.get(f"{server_url}/v1/models", headers=auth_headers).json()["data"][0]["id"])
+
+
+@pytest.fixture
+def http(balancer: str, auth_headers: dict[str, str]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=balancer, headers=auth_headers, timeout=120) as through:
+        yield through
+
+
+def test_round_robin_alternates_replicas(http: httpx.Client) -> None:
+    served_by = [http.get("/v1/models").headers[UPSTREAM] for _ in range(4)]
+    assert served_by[0] == served_by[2] and served_by[1] == served_by[3] and served_by[0] != served_by[1], served_by
+
+
+def test_a_stream_resumes_through_the_balancer_on_the_other_replica(http: httpx.Client) -> None:
+    conversation_id = new_conversation(http)
+    body = {"content": "Tell me a long story.", "stream": True, "max_tokens": 120, "ignore_eos": True}
+    with http.stream("POST", f"{API}/{conversation_id}/messages", json=body) as response:
+        generating = response.headers[UPSTREAM]
+        message_id = response.headers["x-message-id"]
+        reader = SSEReader(response)
+        first = [reader.next() for _ in range(5)]
+    with http.stream("GET", f"{API}/{conversation_id}/stream", params={"message_id": message_id},
+                     headers={"Last-Event-ID": str(reader.last_id)}) as resumed:
+        assert resumed.status_code == 200, resumed.read()
+        assert resumed.headers[UPSTREAM] != generating
+        rest = SSEReader(resumed).rest()
+    assert [e.id for e in rest] == list(range(6, 6 + len(rest)))  # no duplicate, no gap
+    assert rest[-1].event == "message.completed" and rest[-1].data["completion_tokens"] == 120
+    streamed = "".join(e.data["delta"] for e in first + rest[:-1])
+    assert wait_for_status(http, conversation_id, message_id)["content"] == streamed
+
+
+def test_a_cancel_through_the_balancer_stops_the_reply_on_the_other_replica(http: httpx.Client) -> None:
+    conversation_id = new_conversation(http)
+    body = {"content": "Go on.", "stream": True, "max_tokens": 1500, "ignore_eos": True}
+    with http.stream("POST", f"{API}/{conversation_id}/messages", json=body) as response:
+        generating = response.headers[UPSTREAM]
+        message_id = response.headers["x-message-id"]
+        reader = SSEReader(response)
+        reader.next()
+        cancelled = http.post(f"{API}/{conversation_id}/messages/{message_id}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.headers[UPSTREAM] != generating
+        rest = reader.rest()
+    assert rest[-1].event == "message.completed" and rest[-1].data["status"] == "cancelled"
+    assert 0 < rest[-1].data["completion_tokens"] < 1500
+
+
+async def test_the_seed_stream_gets_a_reply_generated_on_the_other_replica(balancer: str,
+                                                                           auth_headers: dict[str, str]) -> None:
+    async with httpx.AsyncClient(base_url=balancer, headers=auth_headers, timeout=120) as through:
+        conversation_id = (await through.post(API, json={"title": "seed"})).json()["id"]
+        events: list[dict] = []
+        listening_on: list[str] = []
+
+        async def listen() -> None:
+            async with through.stream("GET", f"/api/v1/stream/{conversation_id}") as attached:
+                listening_on.append(attached.headers[UPSTREAM])
+                async for line in attached.aiter_lines():
+                    if line.startswith("data:"):
+                        events.append(json.loads(line[len("data:"):]))
+                        if events[-1]["type"] == "message.completed":
+                            return
+
+        listener = asyncio.create_task(listen())
+        while not listening_on:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        posted = await through.post("/api/v1/chat", json={"message": "Hello there", "conversation_id": conversation_id})
+        assert posted.status_code == 200, posted.text
+        assert posted.headers[UPSTREAM] != listening_on[0]
+        await asyncio.wait_for(listener, 120)
+    assert [e["type"] for e in events[:-1]] == ["message.delta"] * (len(events) - 1) and len(events) > 1
+    assert "".join(e["delta"] for e in events[:-1]) == posted.json()["reply"]
+
+
+def new_key(database_url: str, redis_url: str, limits: dict[str, int]) -> str:
+    from server import admin
+
+    settings = server_settings(database_url, redis_url)
+    username = f"lb-{uuid.uuid4().hex[:8]}"
+    asyncio.run(admin.create_user(settings, username, "balancer-password-1", False))
+    return asyncio.run(admin.create_key(settings, username, "lb", None, limits))
+
+
+def test_a_keys_limits_hold_across_both_replicas(balancer: str, server_database_url: str, redis_url: str) -> None:
+    key = new_key(server_database_url, redis_url, {"requests_per_minute": 4})
+    with httpx.Client(base_url=balancer, headers={"Authorization": f"Bearer {key}"}, timeout=30) as through:
+        answers = [through.get("/v1/models") for _ in range(6)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 200, 429, 429]
+    assert len({a.headers[UPSTREAM] for a in answers[:4]}) == 2  # counted on both replicas
+
+
+def test_the_login_guard_counts_the_client_behind_the_balancer(balancer: str, api_processes: SpawnedServer) -> None:
+    """Replica B allows 5 tries a minute per address (A, the suite's server, far more): B's answers tell."""
+    def logins(source: str, attempts: int) -> list[tuple[int, str]]:
+        transport = httpx.HTTPTransport(local_address=source)  # a loopback address of its own: another client
+        with httpx.Client(base_url=balancer, transport=transport, timeout=30) as guest:
+            answers = [guest.post("/api/v1/auth/token", data={"username": "nobody-here", "password": "wrong"})
+                       for _ in range(attempts)]
+        return [(answer.status_code, answer.headers[UPSTREAM]) for answer in answers]
+
+    b_upstream = f"127.0.0.1:{api_processes.port}"
+    flooded = [status for status, upstream in logins("127.0.0.2", 2 * LOGINS_PER_ADDRESS + 4) if upstream == b_upstream]
+    assert flooded[:LOGINS_PER_ADDRESS] == [401] * LOGINS_PER_ADDRESS and flooded[-1] == 429, flooded
+    # Without X-Forwarded-For trusted, every client would be nginx's 127.0.0.1 and locked out together on B.
+    assert [status for status, upstream in logins("127.0.0.3", 2) if upstream == b_upstream] == [401]
+
+
+
+def processes(server: SpawnedServer) -> list[psutil.Process]:
+    return psutil.Process(server.pid).children(recursive=True)
+
+
+def held_connections(server: SpawnedServer) -> dict[int, int]:
+    """Established connections on the server's port, per API process."""
+    return {p.pid: sum(1 for c in p.net_connections("tcp") if c.laddr.port == server.port and c.status == "ESTABLISHED")
+            for p in processes(server) if API_PROCESS.match(" ".join(p.cmdline()))}
+
+
+def counter(metrics: str, name: str, **labels: str) -> float:
+    """The sample of `name` whose labels include `labels` (0 when absent)."""
+    wanted = [f'{key}="{value}"' for key, value in labels.items()]
+    for line in metrics.splitlines():
+        if line.startswith(name + "{") and all(label in line for label in wanted):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_one_engine_core_serves_two_api_processes(api_processes: SpawnedServer) -> None:
+    titles = [" ".join(p.cmdline()) for p in processes(api_processes)]
+    assert sum(title.startswith(ENGINE_CORE) for title in titles) == 1, titles
+    assert sum(bool(API_PROCESS.match(title)) for title in titles) == 2, titles
+
+
+def test_connections_spread_and_metrics_add_up(api_processes: SpawnedServer, auth_headers: dict[str, str]) -> None:
+    def served_models() -> float:
+        return counter(httpx.get(f"{api_processes.url}/metrics").text, "codeface_http_requests_total",
+                       route="/v1/models", status="200")
+
+    before = served_models()
+    held_before = held_connections(api_processes)
+    clients = [httpx.Client(base_url=api_processes.url, headers=auth_headers, timeout=30) for _ in range(4)]
+    try:
+        for http in clients:  # one held connection each, opened in turn: the least loaded process accepts each
+            assert http.get("/v1/models").status_code == 200
+        held = held_connections(api_processes)
+        assert len(held) == 2 and all(held[pid] > held_before.get(pid, 0) for pid in held), (held_before, held)
+        for _ in range(4):
+            for http in clients:
+                assert http.get("/v1/models").status_code == 200
+    finally:
+        for http in clients:
+            http.close()
+    assert served_models() - before == 20  # both processes' requests, whichever answers /metrics
+
+
+def test_a_keys_limit_holds_across_both_processes(api_processes: SpawnedServer, server_database_url: str,
+                                                 redis_url: str) -> None:
+    key = new_key(server_database_url, redis_url, {"requests_per_minute": 4})
+    statuses = []
+    for _ in range(6):  # a new connection each: they alternate between the two processes
+        with httpx.Client(base_url=api_processes.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+            statuses.append(http.get("/v1/models").status_code)
+    assert statuses == [200, 200, 200, 200, 429, 429]
+
+
+async def test_sigterm_to_the_launcher_drains_both(api_processes: SpawnedServer, auth_headers: dict[str, str]) -> None:
+    """Last in this module: it stops the server."""
+    family = processes(api_processes)
+
+    async def stream(started: asyncio.Event) -> list[str]:
+        async with (httpx.AsyncClient(base_url=api_processes.url, headers=auth_headers, timeout=120) as http,
+                    http.stream("POST", "/v1/chat/completions", json=LONG) as response):
+            assert response.status_code == 200
+            lines = []
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    lines.append(line)
+                    started.set()
+            return lines
+
+    events = [asyncio.Event(), asyncio.Event()]
+    streams = [asyncio.create_task(stream(event)) for event in events]
+    await asyncio.wait_for(asyncio.gather(*(event.wait() for event in events)), 120)
+    api_processes.signal(15)  # the launcher only, as Kubernetes signals PID 1
+    await asyncio.sleep(1.0)
+    async with httpx.AsyncClient(base_url=api_processes.url, timeout=10) as probe:
+        assert (await probe.get("/readyz")).status_code == 503
+    for lines in await asyncio.gather(*streams):
+        assert lines[-1] == "data: [DONE]"
+        finishes = [line for line in lines if '"finish_reason":"length"' in line]
+        assert len(finishes) == 1, lines[-3:]
+    assert await asyncio.to_thread(api_processes.wait, 60) == 0
+    time.sleep(0.5)
+    assert not [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
