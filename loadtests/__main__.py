@@ -167,7 +167,7 @@ def cmd_api_processes(args: argparse.Namespace) -> int:
 
     folder = out_dir(args, "api-processes")
     jobs = jobs_for(args, args.num_prompts or 2 * args.concurrency, seed=args.seed)
-    warmup = jobs_for(args, max(args.warmup, args.concurrency), seed=args.seed + 999)
+    warmup = jobs_for(args, args.warmup, seed=args.seed + 999)
     counts = [int(count) for count in args.api_processes.split(",")]
     runs = asyncio.run(measure(args.config, dict(args.set), folder, args.redis_url, counts, args.repeats, jobs,
                                warmup, args.concurrency))
