@@ -11,6 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from server.api_processes import STOP_MARGIN_S
 from server.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -38,6 +39,8 @@ def test_probes_and_drain_match_the_server() -> None:
     drain_s = float(env.get("DRAIN_TIMEOUT_S") or Settings.model_fields["drain_timeout_s"].default)
     pre_stop_s = container["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert pod["terminationGracePeriodSeconds"] >= pre_stop_s + drain_s + 15  # room for the final writes
+    if int(env.get("API_PROCESSES") or 1) > 1:  # the launcher waits this long for its API processes to drain
+        assert pod["terminationGracePeriodSeconds"] >= pre_stop_s + drain_s + STOP_MARGIN_S
 
 
 def test_compose_replicas_sit_behind_the_balancer() -> None:
