@@ -195,6 +195,7 @@ class Registry:
         if remote is None or remote.owner_id != owner_id:
             return None
         run = self._mirror(remote)
+        await self.shared.about_to_listen(run)
         await run.synced.wait()
         return run
 
@@ -207,6 +208,8 @@ class Registry:
         if remote is None or remote.owner_id != owner_id or (run is not None and run.message_id == remote.message_id):
             return run
         run = self.runs.get(remote.message_id) or self._mirror(remote)
+        if run.remote:
+            await self.shared.about_to_listen(run)
         await run.synced.wait()
         return run
 

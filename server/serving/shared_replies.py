@@ -114,6 +114,12 @@ class SharedReplies:
                 logger.warning("reply streams: reading reply %s failed (%s); retrying", run.message_id, exc)
                 await asyncio.sleep(RETRY_AFTER_REDIS_ERROR_S)
 
+    async def about_to_listen(self, run: Run) -> None:
+        """A listener found the mirror and will attach once it has caught up: the owner's grace clock counts it from
+        now (catching up may take seconds on a loaded replica; the grace period is short)."""
+        with contextlib.suppress(RedisError):
+            await self.bus.mark_listening(run.message_id, self.grace_s)
+
     async def keep_listening(self, run: Run) -> None:
         """While a mirror has listeners: tells the owner, whose grace clock would otherwise cancel the reply."""
         while run.listeners > 0 and not run.done:
