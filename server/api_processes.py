@@ -35,6 +35,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 def serve_api_processes(settings: Settings, model_path: str) -> int:
     """Run until SIGTERM (drain them all) or until one process or the engine core dies (exit code 1)."""
+    from server.app import check_settings
+
+    check_settings(settings)  # here, before the engine starts: the API processes would each refuse it later
     sock = listening_socket(settings.host, settings.port)
     logger.info("starting the engine core and %d API processes on http://%s:%d", settings.api_processes,
                 settings.host, settings.port)

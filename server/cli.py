@@ -46,12 +46,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, log_format=settings.log_format, log_file=settings.log_file,
                       max_bytes=settings.log_max_bytes, backup_count=settings.log_backup_count)
 
-    from server.app import check_settings, create_app
+    from server.app import create_app
     from server.serve import serve
     from server.telemetry.tracing import setup_tracing
     from storage import upgrade_database
 
-    check_settings(settings)
     model_path = resolve_model(settings)
     if settings.migrate_on_start:
         upgrade_database(settings.database_url)
