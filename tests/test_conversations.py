@@ -179,8 +179,11 @@ def test_engine_failure_is_stored_as_failed(http: httpx.Client, running_server: 
     with engine_fails(running_server.app), \
             http.stream("POST", f"{API}/{conversation_id}/messages",
                         json={"content": "Hi", "stream": True, "max_tokens": 5}) as response:
+        message_id = response.headers["x-message-id"]
         events = SSEReader(response).rest()
     assert [e.event for e in events] == ["message.error"] and events[0].data["status"] == "failed"
+    # Listeners hear the end before the final write lands (a slow database never delays it): wait for the write.
+    assert wait_for_status(http, conversation_id, message_id)["status"] == "failed"
     stored = messages_of(http, conversation_id)
     assert [(m["role"], m["status"]) for m in stored] == [("user", "completed"), ("assistant", "failed")]
 
