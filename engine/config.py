@@ -6,12 +6,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 logger = logging.getLogger(__name__)
+
+KV_CACHE_SPACE_VARIABLE = "VLLM_CPU_KVCACHE_SPACE"
 
 # Sampling defaults a profile may set: they override the model's generation_config, as vllm serve's
 # --override-generation-config does; a request's own values override both.
@@ -137,15 +140,26 @@ def build_engine_args(config: EngineConfig) -> Any:
     for name in sorted(set(kwargs) - known):
         logger.warning("this vLLM has no engine option %r; ignoring it", name)
         kwargs.pop(name)
-    if config.kv_cache_space_gib is not None:
-        # The CPU backend sizes its KV cache from this variable; the engine core process inherits it.
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_space_gib))
+    # The CPU backend sizes its KV cache from this variable; the engine core process inherits it.
+    _set_kv_cache_space(config, os.environ)
     return AsyncEngineArgs(**kwargs)
 
 
 def engine_environment(config: EngineConfig) -> dict[str, str]:
     """The environment a separate engine process (vllm serve, in the load tests) needs for the same options."""
     env = dict(os.environ)
-    if config.kv_cache_space_gib is not None:
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_space_gib))
+    _set_kv_cache_space(config, env)
     return env
+
+
+def _set_kv_cache_space(config: EngineConfig, env: MutableMapping[str, str]) -> None:
+    """The profile's kv_cache_space_gib wins over a VLLM_CPU_KVCACHE_SPACE inherited from a parent process (a
+    server started by another, which set it for its own engine), said in a warning when they differ."""
+    if config.kv_cache_space_gib is None:
+        return
+    wanted = str(config.kv_cache_space_gib)
+    inherited = env.get(KV_CACHE_SPACE_VARIABLE)
+    if inherited not in (None, wanted):
+        logger.warning("%s=%s in the environment is overridden by kv_cache_space_gib=%s (KV_CACHE_SPACE_GIB sets it)",
+                       KV_CACHE_SPACE_VARIABLE, inherited, wanted)
+    env[KV_CACHE_SPACE_VARIABLE] = wanted

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 
-from engine.config import EngineConfig, build_engine_args
+from engine.config import KV_CACHE_SPACE_VARIABLE, EngineConfig, build_engine_args, engine_environment
 
 
 def test_engine_args_carry_the_config() -> None:
@@ -42,3 +43,15 @@ def test_parallel_options_reach_vllm_as_they_are() -> None:
                                           distributed_executor_backend="ray"))
     assert (args.tensor_parallel_size, args.pipeline_parallel_size, args.data_parallel_size) == (8, 2, 4)
     assert args.distributed_executor_backend == "ray"
+
+
+def test_the_profiles_kv_cache_space_wins_over_an_inherited_variable(monkeypatch: pytest.MonkeyPatch,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A server started by another inherits the parent's VLLM_CPU_KVCACHE_SPACE: its own profile's size applies,
+    and the warning says so."""
+    monkeypatch.setenv(KV_CACHE_SPACE_VARIABLE, "2")
+    config = EngineConfig(model="/models/m", served_model_name="m", kv_cache_space_gib=1)
+    assert engine_environment(config)[KV_CACHE_SPACE_VARIABLE] == "1"
+    build_engine_args(config)
+    assert os.environ[KV_CACHE_SPACE_VARIABLE] == "1"
+    assert "overridden by kv_cache_space_gib=1" in caplog.text
