@@ -35,23 +35,22 @@ class DrainingServer(uvicorn.Server):  # type: ignore[misc]
         super().handle_exit(sig, frame)
 
 
-def uvicorn_config(app: Starlette, **config: Any) -> uvicorn.Config:
+def uvicorn_config(app: Starlette) -> uvicorn.Config:
     services: AppServices = app.state.services
     settings = services.settings
     raise_open_file_limit(settings.max_sse_listeners)
-    backlog = config.pop("backlog", BACKLOG)
-    check_listen_backlog(backlog)
+    check_listen_backlog(BACKLOG)
     # log_config=None: uvicorn's records go through our handler; our middleware writes the access lines.
     return uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
                           log_config=None, access_log=False, timeout_graceful_shutdown=CLOSE_CONNECTIONS_S,
-                          backlog=backlog, proxy_headers=bool(settings.forwarded_allow_ips),
-                          forwarded_allow_ips=settings.forwarded_allow_ips or None, **config)
+                          backlog=BACKLOG, proxy_headers=bool(settings.forwarded_allow_ips),
+                          forwarded_allow_ips=settings.forwarded_allow_ips or None)
 
 
-def serve(app: Starlette, **config: Any) -> int:
+def serve(app: Starlette) -> int:
     """Serve until drained or stopped; returns the exit code (non-zero when the engine died)."""
     services: AppServices = app.state.services
-    DrainingServer(uvicorn_config(app, **config), services).run()
+    DrainingServer(uvicorn_config(app), services).run()
     return services.lifecycle.exit_code
 
 
