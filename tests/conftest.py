@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,24 @@ class ThreadedServer:
         self.thread.join(timeout=60)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    from servers import EARLY
+
+    EARLY.plan("priority_server", build_priority_server)
+    EARLY.keep_only({name for item in session.items for name in getattr(item, "fixturenames", ())})
+
+
+@pytest.fixture(scope="session", autouse=True)
+def spawned_servers_end_with_the_session() -> Iterator[None]:
+    """Set up first, so torn down last: servers launched early and never taken stop, and every stop_soon
+    finishes before pytest exits."""
+    from servers import EARLY, finish_stopping
+
+    yield
+    EARLY.stop_untaken()
+    finish_stopping()
+
+
 @pytest.fixture(scope="session")
 def span_exporter() -> InMemorySpanExporter:
     """Every span the test server records (tracing is on for the test server, with the SDK's in-memory exporter)."""
@@ -123,6 +141,8 @@ def server_settings(database_url: str, redis_url: str, **overrides: object):
               "tool_call_parser": "hermes", "enable_auto_tool_choice": True,
               "chat_template": ROOT / "configs/templates/smollm2_hermes_tools.jinja",
               "max_inflight_generations": 24,
+              # 46k tokens of KV cache is plenty here; the servers of their own that run beside it need the memory.
+              "kv_cache_space_gib": 1,
               # vllm serve's order (fairness off): the refusal of `priority` under fcfs is tested on this server;
               # tests/test_fairness.py and test_scheduling.py run priority servers of their own.
               "scheduling_policy": "fcfs", "conversation_grace_s": 3.0,
@@ -185,6 +205,54 @@ def server_url(running_server: RunningServer) -> str:
 
 
 
+PRIORITY_SECRET = "priority-secret-key-with-enough-entropy-0123"
+PRIORITY_TENANTS = ("heavy", "light", "late", "urgent")
+
+
+@dataclass
+class PriorityServer:
+    url: str
+    keys: dict[str, str]  # tenant -> an unlimited API key of that tenant (a user of its own)
+
+
+def build_priority_server(request: pytest.FixtureRequest) -> Any:
+    """A server whose engine runs one sequence at a time (requests queue) and orders its queue by priority; auth
+    on, so fair share between tenants is on (fairness: auto); SQLite; keep-alives every 0.3 s."""
+    from storage import upgrade_database
+
+    from servers import SpawnedServer
+
+    folder = request.getfixturevalue("tmp_path_factory").mktemp("priority")
+    database_url = f"sqlite+aiosqlite:///{folder}/priority.db"
+    upgrade_database(database_url)
+    settings = {"auth_enabled": True, "secret_key": PRIORITY_SECRET, "scheduling_policy": "priority",
+                "max_num_seqs": 1, "kv_cache_space_gib": 1, "sse_heartbeat_s": 0.3,
+                "user_max_concurrent_streams": 1000, "user_requests_per_minute": 100_000,
+                "user_tokens_per_minute": 10 ** 9}
+    return SpawnedServer(free_port(), folder / "server.log", database_url=database_url, settings=settings)
+
+
+@pytest.fixture(scope="session")
+def priority_server(request: pytest.FixtureRequest) -> Iterator[PriorityServer]:
+    """tests/test_fairness.py and tests/test_scheduling.py share it: one engine start fewer."""
+    from server import admin
+    from server.settings import load_settings
+
+    from servers import EARLY
+
+    server = EARLY.take("priority_server", request)
+    settings = load_settings(None, database_url=server.database_url, secret_key=PRIORITY_SECRET)
+    unlimited = {"requests_per_minute": 0, "tokens_per_minute": 0, "max_concurrent_streams": 0}
+    keys = {}
+    for tenant in PRIORITY_TENANTS:
+        asyncio.run(admin.create_user(settings, tenant, "tenant-password-1", False))
+        keys[tenant] = asyncio.run(admin.create_key(settings, tenant, tenant, None, unlimited))
+    try:
+        yield PriorityServer(server.url, keys)
+    finally:
+        server.stop_soon()
+
+
 @pytest.fixture(scope="session")
 def model_name(server_url: str, auth_headers: dict[str, str]) -> str:
     return httpx.get(f"{server_url}/v1/models", headers=auth_headers).json()["data"][0]["id"]
@@ -215,6 +283,26 @@ def postgres_url() -> Iterator[str]:
     try:
         yield f"{base}/{name}"
     finally:
+        _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def new_postgres_database() -> Iterator[Callable[[str], str]]:
+    """Makes throwaway Postgres databases (migrated), for servers of their own; dropped at the end of the session."""
+    from storage import upgrade_database
+
+    made: list[str] = []
+
+    def make(label: str) -> str:
+        name = f"codeface_test_{label}_{uuid.uuid4().hex[:8]}"
+        _postgres_admin(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+        upgrade_database(f"{base}/{name}")
+        return f"{base}/{name}"
+
+    yield make
+    for name in made:
         _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

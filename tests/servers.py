@@ -9,13 +9,17 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import httpx
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 300
+_STOPPING: list[threading.Thread] = []
 
 
 class SpawnedServer:
@@ -24,16 +28,29 @@ class SpawnedServer:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
+        self.database_url = database_url
+        self._arguments = {"settings": settings, "env": env, "config": config}
         sets = [item for key, value in settings.items() for item in ("--set", f"{key}={value}")]
         self.command = [sys.executable, "-m", "server", "serve", "--config", str(config), "--port", str(port), *sets]
         self.env = {**os.environ, "DATABASE_URL": database_url, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, probe: str = "/readyz") -> SpawnedServer:
+        return self.launch().ready(probe)
+
+    def again(self) -> SpawnedServer:
+        """The same server (command, port, database, log) to start again, as a supervisor restarts one that died."""
+        return SpawnedServer(self.port, self.log_path, database_url=self.database_url, **self._arguments)  # type: ignore[arg-type]
+
+    def launch(self) -> SpawnedServer:
         with open(self.log_path, "ab") as log:
             # A session of its own: stop() and the fault tests signal the server and its engine core together.
             self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
+        return self
+
+    def ready(self, probe: str = "/readyz") -> SpawnedServer:
+        assert self.process is not None, "launch() first"
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -62,6 +79,17 @@ class SpawnedServer:
         assert self.process is not None
         return self.process.wait(timeout=timeout_s)
 
+    def stop_soon(self) -> None:
+        """SIGTERM now; the rest of stop() (the wait, then SIGKILL to what is left) in a thread that
+        `finish_stopping` joins at the end of the session: a fixture's teardown need not wait for the engine to
+        shut down (about 5 s) before the next module starts."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+        stopping = threading.Thread(target=self.stop, name=f"stop-{self.port}")
+        stopping.start()
+        _STOPPING.append(stopping)
+
     def stop(self) -> None:
         if self.process is None:
             return
@@ -77,6 +105,59 @@ class SpawnedServer:
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
+
+def finish_stopping() -> None:
+    for stopping in _STOPPING:
+        stopping.join()
+    _STOPPING.clear()
+
+
+Plan = Callable[[pytest.FixtureRequest], SpawnedServer]
+
+
+class EarlyStarts:
+    """Servers that later modules need, launched ahead of them while the fault group's Postgres outages leave the
+    machine mostly idle (tests/faults/test_server_a.py calls launch_all). A server takes half a minute to start
+    (three processes importing torch and vLLM, the engine's warm-up): launched early, the wait overlaps those
+    outages instead of adding to the run. Each plan is named after the fixture that takes its server; a fixture
+    whose server was not launched early (a run of one file, or -k) starts it there and then."""
+
+    def __init__(self) -> None:
+        self.plans: dict[str, Plan] = {}
+        self.launched: dict[str, SpawnedServer] = {}
+
+    def plan(self, fixture: str, build: Plan) -> None:
+        """`build` makes the server (not yet launched) from session-scoped fixtures only."""
+        self.plans[fixture] = build
+
+    def keep_only(self, fixtures: Iterable[str]) -> None:
+        """Forget the plans whose fixture no collected test uses."""
+        needed = set(fixtures)
+        self.plans = {name: build for name, build in self.plans.items() if name in needed}
+
+    def launch_all(self, request: pytest.FixtureRequest) -> None:
+        for name, build in self.plans.items():
+            if name not in self.launched:
+                self.launched[name] = build(request).launch()
+
+    def take(self, fixture: str, request: pytest.FixtureRequest) -> SpawnedServer:
+        server = self.launched.pop(fixture, None) or self.plans.get(fixture, _unplanned(fixture))(request).launch()
+        return server.ready()
+
+    def stop_untaken(self) -> None:
+        for server in self.launched.values():
+            server.stop_soon()
+        self.launched.clear()
+
+
+def _unplanned(fixture: str) -> Plan:
+    def build(_: pytest.FixtureRequest) -> SpawnedServer:
+        raise LookupError(f"no plan for {fixture}: EARLY.plan({fixture!r}, ...) in its module")
+    return build
+
+
+EARLY = EarlyStarts()
+
 
 SLOT_HOLD = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 1500,
              "ignore_eos": True, "stream": True}

@@ -4,6 +4,8 @@ pagination, isolation and every 4xx."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -83,6 +85,39 @@ def wait_for_status(http: httpx.Client, conversation_id: str, message_id: str, t
             return reply
         time.sleep(0.2)
     pytest.fail(f"reply {message_id} stayed in_progress")
+
+
+class SeedListener:
+    """A client on the seed's GET /api/v1/stream/{conversation_id}, in a task of its own, until the conversation's
+    next reply ends."""
+
+    def __init__(self, client: httpx.AsyncClient, url: str) -> None:
+        self.events: list[dict] = []
+        self.headers: httpx.Headers | None = None
+        self.task = asyncio.create_task(self._listen(client, url))
+
+    async def _listen(self, client: httpx.AsyncClient, url: str) -> None:
+        async with client.stream("GET", url) as attached:
+            self.headers = attached.headers
+            async for line in attached.aiter_lines():
+                if line.startswith("data:"):
+                    self.events.append(json.loads(line[len("data:"):]))
+                    if self.events[-1]["type"] == "message.completed":
+                        return
+
+    async def attached(self) -> httpx.Headers:
+        """The response's headers, once the route has answered; then a moment for it to start waiting."""
+        while self.headers is None:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        return self.headers
+
+    async def reply(self, timeout_s: float) -> str:
+        """The reply's text: deltas only, then message.completed."""
+        await asyncio.wait_for(self.task, timeout_s)
+        assert len(self.events) > 1
+        assert [e["type"] for e in self.events[:-1]] == ["message.delta"] * (len(self.events) - 1)
+        return "".join(e["delta"] for e in self.events[:-1])
 
 
 def test_multi_turn_history_reaches_the_model(http: httpx.Client) -> None:

@@ -12,7 +12,7 @@ launcher drains both (running streams finish, then every process exits)."""
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import re
 import shutil
 import subprocess
@@ -48,8 +48,8 @@ from test_chat_api import (  # noqa: F401
 )
 
 from conftest import ROOT, free_port, server_settings, unavailable
-from servers import SpawnedServer
-from test_conversations import API, SSEReader, new_conversation, wait_for_status
+from servers import EARLY, SpawnedServer
+from test_conversations import API, SeedListener, SSEReader, new_conversation, wait_for_status
 
 SECRET = "test-secret-key-with-enough-entropy-0123456789"
 UPSTREAM = "x-upstream"  # set by nginx: the replica that answered
@@ -114,19 +114,27 @@ class Nginx:
         self.process.wait(timeout=30)
 
 
-@pytest.fixture(scope="module")
-def api_processes(tmp_path_factory: pytest.TempPathFactory, server_database_url: str,
-                  redis_url: str) -> Iterator[SpawnedServer]:
+def build_replica_b(request: pytest.FixtureRequest) -> SpawnedServer:
     """Replica B: the suite's settings (its secret, so that admin_key verifies), two API processes, and a login
     guard of 5 tries a minute per address."""
+    redis_url = request.getfixturevalue("redis_url")
     settings = {"api_processes": 2, "auth_enabled": "true", "secret_key": SECRET, "max_body_bytes": 65536,
                 "rate_limit_storage": redis_url, "reply_streams_url": redis_url, "scheduling_policy": "fcfs",
                 "conversation_grace_s": 3.0, "tool_call_parser": "hermes", "enable_auto_tool_choice": "true",
                 "chat_template": ROOT / "configs/templates/smollm2_hermes_tools.jinja", "drain_timeout_s": 30,
-                "login_attempts_per_minute_per_address": LOGINS_PER_ADDRESS,
+                "kv_cache_space_gib": 1, "login_attempts_per_minute_per_address": LOGINS_PER_ADDRESS,
                 "login_attempts_per_minute_per_username": 1000}
-    log = tmp_path_factory.mktemp("api-processes") / "server.log"
-    server = SpawnedServer(free_port(), log, database_url=server_database_url, settings=settings).start()
+    log = request.getfixturevalue("tmp_path_factory").mktemp("api-processes") / "server.log"
+    return SpawnedServer(free_port(), log, database_url=request.getfixturevalue("server_database_url"),
+                         settings=settings)
+
+
+EARLY.plan("api_processes", build_replica_b)
+
+
+@pytest.fixture(scope="module")
+def api_processes(request: pytest.FixtureRequest) -> Iterator[SpawnedServer]:
+    server = EARLY.take("api_processes", request)
     try:
         yield server
     finally:
@@ -160,6 +168,13 @@ def http(balancer: str, auth_headers: dict[str, str]) -> Iterator[httpx.Client]:
         yield through
 
 
+@contextlib.contextmanager
+def posted_stream(http: httpx.Client, conversation_id: str, body: dict) -> Iterator[tuple[str, str, SSEReader]]:
+    """A streaming post through the balancer: the replica generating, the reply's message id, its events."""
+    with http.stream("POST", f"{API}/{conversation_id}/messages", json=body) as response:
+        yield response.headers[UPSTREAM], response.headers["x-message-id"], SSEReader(response)
+
+
 def test_round_robin_alternates_replicas(http: httpx.Client) -> None:
     served_by = [http.get("/v1/models").headers[UPSTREAM] for _ in range(4)]
     assert served_by[0] == served_by[2] and served_by[1] == served_by[3] and served_by[0] != served_by[1], served_by
@@ -168,10 +183,7 @@ def test_round_robin_alternates_replicas(http: httpx.Client) -> None:
 def test_a_stream_resumes_through_the_balancer_on_the_other_replica(http: httpx.Client) -> None:
     conversation_id = new_conversation(http)
     body = {"content": "Tell me a long story.", "stream": True, "max_tokens": 120, "ignore_eos": True}
-    with http.stream("POST", f"{API}/{conversation_id}/messages", json=body) as response:
-        generating = response.headers[UPSTREAM]
-        message_id = response.headers["x-message-id"]
-        reader = SSEReader(response)
+    with posted_stream(http, conversation_id, body) as (generating, message_id, reader):
         first = [reader.next() for _ in range(5)]
     with http.stream("GET", f"{API}/{conversation_id}/stream", params={"message_id": message_id},
                      headers={"Last-Event-ID": str(reader.last_id)}) as resumed:
@@ -187,10 +199,7 @@ def test_a_stream_resumes_through_the_balancer_on_the_other_replica(http: httpx.
 def test_a_cancel_through_the_balancer_stops_the_reply_on_the_other_replica(http: httpx.Client) -> None:
     conversation_id = new_conversation(http)
     body = {"content": "Go on.", "stream": True, "max_tokens": 1500, "ignore_eos": True}
-    with http.stream("POST", f"{API}/{conversation_id}/messages", json=body) as response:
-        generating = response.headers[UPSTREAM]
-        message_id = response.headers["x-message-id"]
-        reader = SSEReader(response)
+    with posted_stream(http, conversation_id, body) as (generating, message_id, reader):
         reader.next()
         cancelled = http.post(f"{API}/{conversation_id}/messages/{message_id}/cancel")
         assert cancelled.status_code == 200, cancelled.text
@@ -204,28 +213,12 @@ async def test_the_seed_stream_gets_a_reply_generated_on_the_other_replica(balan
                                                                            auth_headers: dict[str, str]) -> None:
     async with httpx.AsyncClient(base_url=balancer, headers=auth_headers, timeout=120) as through:
         conversation_id = (await through.post(API, json={"title": "seed"})).json()["id"]
-        events: list[dict] = []
-        listening_on: list[str] = []
-
-        async def listen() -> None:
-            async with through.stream("GET", f"/api/v1/stream/{conversation_id}") as attached:
-                listening_on.append(attached.headers[UPSTREAM])
-                async for line in attached.aiter_lines():
-                    if line.startswith("data:"):
-                        events.append(json.loads(line[len("data:"):]))
-                        if events[-1]["type"] == "message.completed":
-                            return
-
-        listener = asyncio.create_task(listen())
-        while not listening_on:
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(0.5)
+        listener = SeedListener(through, f"/api/v1/stream/{conversation_id}")
+        listening_on = (await listener.attached())[UPSTREAM]
         posted = await through.post("/api/v1/chat", json={"message": "Hello there", "conversation_id": conversation_id})
         assert posted.status_code == 200, posted.text
-        assert posted.headers[UPSTREAM] != listening_on[0]
-        await asyncio.wait_for(listener, 120)
-    assert [e["type"] for e in events[:-1]] == ["message.delta"] * (len(events) - 1) and len(events) > 1
-    assert "".join(e["delta"] for e in events[:-1]) == posted.json()["reply"]
+        assert posted.headers[UPSTREAM] != listening_on
+        assert await listener.reply(120) == posted.json()["reply"]
 
 
 def new_key(database_url: str, redis_url: str, limits: dict[str, int]) -> str:

@@ -1,21 +1,21 @@
-"""A server of its own whose engine orders its queue by priority and runs one sequence at a time, so that requests
-queue: priority is honoured, queued streams get keep-alive comments, and tool_choice required works with no tool
-parser configured (vLLM constrains the output to the tool's JSON schema)."""
+"""The priority server (conftest's: its engine orders its queue by priority and runs one sequence at a time, so
+that requests queue; auth on, so each tenant's requests keep to its fair share): a request's priority orders it
+among other tenants' requests of the same share, queued streams get keep-alive comments, and tool_choice required
+works with no tool parser configured (vLLM constrains the output to the tool's JSON schema)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import jsonschema
-import pytest
+from test_fairness import first_token_at
 
-from conftest import free_port
-from servers import SlotHolder, SpawnedServer
+from conftest import PriorityServer
+from servers import SlotHolder
 
 CHAT = "/v1/chat/completions"
 SHORT = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 20, "ignore_eos": True}
@@ -23,47 +23,32 @@ TOOL = {"type": "function", "function": {"name": "add", "parameters": {
     "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}}
 
 
-@pytest.fixture(scope="module")
-def queue_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    folder = tmp_path_factory.mktemp("queue")
-    server = SpawnedServer(free_port(), folder / "server.log", database_url=f"sqlite+aiosqlite:///{folder}/q.db",
-                           settings={"scheduling_policy": "priority", "max_num_seqs": 1, "sse_heartbeat_s": 0.3,
-                                     "kv_cache_space_gib": 1})
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
+def bearer(server: PriorityServer, tenant: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {server.keys[tenant]}"}
 
 
-async def first_token_at(http: httpx.AsyncClient, body: dict[str, object], started: float) -> float:
-    async with http.stream("POST", CHAT, json={**body, "stream": True}) as response:
-        assert response.status_code == 200
-        async for line in response.aiter_lines():
-            if line.startswith("data:") and '"content"' in line and '"content":""' not in line:
-                return time.monotonic() - started
-    raise AssertionError("no token")
-
-
-async def test_priority_orders_the_queue(queue_server: str) -> None:
-    async with httpx.AsyncClient(base_url=queue_server, timeout=300) as http:
-        slot = SlotHolder(http)
+async def test_priority_orders_the_queue(priority_server: PriorityServer) -> None:
+    """Three tenants, none with anything queued, so all of one share: only the requests' priorities order them."""
+    keys = priority_server.keys
+    async with httpx.AsyncClient(base_url=priority_server.url, timeout=300) as http:
+        slot = SlotHolder(http, bearer(priority_server, "heavy"))
         await slot.hold()  # the next two wait behind it
         started = time.monotonic()
-        late = asyncio.create_task(first_token_at(http, {**SHORT, "priority": 5}, started))
+        late = asyncio.create_task(first_token_at(http, keys["late"], {**SHORT, "priority": 5}, started))
         await asyncio.sleep(0.3)
-        urgent = asyncio.create_task(first_token_at(http, {**SHORT, "priority": -5}, started))
+        urgent = asyncio.create_task(first_token_at(http, keys["urgent"], {**SHORT, "priority": -5}, started))
         await asyncio.sleep(0.3)
         await slot.release()
         assert await urgent < await late  # submitted later, served first
 
 
-async def test_queued_streams_get_keep_alive_comments(queue_server: str) -> None:
-    async with httpx.AsyncClient(base_url=queue_server, timeout=300) as http:
-        slot = SlotHolder(http)
+async def test_queued_streams_get_keep_alive_comments(priority_server: PriorityServer) -> None:
+    async with httpx.AsyncClient(base_url=priority_server.url, timeout=300) as http:
+        slot = SlotHolder(http, bearer(priority_server, "heavy"))
         await slot.hold()
         comments = 0
-        async with http.stream("POST", CHAT, json={**SHORT, "max_tokens": 2, "stream": True}) as response:
+        async with http.stream("POST", CHAT, json={**SHORT, "max_tokens": 2, "stream": True},
+                               headers=bearer(priority_server, "light")) as response:
             async for line in response.aiter_lines():
                 if line.startswith(":"):
                     comments += 1
@@ -74,14 +59,17 @@ async def test_queued_streams_get_keep_alive_comments(queue_server: str) -> None
     assert comments >= 2  # one every 0.3 s while the long request runs
 
 
-def test_required_tool_call_without_a_tool_parser(queue_server: str) -> None:
+def test_required_tool_call_without_a_tool_parser(priority_server: PriorityServer) -> None:
     body = {"messages": [{"role": "user", "content": "Add 2 and 3."}], "tools": [TOOL], "max_tokens": 60,
             "temperature": 0}
-    response = httpx.post(f"{queue_server}{CHAT}", json={**body, "tool_choice": "required"}, timeout=300)
+    headers = bearer(priority_server, "light")
+    response = httpx.post(f"{priority_server.url}{CHAT}", json={**body, "tool_choice": "required"},
+                          headers=headers, timeout=300)
     call = response.json()["choices"][0]["message"]["tool_calls"][0]["function"]
     assert call["name"] == "add"
     jsonschema.validate(json.loads(call["arguments"]), TOOL["function"]["parameters"])
-    refused = httpx.post(f"{queue_server}{CHAT}", json={**body, "tool_choice": "auto"}, timeout=60)
+    refused = httpx.post(f"{priority_server.url}{CHAT}", json={**body, "tool_choice": "auto"}, headers=headers,
+                         timeout=60)
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "tool_choice"
 
 

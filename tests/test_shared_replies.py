@@ -5,15 +5,13 @@ receives a reply generated here, and a listener on the other keeps the reply ali
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from test_conversations import API, SSEReader, new_conversation, wait_for_status
+from test_conversations import API, SeedListener, SSEReader, new_conversation, wait_for_status
 
 GRACE_S = 3.0  # the suite server's conversation_grace_s
 LONG = {"stream": True, "max_tokens": 1500, "ignore_eos": True}
@@ -67,24 +65,12 @@ async def test_the_seed_stream_on_another_replica_gets_a_reply_generated_here(
         server_url: str, other: str, auth_headers: dict[str, str]) -> None:
     async with httpx.AsyncClient(headers=auth_headers, timeout=120) as client:
         conversation_id = (await client.post(f"{server_url}{API}", json={"title": "seed"})).json()["id"]
-        events: list[dict] = []
-
-        async def listen() -> None:
-            async with client.stream("GET", f"{other}/api/v1/stream/{conversation_id}") as attached:
-                async for line in attached.aiter_lines():
-                    if line.startswith("data:"):
-                        events.append(json.loads(line[len("data:"):]))
-                        if events[-1]["type"] == "message.completed":
-                            return
-
-        listener = asyncio.create_task(listen())
-        await asyncio.sleep(1.0)  # the other replica waits for the conversation's next reply
+        listener = SeedListener(client, f"{other}/api/v1/stream/{conversation_id}")
+        await listener.attached()  # the other replica waits for the conversation's next reply
         posted = await client.post(f"{server_url}/api/v1/chat", json={"message": "Hello there",
                                                                        "conversation_id": conversation_id})
         assert posted.status_code == 200
-        await asyncio.wait_for(listener, 60)
-    assert [e["type"] for e in events[:-1]] == ["message.delta"] * (len(events) - 1) and len(events) > 1
-    assert "".join(e["delta"] for e in events[:-1]) == posted.json()["reply"]
+        assert await listener.reply(60) == posted.json()["reply"]
 
 
 def test_a_listener_on_another_replica_keeps_the_reply_going(http: httpx.Client, other: str,

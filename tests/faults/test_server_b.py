@@ -15,51 +15,53 @@ import psutil
 import pytest
 
 from loadtests.sse import aiter_events
-from storage import upgrade_database
 
-from faults.conftest import OwnPostgres, OwnRedis, admin_key, long_chat, readyz, spawn
-from servers import SpawnedServer
+from faults.conftest import admin_key, long_chat, readyz, spawn
+from servers import EARLY, SpawnedServer
 
 API = "/api/v1/conversations"
 CHAT = "/v1/chat/completions"
 STALE_AFTER_S = 10
 
 
-@pytest.fixture(scope="module")
-def database_url(own_postgres: OwnPostgres) -> str:
-    """A database of this module's own in the fault group's Postgres."""
-    async def create() -> None:
-        connection = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{own_postgres.port}/postgres")
-        await connection.execute("CREATE DATABASE server_b")
-        await connection.close()
-
-    asyncio.run(create())
-    url = own_postgres.url.rsplit("/", 1)[0] + "/server_b"
-    upgrade_database(url)
-    return url
+def build_first(request: pytest.FixtureRequest) -> SpawnedServer:
+    """The first server, on a database of its own in the suite's Postgres and the suite's Redis (nothing here breaks
+    either; the fault group's own Postgres and Redis are for the tests that do, and are down in turns while this
+    server may be starting early)."""
+    database_url = request.getfixturevalue("new_postgres_database")("server_b")
+    folder = request.getfixturevalue("tmp_path_factory").mktemp("server-b")
+    return spawn(folder, database_url, request.getfixturevalue("redis_url"), reply_stale_after_s=STALE_AFTER_S,
+                 conversation_flush_s=0.5)
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> object:
-    return tmp_path_factory.mktemp("server-b")
+EARLY.plan("first_server", build_first)
 
 
 @pytest.fixture(scope="module")
-def key(database_url: str, own_redis: OwnRedis) -> str:
-    return admin_key(database_url, own_redis.url)
-
-
-def start(folder: object, database_url: str, own_redis: OwnRedis) -> SpawnedServer:
-    return spawn(folder, database_url, own_redis.url, reply_stale_after_s=STALE_AFTER_S,  # type: ignore[arg-type]
-                 conversation_flush_s=0.5).start()
+def first_server(request: pytest.FixtureRequest) -> Iterator[SpawnedServer]:
+    server = EARLY.take("first_server", request)
+    try:
+        yield server
+    finally:
+        server.stop_soon()
 
 
 @pytest.fixture(scope="module")
-def servers(folder: object, database_url: str, own_redis: OwnRedis) -> Iterator[list[SpawnedServer]]:
+def database_url(first_server: SpawnedServer) -> str:
+    return first_server.database_url
+
+
+@pytest.fixture(scope="module")
+def key(database_url: str, redis_url: str) -> str:
+    return admin_key(database_url, redis_url)
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[list[SpawnedServer]]:
     started: list[SpawnedServer] = []
     yield started
     for server in started:
-        server.stop()
+        server.stop_soon()
 
 
 def headers(key: str) -> dict[str, str]:
@@ -79,13 +81,12 @@ async def first_deltas(http: httpx.AsyncClient, conversation_id: str, count: int
     return message_id, "".join(text)
 
 
-def test_sigkill_mid_reply_then_restart_reconciles(folder: object, database_url: str, own_redis: OwnRedis,
-                                                    key: str, servers: list[SpawnedServer],
+def test_sigkill_mid_reply_then_restart_reconciles(first_server: SpawnedServer, key: str,
+                                                    servers: list[SpawnedServer],
                                                     measured: Callable[[str, object], None]) -> None:
     """The reply a killed server left in progress is stored `interrupted` with the text it had flushed, within
     STALE_AFTER_S of the restart; the conversation then accepts a new post."""
-    first = start(folder, database_url, own_redis)
-    servers.append(first)
+    first = first_server
     with httpx.Client(base_url=first.url, headers=headers(key), timeout=120) as http:
         conversation_id = http.post(API, json={}).json()["id"]
 
@@ -101,7 +102,7 @@ def test_sigkill_mid_reply_then_restart_reconciles(folder: object, database_url:
 
     message_id, streamed = asyncio.run(stream_then_kill())
     first.wait(30)
-    second = start(folder, database_url, own_redis)
+    second = first.again().start()
     servers.append(second)
     restarted = time.monotonic()
     with httpx.Client(base_url=second.url, headers=headers(key), timeout=120) as http:
