@@ -29,7 +29,9 @@ class SpawnedServer:
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
         self.database_url = database_url
-        self._arguments = {"settings": settings, "env": env, "config": config}
+        self.settings = settings
+        self.extra_env = env
+        self.config = config
         sets = [item for key, value in settings.items() for item in ("--set", f"{key}={value}")]
         self.command = [sys.executable, "-m", "server", "serve", "--config", str(config), "--port", str(port), *sets]
         self.env = {**os.environ, "DATABASE_URL": database_url, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -40,7 +42,8 @@ class SpawnedServer:
 
     def again(self) -> SpawnedServer:
         """The same server (command, port, database, log) to start again, as a supervisor restarts one that died."""
-        return SpawnedServer(self.port, self.log_path, database_url=self.database_url, **self._arguments)  # type: ignore[arg-type]
+        return SpawnedServer(self.port, self.log_path, database_url=self.database_url, settings=self.settings,
+                             env=self.extra_env, config=self.config)
 
     def launch(self) -> SpawnedServer:
         with open(self.log_path, "ab") as log:
@@ -141,19 +144,15 @@ class EarlyStarts:
                 self.launched[name] = build(request).launch()
 
     def take(self, fixture: str, request: pytest.FixtureRequest) -> SpawnedServer:
-        server = self.launched.pop(fixture, None) or self.plans.get(fixture, _unplanned(fixture))(request).launch()
+        server = self.launched.pop(fixture, None)
+        if server is None:
+            server = self.plans[fixture](request).launch()
         return server.ready()
 
     def stop_untaken(self) -> None:
         for server in self.launched.values():
             server.stop_soon()
         self.launched.clear()
-
-
-def _unplanned(fixture: str) -> Plan:
-    def build(_: pytest.FixtureRequest) -> SpawnedServer:
-        raise LookupError(f"no plan for {fixture}: EARLY.plan({fixture!r}, ...) in its module")
-    return build
 
 
 EARLY = EarlyStarts()
