@@ -240,17 +240,14 @@ def priority_server(request: pytest.FixtureRequest) -> Iterator[PriorityServer]:
 
     from servers import EARLY
 
-    server = EARLY.take("priority_server", request)
-    settings = load_settings(None, database_url=server.database_url, secret_key=PRIORITY_SECRET)
-    unlimited = {"requests_per_minute": 0, "tokens_per_minute": 0, "max_concurrent_streams": 0}
-    keys = {}
-    for tenant in PRIORITY_TENANTS:
-        asyncio.run(admin.create_user(settings, tenant, "tenant-password-1", False))
-        keys[tenant] = asyncio.run(admin.create_key(settings, tenant, tenant, None, unlimited))
-    try:
+    with EARLY.taken("priority_server", request) as server:
+        settings = load_settings(None, database_url=server.database_url, secret_key=PRIORITY_SECRET)
+        unlimited = {"requests_per_minute": 0, "tokens_per_minute": 0, "max_concurrent_streams": 0}
+        keys = {}
+        for tenant in PRIORITY_TENANTS:
+            asyncio.run(admin.create_user(settings, tenant, "tenant-password-1", False))
+            keys[tenant] = asyncio.run(admin.create_key(settings, tenant, tenant, None, unlimited))
         yield PriorityServer(server.url, keys)
-    finally:
-        server.stop_soon()
 
 
 @pytest.fixture(scope="session")

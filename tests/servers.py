@@ -11,8 +11,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -133,6 +134,18 @@ class EarlyStarts:
         """`build` makes the server (not yet launched) from session-scoped fixtures only."""
         self.plans[fixture] = build
 
+    def fixture(self, name: str, build: Plan) -> Any:
+        """Plans `build` under `name`; returns the module-scoped fixture of that name, which takes its server (for
+        a module to bind to that name)."""
+        self.plan(name, build)
+
+        @pytest.fixture(scope="module", name=name)
+        def server(request: pytest.FixtureRequest) -> Iterator[SpawnedServer]:
+            with self.taken(name, request) as taken:
+                yield taken
+
+        return server
+
     def keep_only(self, fixtures: Iterable[str]) -> None:
         """Forget the plans whose fixture no collected test uses."""
         needed = set(fixtures)
@@ -148,6 +161,15 @@ class EarlyStarts:
         if server is None:
             server = self.plans[fixture](request).launch()
         return server.ready()
+
+    @contextlib.contextmanager
+    def taken(self, fixture: str, request: pytest.FixtureRequest) -> Iterator[SpawnedServer]:
+        """A fixture's server for as long as the fixture lasts; stopped without waiting afterwards."""
+        server = self.take(fixture, request)
+        try:
+            yield server
+        finally:
+            server.stop_soon()
 
     def stop_untaken(self) -> None:
         for server in self.launched.values():

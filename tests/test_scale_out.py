@@ -129,16 +129,7 @@ def build_replica_b(request: pytest.FixtureRequest) -> SpawnedServer:
                          settings=settings)
 
 
-EARLY.plan("api_processes", build_replica_b)
-
-
-@pytest.fixture(scope="module")
-def api_processes(request: pytest.FixtureRequest) -> Iterator[SpawnedServer]:
-    server = EARLY.take("api_processes", request)
-    try:
-        yield server
-    finally:
-        server.stop()
+api_processes = EARLY.fixture("api_processes", build_replica_b)
 
 
 @pytest.fixture(scope="module")

@@ -34,16 +34,7 @@ def build_first(request: pytest.FixtureRequest) -> SpawnedServer:
                  conversation_flush_s=0.5)
 
 
-EARLY.plan("first_server", build_first)
-
-
-@pytest.fixture(scope="module")
-def first_server(request: pytest.FixtureRequest) -> Iterator[SpawnedServer]:
-    server = EARLY.take("first_server", request)
-    try:
-        yield server
-    finally:
-        server.stop_soon()
+first_server = EARLY.fixture("first_server", build_first)
 
 
 @pytest.fixture(scope="module")
