@@ -247,6 +247,9 @@ async def measure(config: Path, overrides: dict[str, str], folder: Path, listene
         server.stop()
 
 
+PER_MINUTE = 6  # ten-second windows in a minute
+
+
 def spread(values: list[float], digits: int = 2) -> str:
     return f"{min(values):.{digits}f} - {max(values):.{digits}f}"
 
@@ -259,8 +262,10 @@ def report(repeats: list[Repeat], listeners: int, context: dict[str, Any]) -> st
     tok_ratio = [r.chat_with["output_tok_s"] / r.chat_without["output_tok_s"] for r in repeats]
     ttft_ratio = [r.chat_with["ttft_median_ms"] / r.chat_without["ttft_median_ms"] for r in repeats]
     rows = [
-        ["API process CPU-s per 10 s, no listeners", spread(idle_cpu, 3)],
-        [f"... with {listeners} idle listeners, above idle", spread(extra_cpu, 3)],
+        ["API process CPU-s per 10 s (per minute), no listeners",
+         f"{spread(idle_cpu, 3)} ({spread([v * PER_MINUTE for v in idle_cpu], 2)})"],
+        [f"... with {listeners} idle listeners, above idle",
+         f"{spread(extra_cpu, 3)} ({spread([v * PER_MINUTE for v in extra_cpu], 2)})"],
         ["engine processes CPU-s per 10 s, no listeners / with",
          f"{spread([r.idle.engine_cpu_s_per_10s for r in repeats])} / "
          f"{spread([r.listening.engine_cpu_s_per_10s for r in repeats])}"],

@@ -112,3 +112,18 @@ def test_cli_completions_workload(server_url: str, admin_key: str, tmp_path) -> 
     assert completed.returncode == 0, completed.stderr
     level = json.loads((tmp_path / "results.json").read_text())["levels"]["2"]
     assert level["completed"] == 2 and level["failed"] == 0 and level["mean_output_tokens"] == 8
+
+
+def test_the_listeners_report_gives_cpu_per_10_s_and_per_minute_and_the_ratios() -> None:
+    from loadtests.listeners import Repeat, Window, report
+
+    chat_without = {"output_tok_s": 150.0, "ttft_median_ms": 3000.0, "failed": 0}
+    chat_with = {"output_tok_s": 147.0, "ttft_median_ms": 3090.0, "failed": 0}
+    repeat = Repeat(idle=Window(cpu_s_per_10s=0.03, engine_cpu_s_per_10s=0.1, rss_mib=765.0),
+                    listening=Window(cpu_s_per_10s=0.065, engine_cpu_s_per_10s=0.1, rss_mib=1062.0),
+                    listeners_alive=10_000, heartbeats_received=3000, chat_with=chat_with, chat_without=chat_without)
+    text = report([repeat], 10_000, {"command": "listeners"})
+    assert "| ... with 10000 idle listeners, above idle | 0.035 - 0.035 (0.21 - 0.21) |" in text
+    assert "| RSS growth per listener, KiB (first repeat) | 30.4 |" in text
+    assert "| tok/s ratio with/without (per repeat) | 0.98 - 0.98 |" in text
+    assert "| TTFT ratio with/without (per repeat) | 1.03 - 1.03 |" in text
