@@ -142,8 +142,10 @@ def test_multi_turn_history_reaches_the_model(http: httpx.Client) -> None:
 
 def test_trimming_at_the_context_limit(http: httpx.Client) -> None:
     conversation_id = new_conversation(http)
-    long_text = "The quick brown fox jumps over the lazy dog. " * 70  # about 700 tokens
-    reply_tokens = 120  # two exchanges fit the 2,048-token context, three do not
+    long_text = "The quick brown fox jumps over the lazy dog. " * 90  # about 900 tokens
+    # Two messages and a reply fit the 2,048-token context, three messages do not; short replies keep the test
+    # fast on a slow CPU (decoding a token costs far more than prefilling one).
+    reply_tokens = 40
     dropped = []
     for _ in range(3):
         response = http.post(f"{API}/{conversation_id}/messages",
