@@ -17,6 +17,8 @@ import httpx
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from servers import EARLY, SpawnedServer, finish_stopping
+
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -69,8 +71,6 @@ class ThreadedServer:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    from servers import EARLY
-
     EARLY.plan("priority_server", build_priority_server)
     EARLY.keep_only({name for item in session.items for name in getattr(item, "fixturenames", ())})
 
@@ -79,8 +79,6 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def spawned_servers_end_with_the_session() -> Iterator[None]:
     """Set up first, so torn down last: servers launched early and never taken stop, and every stop_soon
     finishes before pytest exits."""
-    from servers import EARLY, finish_stopping
-
     yield
     EARLY.stop_untaken()
     finish_stopping()
@@ -144,7 +142,7 @@ def server_settings(database_url: str, redis_url: str, **overrides: object):
               # 46k tokens of KV cache is plenty here; the servers of their own that run beside it need the memory.
               "kv_cache_space_gib": 1,
               # vllm serve's order (fairness off): the refusal of `priority` under fcfs is tested on this server;
-              # tests/test_fairness.py and test_scheduling.py run priority servers of their own.
+              # tests/test_fairness.py and test_scheduling.py share a priority server of their own.
               "scheduling_policy": "fcfs", "conversation_grace_s": 3.0,
               "sse_heartbeat_s": 2.0, "sse_idle_heartbeat_s": 2.0,
               # The suite logs in often from one address; the login-flood test sets the defaults back.
@@ -203,8 +201,6 @@ def server_url(running_server: RunningServer) -> str:
     return running_server.url
 
 
-
-
 PRIORITY_SECRET = "priority-secret-key-with-enough-entropy-0123"
 PRIORITY_TENANTS = ("heavy", "light", "late", "urgent")
 
@@ -215,12 +211,10 @@ class PriorityServer:
     keys: dict[str, str]  # tenant -> an unlimited API key of that tenant (a user of its own)
 
 
-def build_priority_server(request: pytest.FixtureRequest) -> Any:
+def build_priority_server(request: pytest.FixtureRequest) -> SpawnedServer:
     """A server whose engine runs one sequence at a time (requests queue) and orders its queue by priority; auth
     on, so fair share between tenants is on (fairness: auto); SQLite; keep-alives every 0.3 s."""
     from storage import upgrade_database
-
-    from servers import SpawnedServer
 
     folder = request.getfixturevalue("tmp_path_factory").mktemp("priority")
     database_url = f"sqlite+aiosqlite:///{folder}/priority.db"
@@ -237,8 +231,6 @@ def priority_server(request: pytest.FixtureRequest) -> Iterator[PriorityServer]:
     """tests/test_fairness.py and tests/test_scheduling.py share it: one engine start fewer."""
     from server import admin
     from server.settings import load_settings
-
-    from servers import EARLY
 
     with EARLY.taken("priority_server", request) as server:
         settings = load_settings(None, database_url=server.database_url, secret_key=PRIORITY_SECRET)

@@ -110,6 +110,7 @@ class SpawnedServer:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
+
 def finish_stopping() -> None:
     for stopping in _STOPPING:
         stopping.join()
