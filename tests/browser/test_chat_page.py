@@ -4,6 +4,8 @@ duplicate, model output rendered inert, a 429 shown as a message, and the README
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -51,10 +53,17 @@ def reply_texts(page) -> list[str]:
     return page.locator("#messages li.message.assistant .body").all_inner_texts()
 
 
-def stored_replies(server_url: str, token: str, conversation_id: str) -> list[dict]:
-    response = httpx.get(f"{server_url}{API}/{conversation_id}", params={"limit": 500},
-                         headers={"Authorization": f"Bearer {token}"})
-    return [m for m in response.json()["messages"] if m["role"] == "assistant"]
+def stored_replies(server_url: str, token: str, conversation_id: str, timeout_s: float = 30) -> list[dict]:
+    """The conversation's replies once none is in progress: the page hears a reply's end before its final write
+    lands (a slow database never delays the final event), so a read right after it may find the row unfinished."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = httpx.get(f"{server_url}{API}/{conversation_id}", params={"limit": 500},
+                             headers={"Authorization": f"Bearer {token}"})
+        replies = [m for m in response.json()["messages"] if m["role"] == "assistant"]
+        if all(reply["status"] != "in_progress" for reply in replies) or time.monotonic() > deadline:
+            return replies
+        time.sleep(0.1)
 
 
 def current_conversation(page) -> str:
