@@ -216,13 +216,23 @@ def test_engine_failure_is_stored_as_failed(http: httpx.Client, running_server: 
     with engine_fails(running_server.app), \
             http.stream("POST", f"{API}/{conversation_id}/messages",
                         json={"content": "Hi", "stream": True, "max_tokens": 5}) as response:
-        message_id = response.headers["x-message-id"]
         events = SSEReader(response).rest()
     assert [e.event for e in events] == ["message.error"] and events[0].data["status"] == "failed"
-    # Listeners hear the end before the final write lands (a slow database never delays it): wait for the write.
-    assert wait_for_status(http, conversation_id, message_id)["status"] == "failed"
-    stored = messages_of(http, conversation_id)
+    stored = messages_of(http, conversation_id)  # the stream ends once the final write has landed
     assert [(m["role"], m["status"]) for m in stored] == [("user", "completed"), ("assistant", "failed")]
+
+
+def test_what_a_client_reads_once_the_stream_ends_is_stored(http: httpx.Client) -> None:
+    """The final event goes out at once; the stream ends once the final write has landed (bounded by
+    FINAL_WRITE_WAIT_S), so a client that reads the conversation right after finds the reply as it streamed."""
+    conversation_id = new_conversation(http)
+    body = {"content": "Tell me a story.", "stream": True, "max_tokens": 24, "ignore_eos": True}
+    with http.stream("POST", f"{API}/{conversation_id}/messages", json=body) as response:
+        message_id = response.headers["x-message-id"]
+        events = SSEReader(response).rest()
+    streamed = "".join(e.data["delta"] for e in events if e.event == "message.delta")
+    reply = next(m for m in messages_of(http, conversation_id) if m["id"] == message_id)
+    assert (reply["status"], reply["content"], reply["completion_tokens"]) == ("length", streamed, 24)
 
 
 def test_engine_refusal_changes_nothing(http: httpx.Client) -> None:

@@ -24,6 +24,9 @@ from server.serving.sse import HEARTBEAT, EventStream, Framing, ReplyEvent, fram
 logger = logging.getLogger(__name__)
 EVICT_EVERY_S = 1.0
 REPLY_BYTES = 4 << 20
+# After the final event, how long a stream's end waits for this replica's final write of the reply: a client that
+# reads the conversation once the stream has ended finds the reply stored, and a database outage holds no stream.
+FINAL_WRITE_WAIT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,8 @@ class Run:
         self.synced = asyncio.Event()
         if not remote:
             self.synced.set()
+        # Set once this replica's final write of the reply has landed (or given up).
+        self.stored = asyncio.Event()
 
     @property
     def last_id(self) -> int:
@@ -102,6 +107,13 @@ class Run:
         if self.task is not None:
             await asyncio.shield(self.task)
 
+    async def settled(self) -> None:
+        """Until the final write has landed, for at most FINAL_WRITE_WAIT_S (a mirror's is another replica's)."""
+        if self.remote or self.task is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stored.wait(), FINAL_WRITE_WAIT_S)
+
     async def catch_up(self, event_id: int, timeout_s: float) -> None:
         """A mirror may lag the replica generating the reply by a batch: waits (bounded) until it holds
         `event_id`, so that a client resuming from what it saw there is not told the id is in the future."""
@@ -133,6 +145,7 @@ class Run:
                 yield b"".join(event[framing] for event in pending)
                 listeners.wrote(listener, event=True)
             if self.done and position >= self.last_id:
+                await self.settled()
                 return
             if await listeners.wait(listener, self.changed) is not Wake.EVENT:
                 yield HEARTBEAT

@@ -1,7 +1,8 @@
 """Runs one conversation reply: streams its events to the run's buffer, writes its partial text (and a heartbeat)
 from a task of its own so that a slow database never delays a token, and stores it at the end whatever happens
 (completed, length, cancelled, interrupted, failed). The final event reaches listeners at once; the final write
-is retried, in a task no cancellation reaches, until the database takes it."""
+is retried, in a task no cancellation reaches, until the database takes it; a stream ends once it has landed (or
+after a bounded wait), so that what a client reads after the stream is what was stored."""
 
 from __future__ import annotations
 
@@ -94,7 +95,10 @@ class ReplyWriter:
         else:
             await run.publish(ReplyEvent.COMPLETED, summary, final=True)
         await flusher.stop()
-        await self.store_final(final)
+        try:
+            await self.store_final(final)
+        finally:
+            run.stored.set()  # a stream's end waits for this (bounded): see Run.settled
 
     async def store_final(self, final: FinalReply) -> None:
         """Retried with backoff until the database takes it (or store_timeout_s passes, logged: the reconciler then

@@ -3,6 +3,7 @@ resume with Last-Event-ID, trimming at the context limit, 409s and every 4xx."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import httpx
@@ -158,3 +159,24 @@ async def test_deeply_nested_bodies_are_a_400(client: httpx.AsyncClient) -> None
     body = b'{"messages": [{"role": "user", "content": "hi"}], "zzz": ' + b"[" * 1500 + b"]" * 1500 + b"}"
     response = await client.post("/v1/chat/completions", content=body)
     assert response.status_code == 400
+
+
+async def test_a_stream_ends_once_its_reply_is_stored(client: httpx.AsyncClient,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow final write (0.5 s here): the final event goes out at once, the stream ends after the write, so the
+    read that follows finds the reply stored."""
+    from storage.repository import Messages
+
+    finish = Messages.finish
+
+    async def slow_finish(self: Messages, *args: object, **kwargs: object) -> object:
+        await asyncio.sleep(0.5)
+        return await finish(self, *args, **kwargs)
+
+    monkeypatch.setattr(Messages, "finish", slow_finish)
+    conversation_id = await new_conversation(client)
+    response = await client.post(f"{API}/{conversation_id}/messages",
+                                 json={"content": "Hi", "max_tokens": 3, "ignore_eos": True, "stream": True})
+    assert list(iter_events(response.text.splitlines()))[-1].event == "message.completed"
+    stored = (await client.get(f"{API}/{conversation_id}")).json()["messages"]
+    assert [(m["status"], m["content"]) for m in stored] == [("completed", "Hi"), ("length", "w0 w1 w2 ")]
