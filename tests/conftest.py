@@ -152,16 +152,23 @@ def server_settings(database_url: str, redis_url: str, **overrides: object):
     return load_settings(ROOT / "configs/cpu.yaml", **values)
 
 
-@pytest.fixture(scope="session")
-def admin_key(server_database_url: str, redis_url: str) -> str:
-    """An admin's API key with no limits of its own (0 = unlimited), for tests that are not about limits."""
+UNLIMITED = {"requests_per_minute": 0, "tokens_per_minute": 0, "max_concurrent_streams": 0}  # 0 = unlimited
+
+
+def user_with_key(settings: Any, username: str, *, is_admin: bool = False,
+                  limits: dict[str, int] = UNLIMITED) -> str:
+    """A new user and an API key of theirs, made with the admin CLI's functions (the one way to issue a key)."""
     from server import admin
 
+    asyncio.run(admin.create_user(settings, username, f"{username}-password-1", is_admin))
+    return asyncio.run(admin.create_key(settings, username, "tests", None, limits))
+
+
+@pytest.fixture(scope="session")
+def admin_key(server_database_url: str, redis_url: str) -> str:
+    """An admin's API key with no limits of its own, for tests that are not about limits."""
     settings = server_settings(server_database_url, redis_url)
-    username = f"admin-{uuid.uuid4().hex[:8]}"
-    asyncio.run(admin.create_user(settings, username, "admin-password-1", True))
-    unlimited = {"requests_per_minute": 0, "tokens_per_minute": 0, "max_concurrent_streams": 0}
-    return asyncio.run(admin.create_key(settings, username, "tests", None, unlimited))
+    return user_with_key(settings, f"admin-{uuid.uuid4().hex[:8]}", is_admin=True)
 
 
 @pytest.fixture(scope="session")
@@ -229,17 +236,11 @@ def build_priority_server(request: pytest.FixtureRequest) -> SpawnedServer:
 @pytest.fixture(scope="session")
 def priority_server(request: pytest.FixtureRequest) -> Iterator[PriorityServer]:
     """tests/test_fairness.py and tests/test_scheduling.py share it: one engine start fewer."""
-    from server import admin
     from server.settings import load_settings
 
     with EARLY.taken("priority_server", request) as server:
         settings = load_settings(None, database_url=server.database_url, secret_key=PRIORITY_SECRET)
-        unlimited = {"requests_per_minute": 0, "tokens_per_minute": 0, "max_concurrent_streams": 0}
-        keys = {}
-        for tenant in PRIORITY_TENANTS:
-            asyncio.run(admin.create_user(settings, tenant, "tenant-password-1", False))
-            keys[tenant] = asyncio.run(admin.create_key(settings, tenant, tenant, None, unlimited))
-        yield PriorityServer(server.url, keys)
+        yield PriorityServer(server.url, {tenant: user_with_key(settings, tenant) for tenant in PRIORITY_TENANTS})
 
 
 @pytest.fixture(scope="session")
@@ -260,6 +261,12 @@ def _postgres_admin(statement: str) -> None:
     asyncio.run(run())
 
 
+def _postgres_database_url(name: str) -> str:
+    """The app's URL (asyncpg driver) of a database on the admin URL's server."""
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    return f"{base}/{name}"
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A throwaway Postgres database, dropped at the end of the session."""
@@ -268,9 +275,8 @@ def postgres_url() -> Iterator[str]:
         _postgres_admin(f'CREATE DATABASE "{name}"')
     except (OSError, Exception) as exc:  # connection refused, auth, timeout
         unavailable(f"Postgres is not reachable at {POSTGRES_ADMIN_URL}: {exc}")
-    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
     try:
-        yield f"{base}/{name}"
+        yield _postgres_database_url(name)
     finally:
         _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -286,9 +292,8 @@ def new_postgres_database() -> Iterator[Callable[[str], str]]:
         name = f"codeface_test_{label}_{uuid.uuid4().hex[:8]}"
         _postgres_admin(f'CREATE DATABASE "{name}"')
         made.append(name)
-        base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-        upgrade_database(f"{base}/{name}")
-        return f"{base}/{name}"
+        upgrade_database(_postgres_database_url(name))
+        return _postgres_database_url(name)
 
     yield make
     for name in made:

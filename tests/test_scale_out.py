@@ -47,7 +47,7 @@ from test_chat_api import (  # noqa: F401
     test_parse_with_a_pydantic_model,
 )
 
-from conftest import ROOT, free_port, server_settings, unavailable
+from conftest import ROOT, free_port, server_settings, unavailable, user_with_key
 from servers import EARLY, SpawnedServer
 from test_conversations import API, SeedListener, SSEReader, new_conversation, wait_for_status
 
@@ -213,12 +213,7 @@ async def test_the_seed_stream_gets_a_reply_generated_on_the_other_replica(balan
 
 
 def new_key(database_url: str, redis_url: str, limits: dict[str, int]) -> str:
-    from server import admin
-
-    settings = server_settings(database_url, redis_url)
-    username = f"lb-{uuid.uuid4().hex[:8]}"
-    asyncio.run(admin.create_user(settings, username, "balancer-password-1", False))
-    return asyncio.run(admin.create_key(settings, username, "lb", None, limits))
+    return user_with_key(server_settings(database_url, redis_url), f"lb-{uuid.uuid4().hex[:8]}", limits=limits)
 
 
 def test_a_keys_limits_hold_across_both_replicas(balancer: str, server_database_url: str, redis_url: str) -> None:

@@ -23,7 +23,7 @@ import pytest
 
 from loadtests.sse import aiter_events
 
-from conftest import IN_CI, free_port, unavailable
+from conftest import IN_CI, free_port, unavailable, user_with_key
 from servers import SpawnedServer
 
 READY_TIMEOUT_S = 30
@@ -198,18 +198,13 @@ def spawn(folder: Path, database_url: str, redis_url: str, **settings: object) -
 
 
 def admin_key(database_url: str, redis_url: str) -> str:
-    """An admin with an unlimited key, made with the admin CLI's functions."""
-    import asyncio
+    """An admin with an unlimited key."""
     import uuid
 
-    from server import admin
     from server.settings import load_settings
 
     settings = load_settings(None, database_url=database_url, rate_limit_storage=redis_url, secret_key=SECRET)
-    username = f"admin-{uuid.uuid4().hex[:6]}"
-    asyncio.run(admin.create_user(settings, username, "admin-password-1", True))
-    unlimited = {"requests_per_minute": 0, "tokens_per_minute": 0, "max_concurrent_streams": 0}
-    return asyncio.run(admin.create_key(settings, username, "faults", None, unlimited))
+    return user_with_key(settings, f"admin-{uuid.uuid4().hex[:6]}", is_admin=True)
 
 
 @pytest.fixture
