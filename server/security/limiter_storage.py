@@ -2,7 +2,8 @@
 timeout, a storage that fails or stops answering opens a breaker for a while (so that a hung Redis costs one
 timeout, not one per request), and the policy (fail open: serve unlimited; fail closed: 503) decides. Concurrent
 generations are counted as leases that expire one by one, so a crashed replica's slots come back and a busy counter
-can never expire as a whole and go negative."""
+can never expire as a whole and go negative. What is given back (a slot, unused tokens) never fails its caller: a
+give-back the storage did not take is retried in the background until it lands or stops mattering."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
+from coredis.exceptions import RedisError
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 
@@ -23,7 +25,14 @@ T = TypeVar("T")
 WARN_EVERY_S = 30.0
 LIMITER_RETRY_AFTER_S = 5
 MEMORY = "memory://"
-STORAGE_ERRORS = (StorageError, ConnectionError, OSError, TimeoutError)
+# coredis raises its own errors (not builtins) for a refused, reset or timed-out connection: the slot leases call it
+# directly, so they are listed beside the limits library's wrapped StorageError.
+STORAGE_ERRORS = (StorageError, RedisError, ConnectionError, OSError, TimeoutError)
+GIVE_BACK_FIRST_RETRY_S = 0.5
+# Opening the connection at start-up may take longer than one call's timeout (a busy machine, a TLS handshake).
+WARM_UP_TIMEOUT_S = 10.0
+# Give-backs waiting for the storage, at most: past that the oldest are dropped (their expiry still bounds them).
+MAX_PENDING_GIVE_BACKS = 100_000
 
 # One Redis round trip: drop expired leases, take one if the count allows, keep the key while leases live.
 ACQUIRE_LEASE = """
@@ -93,6 +102,10 @@ class RedisLeases:
     async def release(self, key: str, lease: str) -> None:
         await self.client.zrem(key, [lease])
 
+    async def warm_up(self) -> None:
+        await self.client.ping()
+        await self.client.script_load(ACQUIRE_LEASE)
+
 
 class GuardedStorage:
     """The limits library's storage, slot leases beside it, and the failure policy over both."""
@@ -106,6 +119,7 @@ class GuardedStorage:
         self.retry_s = retry_s
         self._down_until = 0.0
         self._last_warning = 0.0
+        self.give_backs = GiveBacks(timeout_s, retry_s)
 
     async def call(self, operation: Callable[[], Awaitable[T]]) -> T | None:
         """Run one storage operation under the policy: None when the storage is down and the policy fails open."""
@@ -120,6 +134,35 @@ class GuardedStorage:
             self._unavailable(type(exc).__name__)
             return None
 
+    async def warm_up(self) -> None:
+        """Open the connections before the first request: otherwise the first request pays for them inside its
+        call timeout, and on a busy machine that trips the breaker (its stream would then run unlimited)."""
+        if isinstance(self.leases, RedisLeases):
+            try:
+                async with asyncio.timeout(WARM_UP_TIMEOUT_S):
+                    await self.storage.check()
+                    await self.leases.warm_up()
+            except STORAGE_ERRORS as exc:
+                logger.warning("rate-limit storage not reachable at start-up (%s); the failure policy applies",
+                               type(exc).__name__)
+
+    async def give_back(self, operation: Callable[[], Awaitable[object]], until: float) -> None:
+        """Run a give-back now, or, when the storage is down or fails it, retry it in the background until it lands
+        or `until` (wall-clock) passes. Never raises: the end of a generation must not depend on the storage."""
+        if time.monotonic() >= self._down_until:
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    await operation()
+                return
+            except STORAGE_ERRORS as exc:
+                self._down_until = time.monotonic() + self.retry_s
+                logger.warning("rate-limit storage unavailable (%s): a give-back will be retried",
+                               type(exc).__name__)
+            except Exception:
+                logger.exception("a rate-limit give-back failed and is dropped (its expiry will give it back)")
+                return
+        self.give_backs.add(operation, until)
+
     def _unavailable(self, why: str) -> None:
         """Fail closed (raise), or warn now and then and let the caller go on unlimited."""
         if not self.fail_open:
@@ -128,3 +171,46 @@ class GuardedStorage:
         if now - self._last_warning > WARN_EVERY_S:
             self._last_warning = now
             logger.warning("rate-limit storage unavailable (%s): failing open, requests are not limited", why)
+
+
+class GiveBacks:
+    """Give-backs the storage did not take, retried with backoff from a task of their own (a slot released while
+    Redis restarts would otherwise stay held until its lease expires, an hour later)."""
+
+    def __init__(self, timeout_s: float, max_delay_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.max_delay_s = max_delay_s
+        self.pending: list[tuple[Callable[[], Awaitable[object]], float]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, operation: Callable[[], Awaitable[object]], until: float) -> None:
+        if time.time() >= until:
+            return
+        if len(self.pending) >= MAX_PENDING_GIVE_BACKS:
+            del self.pending[0]
+            logger.warning("too many rate-limit give-backs waiting for the storage: the oldest is dropped")
+        self.pending.append((operation, until))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._retry())
+
+    async def _retry(self) -> None:
+        delay = GIVE_BACK_FIRST_RETRY_S
+        while self.pending:
+            await asyncio.sleep(delay)
+            waiting, self.pending = self.pending, []
+            for index, (operation, until) in enumerate(waiting):
+                if time.time() >= until:
+                    continue
+                try:
+                    async with asyncio.timeout(self.timeout_s):
+                        await operation()
+                except STORAGE_ERRORS:
+                    self.pending = waiting[index:] + self.pending  # still down: keep the rest, in order
+                    break
+                except Exception:
+                    logger.exception("a rate-limit give-back failed and is dropped (its expiry will give it back)")
+            else:
+                delay = GIVE_BACK_FIRST_RETRY_S
+                continue
+            delay = min(delay * 2, self.max_delay_s)
+        logger.info("rate-limit give-backs caught up")

@@ -5,11 +5,9 @@ between replicas; what happens when Redis fails or hangs is a configured policy 
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
@@ -20,8 +18,6 @@ from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimite
 
 from server.exceptions import RateLimited
 from server.security.limiter_storage import GuardedStorage, LimiterUnavailable
-
-logger = logging.getLogger(__name__)
 
 # A stream slot is released when its generation ends; the lease's expiry only bounds a leak from a crashed replica.
 SLOT_LEASE_S = 3600
@@ -86,13 +82,13 @@ class _Charge:
 
 
 class Reservation:
-    """Tokens and stream slots held for one generation; `settle` gives back what was not used, once, releasing
-    every slot even when a refund fails."""
+    """Tokens and stream slots held for one generation; `settle` gives back what was not used, once, and never
+    raises: what the storage does not take now is retried (server.security.limiter_storage.GiveBacks)."""
 
     def __init__(self, limits: RateLimits) -> None:
         self._limits = limits
         self.charges: list[_Charge] = []
-        self.slots: list[tuple[str, str]] = []
+        self.slots: list[tuple[str, str, float]] = []  # (key, lease, when the lease expires)
         self._settled = False
 
     @property
@@ -107,20 +103,14 @@ class Reservation:
             refund = charge.tokens - used_tokens
             # Refund only into the window that was charged: after it reset, the charge is gone anyway.
             if refund > 0 and time.time() < charge.reset_at:
-                await self._quietly(partial(self._refund, charge, refund))
-        for key, lease in self.slots:
-            await self._quietly(partial(self._limits.storage.leases.release, key, lease))
+                await self._limits.storage.give_back(partial(self._refund, charge, refund), charge.reset_at)
+        for key, lease, expires_at in self.slots:
+            await self._limits.storage.give_back(partial(self._limits.storage.leases.release, key, lease),
+                                                 expires_at)
 
     async def _refund(self, charge: _Charge, tokens: int) -> None:
         await self._limits.storage.storage.incr(charge.item.key_for(charge.subject), charge.item.get_expiry(),
                                                 amount=-tokens)
-
-    async def _quietly(self, operation: Callable[[], Awaitable[None]]) -> None:
-        """One give-back; a failure (storage down) does not stop the others. The expiry bounds what is lost."""
-        try:
-            await self._limits.storage.call(operation)
-        except LimiterUnavailable:
-            logger.warning("could not give back a rate-limit charge: the storage is down (its expiry will)")
 
 
 class RateLimits:
@@ -203,5 +193,5 @@ class RateLimits:
                 raise LimitExceeded(Limit.MAX_CONCURRENT_STREAMS,
                                     f"too many concurrent generations: at most {limit}", 1)
             if taken:
-                reservation.slots.append((key, lease))
+                reservation.slots.append((key, lease, time.time() + SLOT_LEASE_S))
 

@@ -85,7 +85,10 @@ class ReplyWriter:
 
     async def _finish(self, run: Run, generation: Generation, flusher: _Flusher, final: FinalReply,
                       error: str | None) -> None:
-        await generation.close()
+        try:
+            await generation.close()
+        except Exception:  # the reply's end (final event, stored text) must not depend on the engine or limits
+            logger.exception("closing the generation of reply %s failed", run.message_id)
         summary = {"message_id": str(final.message_id), "status": final.status, "finish_reason": final.finish_reason,
                    "prompt_tokens": generation.prepared.prompt.num_tokens,
                    "completion_tokens": final.completion_tokens}

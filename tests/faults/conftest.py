@@ -133,16 +133,23 @@ class OwnRedis:
         return subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True,
                               timeout=5).stdout.strip()
 
-    def stop(self) -> None:
+    def restart(self, *, keep_data: bool = False) -> None:
+        """A restart loses everything it held (no persistence), as a crashed Redis does; with `keep_data`, what it
+        held is saved first and loaded again (a Redis with persistence), so that a test can see what was changed
+        and what was not across the restart."""
+        self.stop(keep_data=keep_data)
+        self.start()
+
+    def stop(self, *, keep_data: bool = False) -> None:
+        """Killed: connections are refused until `start`. With `keep_data`, the next start loads what it held."""
+        if keep_data:
+            assert self.cli("SAVE") == "OK"
+        else:
+            (self.folder / "dump.rdb").unlink(missing_ok=True)
         if self.process is not None:
             self.process.kill()
             self.process.wait()
             self.process = None
-
-    def restart(self) -> None:
-        """A restart loses everything it held (no persistence), as a crashed Redis does."""
-        self.stop()
-        self.start()
 
     def pause(self) -> None:
         assert self.process is not None

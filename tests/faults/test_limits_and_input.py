@@ -74,6 +74,55 @@ async def test_redis_hung_keeps_latency_bounded(start_replica, server_database_u
     assert percentile(latencies, 0.99) < 1.0 and statistics.median(latencies) < 0.1, latencies
 
 
+@pytest.mark.parametrize("fail_open", [True, False])
+async def test_a_slot_lease_on_a_redis_that_refuses_follows_the_policy(own_redis: OwnRedis, fail_open: bool) -> None:
+    """A stream slot is the first call to Redis (no request or token budget opens the breaker before it): Redis
+    refusing connections is the failure policy's case (serve unlimited, or 503), never an unhandled error."""
+    from server.security.ratelimit import LimiterUnavailable, Quota, RateLimits
+
+    own_redis.stop()
+    try:
+        limits = RateLimits(own_redis.url, fail_open=fail_open, key_prefix=f"refused-{uuid.uuid4().hex[:6]}")
+        if fail_open:
+            reservation = await limits.reserve("key:refused", Quota(None, None, 1), 5)
+            assert reservation.slots == []  # served unlimited: no slot was taken
+            await reservation.settle(5)
+        else:
+            with pytest.raises(LimiterUnavailable):
+                await limits.reserve("key:refused", Quota(None, None, 1), 5)
+    finally:
+        own_redis.start()
+
+
+async def test_a_slot_released_while_redis_is_down_comes_back_when_it_returns(
+        own_redis: OwnRedis, measured: Callable[[str, object], None]) -> None:
+    """A generation that ends while Redis refuses connections ends at once (its release never raises), and its
+    slot is given back once Redis returns with the lease still held (persisted): not an hour later, when the lease
+    would expire."""
+    from server.security.ratelimit import Quota, RateLimits
+
+    limits = RateLimits(own_redis.url, fail_open=True, key_prefix=f"give-back-{uuid.uuid4().hex[:6]}")
+    subject, one_slot = "key:give-back", Quota(None, None, 1)
+    slots_key = f"{limits.key_prefix}-streams/{subject}"
+    held = await limits.reserve(subject, one_slot, 5)
+    assert own_redis.cli("ZCARD", slots_key) == "1"
+    own_redis.stop(keep_data=True)
+    try:
+        began = time.monotonic()
+        await asyncio.wait_for(held.settle(5), 2)  # the end of a generation does not wait for Redis
+        ended_in = time.monotonic() - began
+    finally:
+        own_redis.start()
+    assert own_redis.cli("ZCARD", slots_key) == "1"  # the lease outlived the outage: the release did not land
+    returned = time.monotonic()
+    while own_redis.cli("ZCARD", slots_key) != "0":
+        assert time.monotonic() - returned < 15, "the slot was not given back after Redis returned"
+        await asyncio.sleep(0.1)
+    measured("release while Redis was down: returned in, ms", f"{ended_in * 1000:.0f}")
+    measured("slot back after Redis returned, s", f"{time.monotonic() - returned:.1f}")
+    await (await limits.reserve(subject, one_slot, 5)).settle(5)  # the slot is there to take again
+
+
 def test_keys_do_not_multiply_a_users_budget(start_replica, server_database_url: str, redis_url: str,
                                              server_url: str, auth_headers: dict[str, str],
                                              measured: Callable[[str, object], None]) -> None:
