@@ -152,6 +152,7 @@ def create_app(settings: Settings, model_path: str, *, tracing: bool | None = No
         engine.load_backend()
         adopt_loggers("vllm")  # vLLM set its own handler on import: its lines go through ours instead
         await engine.start()
+        await limits.storage.warm_up()
         freeze_startup_heap()  # again: the engine client and the tokenizer are built now
         # uvicorn binds the socket right after this returns.
         held.lifecycle.start(held)

@@ -6,6 +6,7 @@ SIGTERM under 16 chat and 16 conversation streams (the drain)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 import uuid
@@ -122,28 +123,73 @@ async def test_postgres_outage_under_streaming_replies(server: SpawnedServer, ke
         assert following.status_code == 201, following.text
 
 
+async def slots_held(own_redis: OwnRedis, slots_key: str, expected: str, within_s: float) -> float:
+    """Waits until the key's slot count is `expected`; returns how long that took."""
+    began = time.monotonic()
+    while (held := own_redis.cli("ZCARD", slots_key)) != expected:
+        assert time.monotonic() - began < within_s, f"{held} slots held, {expected} expected after {within_s} s"
+        await asyncio.sleep(0.1)
+    return time.monotonic() - began
+
+
 async def test_redis_restart_mid_stream_leaves_no_slot_behind(server: SpawnedServer, key: str, own_redis: OwnRedis,
                                                               measured: Callable[[str, object], None]) -> None:
-    """Stream slots are leases that expire one by one: after a Redis restart under a running stream, the stream's
-    release leaves the count at 0 (never negative), and the key's slots are all available again."""
+    """Stream slots are leases released when the stream ends: after a Redis restart under a running stream (the
+    lease kept across it, as a Redis with persistence keeps it), the stream's release lands on the restarted
+    Redis, and the key's slots are all available again. Fails if the release is skipped, or fails and is not
+    retried: the lease would then be held for an hour. The stream is long (1,000 tokens) and the client ends it
+    once the checks are done, so the checks always see it running: a short stream could end, and release its slot,
+    before a slow test process had read its first line."""
     async with httpx.AsyncClient(base_url=server.url, headers=headers(key), timeout=300) as http:
         limited = (await http.post("/api/v1/keys", json={"name": "two streams", "max_concurrent_streams": 2}))
         limited_key = limited.json()["key"]
         slots_key = f"codeface-streams/key:{limited.json()['id']}"
-        body = {"messages": [{"role": "user", "content": "Go on."}], "max_tokens": 40, "ignore_eos": True,
+        body = {"messages": [{"role": "user", "content": "Go on."}], "max_tokens": 1000, "ignore_eos": True,
                 "stream": True}
         async with http.stream("POST", CHAT, json=body, headers=headers(limited_key)) as response:
-            lines = response.aiter_lines()
-            await anext(lines)
+            events = aiter_events(response.aiter_lines())
+            await anext(events)
             assert own_redis.cli("ZCARD", slots_key) == "1"
-            own_redis.restart()
-            async for _ in lines:
-                pass
-        assert own_redis.cli("ZCARD", slots_key) == "0"
+            own_redis.restart(keep_data=True)
+            assert own_redis.cli("ZCARD", slots_key) == "1"
+            for _ in range(5):  # the stream runs on past the restart; the client then leaves (the stream ends)
+                event = await anext(events)
+                assert not event.done and json.loads(event.data)["choices"][0]["finish_reason"] is None
+        released_in = await slots_held(own_redis, slots_key, "0", 15)
         measured("stream slots held after the stream", 0)
+        measured("slot released after the stream ended, s", f"{released_in:.1f}")
         outcomes = await asyncio.gather(*(http.post(CHAT, headers=headers(limited_key), json={
             **body, "stream": False, "max_tokens": 8}) for _ in range(2)))
         assert [r.status_code for r in outcomes] == [200, 200]
+
+
+async def test_a_reply_ends_and_is_stored_while_redis_refuses(server: SpawnedServer, key: str, own_redis: OwnRedis,
+                                                             measured: Callable[[str, object], None]) -> None:
+    """A conversation reply whose key has a stream slot (and no token budget whose refund would open the breaker
+    first) ends while Redis refuses connections: the final event still goes out, the reply is stored, the next
+    post is served (fail open), and the slot comes back once Redis returns."""
+    async with httpx.AsyncClient(base_url=server.url, headers=headers(key), timeout=60) as http:
+        limited = (await http.post("/api/v1/keys", json={"name": "slot only", "max_concurrent_streams": 2,
+                                                         "requests_per_minute": 0, "tokens_per_minute": 0}))
+        assert limited.status_code == 201, limited.text
+        slots_key = f"codeface-streams/key:{limited.json()['id']}"
+        http.headers["Authorization"] = f"Bearer {limited.json()['key']}"
+        conversation_id = (await http.post(API, json={})).json()["id"]
+        started = asyncio.Event()
+        reply = asyncio.create_task(stream_reply(http, conversation_id, started, max_tokens=60))
+        await started.wait()
+        assert own_redis.cli("ZCARD", slots_key) == "1"
+        own_redis.stop(keep_data=True)
+        try:
+            message_id, text, final = await asyncio.wait_for(reply, 60)
+            assert final["status"] == "length", final
+            stored_reply = await stored(http, conversation_id, message_id, 10)
+            assert stored_reply["status"] == "length" and stored_reply["content"] == text
+            following = await http.post(f"{API}/{conversation_id}/messages", json={"content": "And?", "max_tokens": 2})
+            assert following.status_code == 201, following.text
+        finally:
+            own_redis.start()
+        measured("slot back after Redis returned, s", f"{await slots_held(own_redis, slots_key, '0', 15):.1f}")
 
 
 async def test_flood_of_conversation_posts_meets_the_stream_limit(server: SpawnedServer, key: str,
