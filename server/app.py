@@ -31,6 +31,7 @@ from server.security.ratelimit import Quota, RateLimits
 from server.security.tokens import TokenService
 from server.serving.chat import ChatCompletions
 from server.serving.completions import Completions
+from server.serving.conversation_store import ConversationLimits
 from server.serving.conversations import ConversationService
 from server.serving.fairness import FairShare
 from server.serving.generation import Admission, Generator
@@ -106,7 +107,9 @@ def build_services(settings: Settings, engine: ChatEngine, database: Database, t
     conversations = ConversationService(engine, database, registry, generator,
                                         ReplyWriter(database, settings.conversation_flush_s,
                                                     settings.conversation_heartbeat_s, settings.reply_store_timeout_s),
-                                        settings.conversation_max_tokens, settings.reply_stale_after_s, salter)
+                                        settings.conversation_max_tokens, settings.reply_stale_after_s, salter,
+                                        ConversationLimits(settings.conversation_max_messages,
+                                                           settings.conversation_max_bytes))
     return AppServices(settings=settings, engine=engine, database=database, limits=limits, registry=registry,
                        generator=generator, lifecycle=Lifecycle(settings.drain_timeout_s),
                        chat=ChatCompletions(engine, generator, settings.sse_heartbeat_s, salter),

@@ -38,6 +38,10 @@ class ConversationBusy(Conflict):
     """A reply is still being generated in this conversation."""
 
 
+class ConversationFull(Conflict):
+    """The conversation holds as many messages or bytes as it may: a new one must be started."""
+
+
 class PayloadTooLarge(ServiceError):
     """The request body is over the configured size."""
 

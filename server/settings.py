@@ -72,6 +72,10 @@ class Settings(BaseSettings, EngineOptions):
     conversation_heartbeat_s: float = 5.0   # a running reply's row is touched this often, even without new text
     reply_stale_after_s: float = 30.0       # an in_progress reply without a heartbeat this long is interrupted
     reply_store_timeout_s: float = 600.0    # a reply's final write is retried this long while the database is down
+    # What one conversation may hold (messages, and bytes of text): a post past either is refused with 409, so that
+    # no conversation grows without bound (a post reads only what its prompt can hold, whatever the size).
+    conversation_max_messages: int = Field(default=10_000, ge=2)
+    conversation_max_bytes: int = Field(default=32 << 20, ge=1)
     # Event streams: a comment every heartbeat_s keeps idle connections through proxies (nginx, load balancers
     # time out after 60 s by default); a listener waiting for a reply that does not come is closed after
     # sse_idle_timeout_s (0: never) with an event that tells it to reconnect. Caps: open streams in all (503 past

@@ -6,15 +6,63 @@ import uuid
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Result, delete, func, select, update
+from sqlalchemy import CursorResult, Integer, Result, delete, func, select, update
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from storage.models import ApiKey, Conversation, Message, MessageRole, MessageStatus, User, utcnow
+
+# Postgres text cannot hold NUL (SQLSTATE 22021): text that may carry one (a model's output) has it replaced by
+# U+FFFD, the character Unicode sets for "not representable here", before it is streamed or stored.
+NUL = "\x00"
+REPLACEMENT_CHARACTER = "\ufffd"
+# SQLSTATE classes of a statement the database answered and refused (data exception, integrity constraint, syntax or
+# access rule): the same statement would be refused again, unlike one lost to an outage.
+REFUSED_SQLSTATE_CLASSES = frozenset({"22", "23", "42"})
+
+
+# Sizes of the newest messages are read this many at a time (see Messages.recent).
+RECENT_PAGE = 200
+
+
+def storable_text(text: str) -> str:
+    return text.replace(NUL, REPLACEMENT_CHARACTER) if NUL in text else text
+
+
+def refused(error: BaseException) -> bool:
+    """Whether the database refused the statement itself (bad data), as opposed to not answering (an outage)."""
+    if isinstance(error, DataError | IntegrityError | ProgrammingError):
+        return True
+    if isinstance(error, DBAPIError):
+        sqlstate = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+        return isinstance(sqlstate, str) and sqlstate[:2] in REFUSED_SQLSTATE_CLASSES
+    return False
 
 
 def rows_changed(result: Result[Any]) -> int:
     """An UPDATE's or DELETE's row count (execute() is typed as returning a plain Result)."""
     return int(cast(CursorResult[Any], result).rowcount)
+
+
+class ContentBytes(FunctionElement[int]):
+    """A text column's length in bytes, without reading it into Python (Postgres reads the stored size)."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(ContentBytes)
+def _octet_length(element: ContentBytes, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"octet_length({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(ContentBytes, "sqlite")
+def _sqlite_bytes(element: ContentBytes, compiler: SQLCompiler, **kw: Any) -> str:
+    # SQLite has octet_length only from 3.43.
+    return f"length(CAST({compiler.process(element.clauses, **kw)} AS BLOB))"
 
 
 class Users:
@@ -147,11 +195,14 @@ class Messages:
             select(Message).where(Message.id == message_id, Message.conversation_id == conversation_id)
         )
 
-    async def finish(self, message_id: uuid.UUID, *, content: str, status: MessageStatus, finish_reason: str | None,
-                     completion_tokens: int | None) -> None:
-        await self.session.execute(update(Message).where(Message.id == message_id).values(
-            content=content, status=status, finish_reason=finish_reason, completion_tokens=completion_tokens,
-            updated_at=utcnow()))
+    async def finish(self, message_id: uuid.UUID, *, content: str | None, status: MessageStatus,
+                     finish_reason: str | None, completion_tokens: int | None) -> None:
+        """`content` None: the stored text is kept."""
+        values: dict[str, Any] = {"status": status, "finish_reason": finish_reason,
+                                  "completion_tokens": completion_tokens, "updated_at": utcnow()}
+        if content is not None:
+            values["content"] = content
+        await self.session.execute(update(Message).where(Message.id == message_id).values(**values))
 
     async def latest(self, conversation_id: uuid.UUID, role: MessageRole) -> Message | None:
         return await self.session.scalar(
@@ -178,3 +229,39 @@ class Messages:
         if limit is not None:
             query = query.limit(limit)
         return list(await self.session.scalars(query))
+
+    async def size(self, conversation_id: uuid.UUID) -> tuple[int, int]:
+        """How many messages the conversation holds, and their text's bytes."""
+        row = (await self.session.execute(
+            select(func.count(), func.coalesce(func.sum(ContentBytes(Message.content)), 0))
+            .where(Message.conversation_id == conversation_id))).one()
+        return int(row[0]), int(row[1])
+
+    async def recent(self, conversation_id: uuid.UUID, *, max_bytes: int, max_messages: int,
+                     page: int = RECENT_PAGE) -> list[Message]:
+        """The newest messages, oldest first, back to the first that takes their text past `max_bytes` or their
+        number to `max_messages` (or all there are). Sizes are read newest-first in pages, then only those
+        messages: a post reads what its prompt could hold, however long the conversation."""
+        start: int | None = None
+        total_bytes = count = 0
+        before: int | None = None
+        while True:
+            query = (select(Message.seq, ContentBytes(Message.content))
+                     .where(Message.conversation_id == conversation_id).order_by(Message.seq.desc()).limit(page))
+            if before is not None:
+                query = query.where(Message.seq < before)
+            rows = (await self.session.execute(query)).all()
+            for seq, size in rows:
+                start, total_bytes, count = seq, total_bytes + int(size or 0), count + 1
+                if total_bytes >= max_bytes or count >= max_messages:
+                    break
+            else:
+                if len(rows) == page:
+                    before = rows[-1][0]
+                    continue
+            break
+        if start is None:
+            return []
+        return list(await self.session.scalars(
+            select(Message).where(Message.conversation_id == conversation_id, Message.seq >= start)
+            .order_by(Message.seq)))

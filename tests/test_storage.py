@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -9,6 +10,7 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 
 from storage import Database
+from storage.models import MessageRole, MessageStatus
 from storage.repository import ApiKeys, Conversations, Messages, Users
 
 
@@ -147,3 +149,53 @@ async def test_api_keys_store_only_hashes_and_revoke(database: Database) -> None
         assert not await keys.revoke(owner, key.id)
         await session.commit()
         assert (await keys.list_for(owner))[0].revoked_at is not None
+
+
+async def test_recent_reads_newest_first_up_to_a_budget_and_size_counts_bytes(database: Database) -> None:
+    """On both databases (the byte length is compiled per dialect): 500 messages of 10 bytes, pages of 64."""
+    owner = await make_user(database)
+    async with database.session() as session:
+        conversation = await Conversations(session).create(owner)
+        for _ in range(500):
+            await Messages(session).append(conversation.id, MessageRole.USER, "é" * 5)  # 10 bytes
+        await session.commit()
+    async with database.session() as session:
+        messages = Messages(session)
+        assert await messages.size(conversation.id) == (500, 5000)
+        by_bytes = await messages.recent(conversation.id, max_bytes=1000, max_messages=10_000, page=64)
+        by_count = await messages.recent(conversation.id, max_bytes=10**9, max_messages=7, page=64)
+        everything = await messages.recent(conversation.id, max_bytes=10**9, max_messages=10_000, page=64)
+    assert [m.seq for m in by_bytes] == list(range(401, 501))
+    assert [m.seq for m in by_count] == list(range(494, 501))
+    assert len(everything) == 500
+
+
+async def test_a_refused_final_write_is_stored_failed_at_once(database_url: str) -> None:
+    """A reply text Postgres refuses (NUL, SQLSTATE 22021) is a data error, not an outage: not retried for
+    store_timeout_s (600 s here) but stored failed at once. SQLite takes NUL: stored as given."""
+    import time
+
+    from server.serving.reply_writer import FinalReply, ReplyWriter
+
+    database = Database(database_url)
+    try:
+        owner = await make_user(database)
+        async with database.session() as session:
+            conversation = await Conversations(session).create(owner)
+            reply = await Messages(session).append(conversation.id, MessageRole.ASSISTANT, "flushed",
+                                                   status=MessageStatus.IN_PROGRESS)
+            await session.commit()
+        writer = ReplyWriter(database, flush_s=1.0, heartbeat_s=5.0, store_timeout_s=600.0)
+        began = time.monotonic()
+        await asyncio.wait_for(writer.store_final(FinalReply(reply.id, "a\x00b", MessageStatus.COMPLETED, "stop", 2)),
+                               30)
+        took = time.monotonic() - began
+        async with database.session() as session:
+            stored = await Messages(session).get(conversation.id, reply.id)
+    finally:
+        await database.close()
+    assert took < 5, took
+    if database_url.startswith("postgresql"):
+        assert (stored.status, stored.content, stored.completion_tokens) == ("failed", "flushed", 2)
+    else:
+        assert (stored.status, stored.content) == ("completed", "a\x00b")

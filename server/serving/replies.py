@@ -69,8 +69,9 @@ class Run:
         self.synced = asyncio.Event()
         if not remote:
             self.synced.set()
-        # Set once this replica's final write of the reply has landed (or given up).
+        # Set once this replica's final write of the reply has landed (or given up); `finishing` once it has begun.
         self.stored = asyncio.Event()
+        self.finishing = False
 
     @property
     def last_id(self) -> int:
@@ -103,9 +104,13 @@ class Run:
         self.changed.notify()
 
     async def wait(self) -> None:
-        """Until the task producing the reply has ended; cancelling the caller does not cancel the task."""
+        """Until the task producing the reply has ended, and the reply with it; cancelling the caller does not
+        cancel the task. A cancel that came once the generation had ended stops the task's wait for the final
+        write, not the write: that is waited for here."""
         if self.task is not None:
-            await asyncio.shield(self.task)
+            await asyncio.wait([self.task])
+            if self.finishing:
+                await self.stored.wait()
 
     async def settled(self) -> None:
         """Until the final write has landed, for at most FINAL_WRITE_WAIT_S (a mirror's is another replica's)."""

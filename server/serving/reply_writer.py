@@ -1,8 +1,9 @@
 """Runs one conversation reply: streams its events to the run's buffer, writes its partial text (and a heartbeat)
 from a task of its own so that a slow database never delays a token, and stores it at the end whatever happens
 (completed, length, cancelled, interrupted, failed). The final event reaches listeners at once; the final write
-is retried, in a task no cancellation reaches, until the database takes it; a stream ends once it has landed (or
-after a bounded wait), so that what a client reads after the stream is what was stored."""
+is retried, in a task no cancellation reaches, until the database takes it (an outage), or stored as failed at once
+if the database refuses it (bad data); a stream ends once it has landed (or after a bounded wait), so that what a
+client reads after the stream is what was stored."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from server.serving.replies import Run
 from server.serving.sse import ReplyEvent
 from storage import Database
 from storage.models import MessageStatus
-from storage.repository import Messages
+from storage.repository import Messages, refused, storable_text
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +59,10 @@ class ReplyWriter:
             async for step in generation:
                 choice = step.choices[0]
                 if choice.content:
-                    parts.append(choice.content)
-                    await run.publish(ReplyEvent.DELTA, {"message_id": str(run.message_id), "delta": choice.content})
+                    # Streamed as it will be stored (NUL cannot be): the stream and the stored reply agree.
+                    delta = storable_text(choice.content)
+                    parts.append(delta)
+                    await run.publish(ReplyEvent.DELTA, {"message_id": str(run.message_id), "delta": delta})
                 if choice.finish_reason is not None:
                     finish_reason = choice.finish_reason
                 flusher.update(parts, generation.tally.completion_tokens)
@@ -77,6 +80,7 @@ class ReplyWriter:
         # The rest runs in a task of its own: a second cancellation (grace timer, cancel, DELETE, shutdown) that
         # reaches this one cannot stop it.
         finishing = asyncio.create_task(self._finish(run, generation, flusher, final, error))
+        run.finishing = True
         self.pending.add(finishing)
         self.storing.add(final.message_id)
         finishing.add_done_callback(self.pending.discard)
@@ -104,19 +108,34 @@ class ReplyWriter:
             run.stored.set()  # a stream's end waits for this (bounded): see Run.settled
 
     async def store_final(self, final: FinalReply) -> None:
-        """Retried with backoff until the database takes it (or store_timeout_s passes, logged: the reconciler then
-        finds the row stale and keeps its last flushed text)."""
+        """Retried with backoff while the database does not answer, until it takes it (or store_timeout_s passes,
+        logged: the reconciler then finds the row stale and keeps its last flushed text). A write the database
+        refuses (bad data) is not retried: the reply is stored failed at once, keeping its last flushed text."""
         deadline = time.monotonic() + self.store_timeout_s
         delay = FIRST_RETRY_S
+        keep_text = False
         while True:
             try:
                 async with self.database.session() as session:
-                    await Messages(session).finish(final.message_id, content=final.text, status=final.status,
-                                                   finish_reason=final.finish_reason,
+                    await Messages(session).finish(final.message_id, content=None if keep_text else final.text,
+                                                   status=final.status, finish_reason=final.finish_reason,
                                                    completion_tokens=final.completion_tokens)
                     await session.commit()
                 return
-            except Exception as exc:  # any driver failure: connection refused, reset, timeout, server gone
+            except Exception as exc:  # any driver failure: connection refused, reset, timeout, server gone, refusal
+                if refused(exc):
+                    # The driver's message alone: the statement's parameters (the reply's text) stay out of logs.
+                    reason = str(getattr(exc, "orig", None) or type(exc).__name__)
+                    if keep_text:
+                        logger.error("the database refused reply %s even without its text: %s", final.message_id,
+                                     reason)
+                        return
+                    logger.error("the database refused reply %s (%s, %d tokens): stored failed with its last "
+                                 "flushed text: %s", final.message_id, final.status, final.completion_tokens, reason)
+                    keep_text = True
+                    final = FinalReply(final.message_id, final.text, MessageStatus.FAILED, None,
+                                       final.completion_tokens)
+                    continue
                 if time.monotonic() + delay > deadline:
                     logger.error("could not store reply %s (%s, %d tokens) within %.0f s: %s", final.message_id,
                                  final.status, final.completion_tokens, self.store_timeout_s, type(exc).__name__)
