@@ -49,6 +49,11 @@ from storage import Database
 DEFAULT_SECRET = "change-me"
 MEMORY_STORAGE = "memory://"
 MIN_SECRET_LENGTH = 32
+# Example values shipped in deploy/, configs/ and the docs, and the words such values are made of: a copied example
+# is long enough to pass the length check, and everyone who read the repository knows it.
+PLACEHOLDER_SECRETS = frozenset({DEFAULT_SECRET, "replace-with-at-least-32-random-characters", "..."})
+PLACEHOLDER_WORDS = ("change-me", "changeme", "replace-with", "replace-me", "placeholder", "your-secret",
+                     "example", "random-characters", "xxxxxxxx")
 # Pages anyone may load (the API they describe or drive still needs credentials).
 PUBLIC_PAGES = frozenset({"/", DOCS_PATH, "/openapi.json"})
 CORS_HEADERS = ["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"]
@@ -66,12 +71,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def is_placeholder_secret(secret: str) -> bool:
+    lowered = secret.strip().lower()
+    return lowered in PLACEHOLDER_SECRETS or any(word in lowered for word in PLACEHOLDER_WORDS)
+
+
 def check_settings(settings: Settings) -> None:
     """Refuse to start in a configuration that would be unsafe without saying so."""
     if settings.auth_enabled and settings.jwt_algorithm == "HS256" and (
-            settings.secret_key == DEFAULT_SECRET or len(settings.secret_key) < MIN_SECRET_LENGTH):
+            is_placeholder_secret(settings.secret_key) or len(settings.secret_key) < MIN_SECRET_LENGTH):
         raise ValueError(f"auth is on: set SECRET_KEY to a random string of at least {MIN_SECRET_LENGTH} "
-                         "characters (it signs the access tokens)")
+                         "characters (it signs the access tokens), not an example value, e.g. "
+                         "SECRET_KEY=$(openssl rand -base64 32)")
     if not settings.auth_enabled and not is_loopback(settings.host) and not settings.allow_unauthenticated_network:
         raise ValueError(f"auth is off and the server would listen on {settings.host}, beyond this machine: turn "
                          "auth on (AUTH_ENABLED=true), or say that this is meant with "
