@@ -144,8 +144,10 @@ class Settings(BaseSettings, EngineOptions):
     # (with several API processes, each admits its share).
     max_inflight_generations: int = 1024
 
-    # Logins: password guessing is limited per client address and per username, and argon2's 64 MiB per try is
-    # bounded by the number of hashes computed at once.
+    # Logins: password guessing is limited per client address and per username from one address (never per username
+    # alone: guessing from one address does not lock the owner out elsewhere); each time a budget is spent again
+    # within the hour, the block doubles (60 s up to 15 min). The budgets are also counted in-process, so that they
+    # hold when the limiter storage is down. argon2's 64 MiB per try is bounded by the hashes computed at once.
     login_attempts_per_minute_per_address: int = 30
     login_attempts_per_minute_per_username: int = 10
     max_concurrent_password_hashes: int = 2
