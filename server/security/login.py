@@ -26,6 +26,7 @@ MAX_REMEMBERED = 10_000
 BACKOFF_BASE_S = 60
 BACKOFF_MAX_S = 900
 STRIKES_KEPT_S = 3600.0
+MAX_DOUBLINGS = 16  # far past BACKOFF_MAX_S already
 TOO_MANY = "too many login attempts; retry later"
 
 
@@ -40,7 +41,7 @@ def backoff_s(strikes: int, limiter_wait_s: int) -> int:
     """How long a subject is blocked the `strikes`-th time in a row that it spends its budget."""
     if strikes <= 1:
         return max(1, limiter_wait_s)
-    return min(BACKOFF_MAX_S, max(limiter_wait_s, BACKOFF_BASE_S * 2 ** (strikes - 2)))
+    return min(BACKOFF_MAX_S, max(limiter_wait_s, BACKOFF_BASE_S << min(strikes - 2, MAX_DOUBLINGS)))
 
 
 class LoginGuard:
