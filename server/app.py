@@ -25,6 +25,7 @@ from server.routes.identity import TOKEN_PATH
 from server.routes.pages import DOCS_PATH, STATIC_PREFIX
 from server.security.access import AccessPolicy
 from server.security.auth import Authenticator
+from server.security.budgets import AbuseBudget
 from server.security.cache_salt import CacheIsolation, CacheSalter
 from server.security.login import LoginGuard
 from server.security.ratelimit import Quota, RateLimits
@@ -56,6 +57,7 @@ PLACEHOLDER_WORDS = ("change-me", "changeme", "replace-with", "replace-me", "pla
                      "example", "random-characters", "xxxxxxxx")
 # Pages anyone may load (the API they describe or drive still needs credentials).
 PUBLIC_PAGES = frozenset({"/", DOCS_PATH, "/openapi.json"})
+TOO_MANY_FAILURES = "too many requests with invalid credentials from this address; retry later"
 CORS_HEADERS = ["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"]
 CORS_EXPOSED = ["X-Request-ID", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Retry-After"]
 
@@ -153,7 +155,8 @@ def create_app(settings: Settings, model_path: str, *, tracing: bool | None = No
     limits = RateLimits(settings.rate_limit_storage, fail_open=settings.rate_limit_failure == "open",
                         timeout_s=settings.rate_limit_timeout_s, retry_s=settings.rate_limit_retry_s)
     held = build_services(settings, engine, database, tokens, authenticator, limits)
-    policy = AccessPolicy(authenticator, database, settings.default_user, default_quota)
+    failures = AbuseBudget(limits, settings.failed_auth_per_minute_per_address, TOO_MANY_FAILURES)
+    policy = AccessPolicy(authenticator, database, settings.default_user, default_quota, failures)
     if not settings.auth_enabled:
         logger.warning("AUTH IS OFF (auth_enabled: false): anyone who can reach this server uses it as %r. "
                        "Set AUTH_ENABLED=true for any shared deployment.", settings.default_user)

@@ -150,6 +150,9 @@ class Settings(BaseSettings, EngineOptions):
     # hold when the limiter storage is down. argon2's 64 MiB per try is bounded by the hashes computed at once.
     login_attempts_per_minute_per_address: int = 30
     login_attempts_per_minute_per_username: int = 10
+    # Requests with credentials that fail (unknown keys, bad tokens) per client address and minute: past it, 429 with
+    # Retry-After before any database lookup (a block that doubles on repeats, as for logins).
+    failed_auth_per_minute_per_address: int = 60
     max_concurrent_password_hashes: int = 2
 
     @property

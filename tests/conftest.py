@@ -147,6 +147,7 @@ def server_settings(database_url: str, redis_url: str, **overrides: object):
               "sse_heartbeat_s": 2.0, "sse_idle_heartbeat_s": 2.0,
               # The suite logs in often from one address; the login-flood test sets the defaults back.
               "login_attempts_per_minute_per_address": 10_000, "login_attempts_per_minute_per_username": 1_000,
+              "failed_auth_per_minute_per_address": 10_000,  # the suite's 401 checks all come from one address
               "secret_key": "test-secret-key-with-enough-entropy-0123456789",
               "rate_limit_storage": redis_url, **overrides}
     return load_settings(ROOT / "configs/cpu.yaml", **values)

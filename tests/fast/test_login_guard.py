@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from server.exceptions import RateLimited
-from server.security.login import BACKOFF_BASE_S, BACKOFF_MAX_S, LoginGuard, backoff_s
+from server.security.budgets import BACKOFF_BASE_S, BACKOFF_MAX_S, backoff_s
+from server.security.login import LoginGuard
 from server.security.ratelimit import RateLimits
 
 
@@ -33,10 +34,10 @@ async def test_each_block_again_lasts_longer() -> None:
             await login.check("198.51.100.1", "ann")
         waits.append(refused.value.retry_after_s)
         # The block over and the window free again (as a minute later): the next strike is remembered.
-        strikes = login._strikes["login-username:198.51.100.1:ann"]
-        strikes.blocked_until = 0
-        login.local = RateLimits("memory://", fail_open=False)
-        login.limits = RateLimits("memory://", fail_open=True)
+        budget = login.per_username
+        budget._strikes["login-username:198.51.100.1:ann"].blocked_until = 0
+        budget.local = RateLimits("memory://", fail_open=False)
+        budget.limits = RateLimits("memory://", fail_open=True)
     assert waits[1] == BACKOFF_BASE_S and waits[2] == 2 * BACKOFF_BASE_S, waits
 
 
