@@ -15,9 +15,8 @@ import pytest
 from sqlalchemy import event
 from starlette.applications import Starlette
 
-from fast.fake_engine import FakeEngine
-
 from conftest import server_settings, user_with_key
+from fast.fake_engine import FakeEngine
 
 FAILED_PER_MINUTE = 20
 FLOOD = 200
