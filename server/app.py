@@ -28,6 +28,7 @@ from server.security.auth import Authenticator
 from server.security.budgets import AbuseBudget
 from server.security.cache_salt import CacheIsolation, CacheSalter
 from server.security.login import LoginGuard
+from server.security.operator import OperatorEndpoints
 from server.security.ratelimit import Quota, RateLimits
 from server.security.tokens import TokenService
 from server.serving.chat import ChatCompletions
@@ -85,6 +86,10 @@ def check_settings(settings: Settings) -> None:
         raise ValueError(f"auth is on: set SECRET_KEY to a random string of at least {MIN_SECRET_LENGTH} "
                          "characters (it signs the access tokens), not an example value, e.g. "
                          "SECRET_KEY=$(openssl rand -base64 32)")
+    if settings.metrics_token is not None and (is_placeholder_secret(settings.metrics_token)
+                                               or len(settings.metrics_token) < MIN_SECRET_LENGTH):
+        raise ValueError(f"set METRICS_TOKEN to a random string of at least {MIN_SECRET_LENGTH} characters, not an "
+                         "example value, or leave it unset")
     if not settings.auth_enabled and not is_loopback(settings.host) and not settings.allow_unauthenticated_network:
         raise ValueError(f"auth is off and the server would listen on {settings.host}, beyond this machine: turn "
                          "auth on (AUTH_ENABLED=true), or say that this is meant with "
@@ -105,7 +110,7 @@ def check_settings(settings: Settings) -> None:
 
 
 def build_services(settings: Settings, engine: ChatEngine, database: Database, tokens: TokenService,
-                   authenticator: Authenticator | None, limits: RateLimits) -> AppServices:
+                   authenticator: Authenticator | None, limits: RateLimits, policy: AccessPolicy) -> AppServices:
     retention = Retention(settings.reply_retention_s, settings.reply_buffer_bytes, settings.reply_buffers_total_bytes)
     listeners = Listeners(settings.sse_heartbeat_s, settings.sse_idle_timeout_s, settings.max_sse_listeners,
                           settings.max_sse_listeners_per_key, settings.sse_idle_heartbeat_s)
@@ -129,7 +134,8 @@ def build_services(settings: Settings, engine: ChatEngine, database: Database, t
                            database, tokens, authenticator, max_keys_per_user=settings.max_keys_per_user,
                            login_guard=LoginGuard(limits, per_address=settings.login_attempts_per_minute_per_address,
                                                   per_username=settings.login_attempts_per_minute_per_username,
-                                                  concurrent_hashes=settings.max_concurrent_password_hashes)))
+                                                  concurrent_hashes=settings.max_concurrent_password_hashes)),
+                       operator=OperatorEndpoints(policy, public=settings.metrics_public, token=settings.metrics_token))
 
 
 def create_app(settings: Settings, model_path: str, *, tracing: bool | None = None,
@@ -154,9 +160,9 @@ def create_app(settings: Settings, model_path: str, *, tracing: bool | None = No
                      if settings.auth_enabled else None)
     limits = RateLimits(settings.rate_limit_storage, fail_open=settings.rate_limit_failure == "open",
                         timeout_s=settings.rate_limit_timeout_s, retry_s=settings.rate_limit_retry_s)
-    held = build_services(settings, engine, database, tokens, authenticator, limits)
     failures = AbuseBudget(limits, settings.failed_auth_per_minute_per_address, TOO_MANY_FAILURES)
     policy = AccessPolicy(authenticator, database, settings.default_user, default_quota, failures)
+    held = build_services(settings, engine, database, tokens, authenticator, limits, policy)
     if not settings.auth_enabled:
         logger.warning("AUTH IS OFF (auth_enabled: false): anyone who can reach this server uses it as %r. "
                        "Set AUTH_ENABLED=true for any shared deployment.", settings.default_user)

@@ -106,6 +106,11 @@ class Settings(BaseSettings, EngineOptions):
     allow_unauthenticated_network: bool = False
     default_user: str = "local"
     open_paths: list[str] = ["/health", "/healthz", "/readyz", "/version", "/metrics"]
+    # With auth on, /metrics and /version (the model, versions, every tenant's load) answer only an admin's
+    # credentials or metrics_token; true: anyone who reaches the port, as vllm serve.
+    metrics_public: bool = False
+    # A bearer token for the metrics scraper alone (Prometheus's `authorization`), at least 32 random characters.
+    metrics_token: str | None = None
     secret_key: str = "change-me"
     jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
     jwt_private_key_file: Path | None = None   # RS256/ES256: PEM used to sign

@@ -129,3 +129,19 @@ def test_monitoring_has_no_default_credentials_and_is_not_published() -> None:
     for name, service in services.items():
         for port in service.get("ports", []):
             assert name == "balancer" or port.startswith("127.0.0.1:"), (name, port)
+
+
+def test_metrics_are_scraped_with_the_metrics_token() -> None:
+    _, container, _ = deployment_pod()
+    sources = {item["name"]: item.get("valueFrom", {}).get("secretKeyRef", {}).get("key") for item in container["env"]}
+    assert sources["METRICS_TOKEN"] == "metrics-token" and "METRICS_PUBLIC" not in sources
+    (secret,) = documents(DEPLOY / "k8s" / "secrets.example.yaml")
+    assert "metrics-token" in secret["stringData"]
+    (compose,) = documents(DEPLOY / "compose.yaml")
+    services = compose["services"]
+    for name in (name for name in services if name.startswith("codeface-")):
+        assert services[name]["environment"]["METRICS_TOKEN"].startswith("${METRICS_TOKEN:?"), name
+    assert services["prometheus"]["secrets"] == ["metrics-token"]
+    (prometheus,) = documents(DEPLOY / "prometheus.yml")
+    (job,) = prometheus["scrape_configs"]
+    assert job["authorization"]["credentials_file"] == "/run/secrets/metrics-token"
