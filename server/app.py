@@ -25,8 +25,10 @@ from server.routes.identity import TOKEN_PATH
 from server.routes.pages import DOCS_PATH, STATIC_PREFIX
 from server.security.access import AccessPolicy
 from server.security.auth import Authenticator
+from server.security.budgets import AbuseBudget
 from server.security.cache_salt import CacheIsolation, CacheSalter
 from server.security.login import LoginGuard
+from server.security.operator import OperatorEndpoints
 from server.security.ratelimit import Quota, RateLimits
 from server.security.tokens import TokenService
 from server.serving.chat import ChatCompletions
@@ -50,8 +52,14 @@ from storage import Database
 DEFAULT_SECRET = "change-me"
 MEMORY_STORAGE = "memory://"
 MIN_SECRET_LENGTH = 32
+# Example values shipped in deploy/, configs/ and the docs, and the words such values are made of: a copied example
+# is long enough to pass the length check, and everyone who read the repository knows it.
+PLACEHOLDER_SECRETS = frozenset({DEFAULT_SECRET, "replace-with-at-least-32-random-characters", "..."})
+PLACEHOLDER_WORDS = ("change-me", "changeme", "replace-with", "replace-me", "placeholder", "your-secret",
+                     "example", "random-characters", "xxxxxxxx")
 # Pages anyone may load (the API they describe or drive still needs credentials).
 PUBLIC_PAGES = frozenset({"/", DOCS_PATH, "/openapi.json"})
+TOO_MANY_FAILURES = "too many requests with invalid credentials from this address; retry later"
 CORS_HEADERS = ["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"]
 CORS_EXPOSED = ["X-Request-ID", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Retry-After"]
 
@@ -67,12 +75,22 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def is_placeholder_secret(secret: str) -> bool:
+    lowered = secret.strip().lower()
+    return lowered in PLACEHOLDER_SECRETS or any(word in lowered for word in PLACEHOLDER_WORDS)
+
+
 def check_settings(settings: Settings) -> None:
     """Refuse to start in a configuration that would be unsafe without saying so."""
     if settings.auth_enabled and settings.jwt_algorithm == "HS256" and (
-            settings.secret_key == DEFAULT_SECRET or len(settings.secret_key) < MIN_SECRET_LENGTH):
+            is_placeholder_secret(settings.secret_key) or len(settings.secret_key) < MIN_SECRET_LENGTH):
         raise ValueError(f"auth is on: set SECRET_KEY to a random string of at least {MIN_SECRET_LENGTH} "
-                         "characters (it signs the access tokens)")
+                         "characters (it signs the access tokens), not an example value, e.g. "
+                         "SECRET_KEY=$(openssl rand -base64 32)")
+    if settings.metrics_token is not None and (is_placeholder_secret(settings.metrics_token)
+                                               or len(settings.metrics_token) < MIN_SECRET_LENGTH):
+        raise ValueError(f"set METRICS_TOKEN to a random string of at least {MIN_SECRET_LENGTH} characters, not an "
+                         "example value, or leave it unset")
     if not settings.auth_enabled and not is_loopback(settings.host) and not settings.allow_unauthenticated_network:
         raise ValueError(f"auth is off and the server would listen on {settings.host}, beyond this machine: turn "
                          "auth on (AUTH_ENABLED=true), or say that this is meant with "
@@ -93,7 +111,7 @@ def check_settings(settings: Settings) -> None:
 
 
 def build_services(settings: Settings, engine: ChatEngine, database: Database, tokens: TokenService,
-                   authenticator: Authenticator | None, limits: RateLimits) -> AppServices:
+                   authenticator: Authenticator | None, limits: RateLimits, policy: AccessPolicy) -> AppServices:
     retention = Retention(settings.reply_retention_s, settings.reply_buffer_bytes, settings.reply_buffers_total_bytes)
     listeners = Listeners(settings.sse_heartbeat_s, settings.sse_idle_timeout_s, settings.max_sse_listeners,
                           settings.max_sse_listeners_per_key, settings.sse_idle_heartbeat_s)
@@ -119,7 +137,8 @@ def build_services(settings: Settings, engine: ChatEngine, database: Database, t
                            database, tokens, authenticator, max_keys_per_user=settings.max_keys_per_user,
                            login_guard=LoginGuard(limits, per_address=settings.login_attempts_per_minute_per_address,
                                                   per_username=settings.login_attempts_per_minute_per_username,
-                                                  concurrent_hashes=settings.max_concurrent_password_hashes)))
+                                                  concurrent_hashes=settings.max_concurrent_password_hashes)),
+                       operator=OperatorEndpoints(policy, public=settings.metrics_public, token=settings.metrics_token))
 
 
 def create_app(settings: Settings, model_path: str, *, tracing: bool | None = None,
@@ -144,8 +163,9 @@ def create_app(settings: Settings, model_path: str, *, tracing: bool | None = No
                      if settings.auth_enabled else None)
     limits = RateLimits(settings.rate_limit_storage, fail_open=settings.rate_limit_failure == "open",
                         timeout_s=settings.rate_limit_timeout_s, retry_s=settings.rate_limit_retry_s)
-    held = build_services(settings, engine, database, tokens, authenticator, limits)
-    policy = AccessPolicy(authenticator, database, settings.default_user, default_quota)
+    failures = AbuseBudget(limits, settings.failed_auth_per_minute_per_address, TOO_MANY_FAILURES)
+    policy = AccessPolicy(authenticator, database, settings.default_user, default_quota, failures)
+    held = build_services(settings, engine, database, tokens, authenticator, limits, policy)
     if not settings.auth_enabled:
         logger.warning("AUTH IS OFF (auth_enabled: false): anyone who can reach this server uses it as %r. "
                        "Set AUTH_ENABLED=true for any shared deployment.", settings.default_user)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 import msgspec
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -27,6 +28,10 @@ from server.exceptions import (
 
 logger = logging.getLogger(__name__)
 
+# Every pooled connection stayed busy for the pool's timeout: overload, not a fault of this request.
+DATABASE_BUSY = "the database is busy; retry shortly"
+DATABASE_BUSY_RETRY_AFTER_S = 2
+
 STATUS_OF: dict[type[Exception], int] = {
     InvalidRequest: 400,
     AuthenticationFailed: 401,
@@ -41,6 +46,7 @@ STATUS_OF: dict[type[Exception], int] = {
     InvalidRequestError: 400,
     EngineUnavailableError: 503,
     GenerationFailedError: 500,
+    PoolTimeout: 503,
 }
 
 ERROR_TYPES = {
@@ -89,6 +95,8 @@ def error_headers(error: Exception) -> dict[str, str]:
     headers: dict[str, str] = {}
     if isinstance(error, ServiceError) and error.retry_after_s is not None:
         headers["Retry-After"] = str(error.retry_after_s)
+    if isinstance(error, PoolTimeout):
+        headers["Retry-After"] = str(DATABASE_BUSY_RETRY_AFTER_S)
     if isinstance(error, AuthenticationFailed):
         headers["WWW-Authenticate"] = "Bearer"
     window_headers = getattr(error, "window_headers", None)
@@ -100,7 +108,8 @@ def error_headers(error: Exception) -> dict[str, str]:
 def response_for(error: Exception, path: str) -> Response:
     """The response for a domain (or engine) error."""
     param = error.param if isinstance(error, ServiceError) else None
-    return error_response(status_of(error), str(error), path=path, param=param, headers=error_headers(error))
+    message = DATABASE_BUSY if isinstance(error, PoolTimeout) else str(error)
+    return error_response(status_of(error), message, path=path, param=param, headers=error_headers(error))
 
 
 def response_for_scope(scope: Scope, error: Exception) -> Response:
@@ -118,8 +127,11 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
                           headers=dict(exc.headers) if exc.headers else None)
 
 
-async def handle_unexpected(request: Request, _exc: Exception) -> Response:
-    # ServerErrorMiddleware calls this and then re-raises, so uvicorn still logs the traceback.
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    # ServerErrorMiddleware calls this and then re-raises, so uvicorn still logs the traceback. A mapped error
+    # raised in a middleware (a pool timeout while authenticating) lands here too, and keeps its status.
+    if status_of(exc) != 500:
+        return response_for(exc, request.url.path)
     return error_response(500, "internal server error", path=request.url.path)
 
 
@@ -129,6 +141,7 @@ EXCEPTION_HANDLERS = {
     InvalidRequestError: handle_service_error,
     EngineUnavailableError: handle_service_error,
     GenerationFailedError: handle_service_error,
+    PoolTimeout: handle_service_error,
     HTTPException: handle_http_exception,
     Exception: handle_unexpected,
 }

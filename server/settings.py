@@ -110,6 +110,11 @@ class Settings(BaseSettings, EngineOptions):
     allow_unauthenticated_network: bool = False
     default_user: str = "local"
     open_paths: list[str] = ["/health", "/healthz", "/readyz", "/version", "/metrics"]
+    # With auth on, /metrics and /version (the model, versions, every tenant's load) answer only an admin's
+    # credentials or metrics_token; true: anyone who reaches the port, as vllm serve.
+    metrics_public: bool = False
+    # A bearer token for the metrics scraper alone (Prometheus's `authorization`), at least 32 random characters.
+    metrics_token: str | None = None
     secret_key: str = "change-me"
     jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
     jwt_private_key_file: Path | None = None   # RS256/ES256: PEM used to sign
@@ -148,10 +153,15 @@ class Settings(BaseSettings, EngineOptions):
     # (with several API processes, each admits its share).
     max_inflight_generations: int = 1024
 
-    # Logins: password guessing is limited per client address and per username, and argon2's 64 MiB per try is
-    # bounded by the number of hashes computed at once.
+    # Logins: password guessing is limited per client address and per username from one address (never per username
+    # alone: guessing from one address does not lock the owner out elsewhere); each time a budget is spent again
+    # within the hour, the block doubles (60 s up to 15 min). The budgets are also counted in-process, so that they
+    # hold when the limiter storage is down. argon2's 64 MiB per try is bounded by the hashes computed at once.
     login_attempts_per_minute_per_address: int = 30
     login_attempts_per_minute_per_username: int = 10
+    # Requests with credentials that fail (unknown keys, bad tokens) per client address and minute: past it, 429 with
+    # Retry-After before any database lookup (a block that doubles on repeats, as for logins).
+    failed_auth_per_minute_per_address: int = 60
     max_concurrent_password_hashes: int = 2
 
     @property

@@ -11,6 +11,7 @@ from engine import ChatEngine
 from server.exceptions import AuthenticationFailed
 from server.lifecycle import Lifecycle
 from server.security.auth import Principal
+from server.security.operator import OperatorEndpoints
 from server.security.ratelimit import RateLimits
 from server.serving.chat import ChatCompletions
 from server.serving.completions import Completions
@@ -39,6 +40,7 @@ class AppServices:
     tokenization: Tokenization
     conversations: ConversationService
     identity: IdentityService
+    operator: OperatorEndpoints
 
 
 def services(request: Request) -> AppServices:

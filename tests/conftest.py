@@ -147,6 +147,8 @@ def server_settings(database_url: str, redis_url: str, **overrides: object):
               "sse_heartbeat_s": 2.0, "sse_idle_heartbeat_s": 2.0,
               # The suite logs in often from one address; the login-flood test sets the defaults back.
               "login_attempts_per_minute_per_address": 10_000, "login_attempts_per_minute_per_username": 1_000,
+              "failed_auth_per_minute_per_address": 10_000,  # the suite's 401 checks all come from one address
+              "metrics_public": True,  # the suite reads /metrics and /version as an open scrape (vllm serve's way)
               "secret_key": "test-secret-key-with-enough-entropy-0123456789",
               "rate_limit_storage": redis_url, **overrides}
     return load_settings(ROOT / "configs/cpu.yaml", **values)
@@ -229,7 +231,7 @@ def build_priority_server(request: pytest.FixtureRequest) -> SpawnedServer:
     settings = {"auth_enabled": True, "secret_key": PRIORITY_SECRET, "scheduling_policy": "priority",
                 "max_num_seqs": 1, "kv_cache_space_gib": 1, "sse_heartbeat_s": 0.3,
                 "user_max_concurrent_streams": 1000, "user_requests_per_minute": 100_000,
-                "user_tokens_per_minute": 10 ** 9}
+                "user_tokens_per_minute": 10 ** 9, "metrics_public": True}
     return SpawnedServer(free_port(), folder / "server.log", database_url=database_url, settings=settings)
 
 

@@ -123,7 +123,7 @@ def build_replica_b(request: pytest.FixtureRequest) -> SpawnedServer:
                 "conversation_grace_s": 3.0, "tool_call_parser": "hermes", "enable_auto_tool_choice": "true",
                 "chat_template": ROOT / "configs/templates/smollm2_hermes_tools.jinja", "drain_timeout_s": 30,
                 "kv_cache_space_gib": 1, "login_attempts_per_minute_per_address": LOGINS_PER_ADDRESS,
-                "login_attempts_per_minute_per_username": 1000}
+                "login_attempts_per_minute_per_username": 1000, "metrics_public": True}
     log = request.getfixturevalue("tmp_path_factory").mktemp("api-processes") / "server.log"
     return SpawnedServer(free_port(), log, database_url=request.getfixturevalue("server_database_url"),
                          settings=settings)

@@ -30,7 +30,8 @@ class AccessControlMiddleware:
             return
         authorization = next((value for name, value in scope["headers"] if name == b"authorization"), None)
         try:
-            principal = await self.policy.identify(authorization)
+            client = scope.get("client")
+            principal = await self.policy.identify(authorization, client[0] if client else None)
         except ServiceError as exc:
             await response_for_scope(scope, exc)(scope, receive, send)
             return

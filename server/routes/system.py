@@ -19,6 +19,12 @@ READY_RETRY_AFTER_S = 5
 CODEFACE_VERSION = package_version("codeface")
 
 
+async def check_operator(request: Request) -> None:
+    client = request.client
+    await services(request).operator.check(request.headers.get("authorization", "").encode("latin-1") or None,
+                                           client.host if client else None)
+
+
 async def healthz(request: Request) -> Response:
     """The process is alive and its event loop answers."""
     return json_response({"status": "ok"})
@@ -33,6 +39,7 @@ async def health(request: Request) -> Response:
 
 
 async def version(request: Request) -> Response:
+    await check_operator(request)
     return json_response({"version": CODEFACE_VERSION, "vllm_version": services(request).engine.vllm_version})
 
 
@@ -52,6 +59,7 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     """CodeFace's metrics and vLLM's (vllm:*), in Prometheus text format."""
+    await check_operator(request)
     return Response(generate_latest(metrics_registry()), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -20,6 +20,10 @@ logger = logging.getLogger(__name__)
 
 
 INVALID_CREDENTIALS = "invalid or expired credentials"
+# Keys the database did not know, remembered this long and this many (a flood repeating one fake key costs one
+# lookup); a real key cannot be among them, as nobody can present it before it is issued.
+UNKNOWN_KEYS_KEPT_S = 30.0
+MAX_UNKNOWN_KEYS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,7 @@ class Authenticator:
         self.user_quota = user_quota or default_quota
         self.cache_seconds = cache_seconds
         self._keys: dict[str, tuple[float, Principal, datetime | None]] = {}
+        self._unknown: dict[str, float] = {}  # digest -> until (monotonic), oldest first
 
     async def authenticate(self, token: str) -> Principal:
         if looks_like_api_key(token):
@@ -92,10 +97,13 @@ class Authenticator:
             _, principal, expires_at = cached
             if expires_at is None or expires_at > datetime.now(UTC):
                 return principal
+        if self._unknown.get(digest, 0.0) > now:
+            raise AuthenticationFailed(INVALID_CREDENTIALS)
         async with self.database.session() as session:
             record = await ApiKeys(session).by_hash(digest)
             user = await Users(session).get(record.owner_id) if record is not None else None
         if record is None or user is None or not hmac.compare_digest(record.key_hash, digest):
+            self._remember_unknown(digest, now)
             raise AuthenticationFailed(INVALID_CREDENTIALS)
         expires_at = _aware(record.expires_at)
         if record.revoked_at is not None or (expires_at is not None and expires_at <= datetime.now(UTC)):
@@ -111,6 +119,13 @@ class Authenticator:
                               user_quota=None if user.is_admin else self.user_quota, weight=record.weight or 1)
         self._keys[digest] = (now + self.cache_seconds, principal, expires_at)
         return principal
+
+    def _remember_unknown(self, digest: str, now: float) -> None:
+        if len(self._unknown) >= MAX_UNKNOWN_KEYS:
+            self._unknown = {key: until for key, until in self._unknown.items() if until > now}
+            while len(self._unknown) >= MAX_UNKNOWN_KEYS:  # all live: the oldest go first
+                del self._unknown[next(iter(self._unknown))]
+        self._unknown[digest] = now + min(self.cache_seconds, UNKNOWN_KEYS_KEPT_S)
 
     def forget_key(self, key_hash: str) -> None:
         """Drop a revoked key from this process's cache at once (other replicas drop it within cache_seconds)."""

@@ -199,7 +199,8 @@ def spawn(folder: Path, database_url: str, redis_url: str, **settings: object) -
 
     upgrade_database(database_url)
     values: dict[str, object] = {"auth_enabled": "true", "rate_limit_storage": redis_url,
-                                 "conversation_grace_s": 30, "kv_cache_space_gib": 1, **settings}
+                                 "conversation_grace_s": 30, "kv_cache_space_gib": 1, "metrics_public": True,
+                                 **settings}
     return SpawnedServer(free_port(), folder / "server.log", database_url=database_url, settings=values,
                          env={"SECRET_KEY": SECRET})
 
