@@ -8,6 +8,7 @@ give-back the storage did not take is retried in the background until it lands o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,12 @@ MEMORY = "memory://"
 # directly, so they are listed beside the limits library's wrapped StorageError.
 STORAGE_ERRORS = (StorageError, RedisError, ConnectionError, OSError, TimeoutError)
 GIVE_BACK_FIRST_RETRY_S = 0.5
+# A reply that reached the socket while this process's event loop was busy or starved is read a few loop turns after
+# the timer fired: only a reply still missing then means the storage is slow (on a loaded 2-core machine, a timer-only
+# timeout failed calls that Redis had answered in a millisecond, and the breaker then left streams unlimited).
+LATE_REPLY_TURNS = 3
+# Failures in a row that open the breaker: one slow call is not an outage.
+BREAKER_FAILURES = 2
 # Opening the connection at start-up may take longer than one call's timeout (a busy machine, a TLS handshake).
 WARM_UP_TIMEOUT_S = 10.0
 # Give-backs waiting for the storage, at most: past that the oldest are dropped (their expiry still bounds them).
@@ -42,6 +49,30 @@ redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1
 """
+
+
+async def bounded(operation: Callable[[], Awaitable[T]], timeout_s: float) -> T:
+    """`operation`'s result, or TimeoutError if the storage has not answered within `timeout_s` (a reply that
+    arrived in time but waits for this loop is still taken: see LATE_REPLY_TURNS)."""
+    task = asyncio.ensure_future(operation())
+    try:
+        await asyncio.wait({task}, timeout=timeout_s)
+        for _ in range(LATE_REPLY_TURNS):
+            if task.done():
+                break
+            await asyncio.sleep(0)
+        if not task.done():
+            raise TimeoutError(f"no answer in {timeout_s} s")
+        return task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            task.add_done_callback(_retrieve)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        task.exception()
 
 
 class LimiterUnavailable(Unavailable):
@@ -91,7 +122,8 @@ class RedisLeases:
     def __init__(self, url: str, timeout_s: float) -> None:
         import coredis
 
-        self.client: Any = coredis.Redis.from_url(url, stream_timeout=timeout_s, connect_timeout=timeout_s)
+        # The call's own bound (bounded) decides; the socket's timeouts only stop a connection that never answers.
+        self.client: Any = coredis.Redis.from_url(url, stream_timeout=timeout_s * 4, connect_timeout=timeout_s * 4)
         self.script = self.client.register_script(ACQUIRE_LEASE)
 
     async def acquire(self, key: str, limit: int, lease: str, ttl_s: int) -> bool:
@@ -119,20 +151,28 @@ class GuardedStorage:
         self.retry_s = retry_s
         self._down_until = 0.0
         self._last_warning = 0.0
+        self._failures = 0
         self.give_backs = GiveBacks(timeout_s, retry_s)
 
-    async def call(self, operation: Callable[[], Awaitable[T]]) -> T | None:
-        """Run one storage operation under the policy: None when the storage is down and the policy fails open."""
+    async def call(self, operation: Callable[[], Awaitable[T]],
+                   undo: Callable[[], Awaitable[object]] | None = None, undo_until: float = 0.0) -> T | None:
+        """Run one storage operation under the policy: None when the storage is down and the policy fails open.
+        `undo` is given back (until `undo_until`, wall-clock) when the operation failed: it may have landed."""
         if time.monotonic() < self._down_until:
             self._unavailable("recently unreachable")
             return None
         try:
-            async with asyncio.timeout(self.timeout_s):
-                return await operation()
+            result = await bounded(operation, self.timeout_s)
         except STORAGE_ERRORS as exc:
-            self._down_until = time.monotonic() + self.retry_s
+            self._failures += 1
+            if self._failures >= BREAKER_FAILURES:
+                self._down_until = time.monotonic() + self.retry_s
+            if undo is not None:
+                self.give_backs.add(undo, undo_until)
             self._unavailable(type(exc).__name__)
             return None
+        self._failures = 0
+        return result
 
     async def warm_up(self) -> None:
         """Open the connections before the first request: otherwise the first request pays for them inside its
@@ -151,8 +191,7 @@ class GuardedStorage:
         or `until` (wall-clock) passes. Never raises: the end of a generation must not depend on the storage."""
         if time.monotonic() >= self._down_until:
             try:
-                async with asyncio.timeout(self.timeout_s):
-                    await operation()
+                await bounded(operation, self.timeout_s)
                 return
             except STORAGE_ERRORS as exc:
                 self._down_until = time.monotonic() + self.retry_s
@@ -202,8 +241,7 @@ class GiveBacks:
                 if time.time() >= until:
                     continue
                 try:
-                    async with asyncio.timeout(self.timeout_s):
-                        await operation()
+                    await bounded(operation, self.timeout_s)
                 except STORAGE_ERRORS:
                     self.pending = waiting[index:] + self.pending  # still down: keep the rest, in order
                     break

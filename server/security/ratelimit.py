@@ -188,7 +188,10 @@ class RateLimits:
             key = f"{self.key_prefix}-streams/{subject}"
             lease = uuid.uuid4().hex
             limit = quota.max_concurrent_streams
-            taken = await self.storage.call(lambda: self.storage.leases.acquire(key, limit, lease, SLOT_LEASE_S))
+            # A failed acquire may have landed all the same (its answer lost): its lease is given back then.
+            taken = await self.storage.call(lambda: self.storage.leases.acquire(key, limit, lease, SLOT_LEASE_S),
+                                            undo=partial(self.storage.leases.release, key, lease),
+                                            undo_until=time.time() + SLOT_LEASE_S)
             if taken is False:
                 raise LimitExceeded(Limit.MAX_CONCURRENT_STREAMS,
                                     f"too many concurrent generations: at most {limit}", 1)

@@ -53,8 +53,8 @@ def percentile(values: list[float], q: float) -> float:
 async def test_redis_hung_keeps_latency_bounded(start_replica, server_database_url: str, own_redis: OwnRedis,
                                                 server_url: str, auth_headers: dict[str, str], policy: str,
                                                 status: int, measured: Callable[[str, object], None]) -> None:
-    """Redis stopped with SIGSTOP (connections accepted, never answered): each call times out (0.25 s), the
-    breaker skips Redis for the next 5 s, and the policy applies. p99 stays under a second."""
+    """Redis stopped with SIGSTOP (connections accepted, never answered): a call times out (0.25 s), after two
+    failures in a row the breaker skips Redis for the next 5 s, and the policy applies. p99 stays under a second."""
     url = start_replica(server_database_url, own_redis.url, rate_limit_failure=policy)
     key = httpx.post(f"{server_url}/api/v1/keys", headers=auth_headers,
                      json={"name": "hung", "requests_per_minute": 1000}).json()["key"]

@@ -192,6 +192,58 @@ async def test_a_reply_ends_and_is_stored_while_redis_refuses(server: SpawnedSer
         measured("slot back after Redis returned, s", f"{await slots_held(own_redis, slots_key, '0', 15):.1f}")
 
 
+async def chat_stream(http: httpx.AsyncClient, max_tokens: int, started: asyncio.Event | None = None
+                      ) -> tuple[float, str]:
+    """One chat stream: its time to the first token, and how it ended (a finish reason, or the status)."""
+    body = {"messages": [{"role": "user", "content": "Count to ten."}], "max_tokens": max_tokens,
+            "ignore_eos": True, "stream": True}
+    began, first, outcome = time.monotonic(), 0.0, "cut"
+    async with http.stream("POST", CHAT, json=body) as response:
+        if response.status_code != 200:
+            return 0.0, str(response.status_code)
+        async for event in aiter_events(response.aiter_lines()):
+            if event.done:
+                break
+            first = first or time.monotonic() - began
+            if started is not None:
+                started.set()
+            outcome = json.loads(event.data)["choices"][0]["finish_reason"] or outcome
+    return first, outcome
+
+
+async def test_redis_hung_under_chat_streams(server: SpawnedServer, key: str, own_redis: OwnRedis,
+                                             measured: Callable[[str, object], None]) -> None:
+    """Redis stopped with SIGSTOP (connections accepted, never answered) under 8 running chat streams of a key
+    with a request, token and stream budget (the request window, the token reservation, the slot lease): they end
+    normally, 8 new streams are served (fail open) with their first token at most one storage timeout (0.25 s) and
+    noise later than with Redis healthy, and once Redis answers again the running streams' slots are given back."""
+    count = 8
+    async with httpx.AsyncClient(base_url=server.url, headers=headers(key), timeout=120) as http:
+        limited = (await http.post("/api/v1/keys", json={"name": "all limits", "requests_per_minute": 10_000,
+                                                         "tokens_per_minute": 10_000_000,
+                                                         "max_concurrent_streams": 64}))
+        slots_key = f"codeface-streams/key:{limited.json()['id']}"
+        http.headers["Authorization"] = f"Bearer {limited.json()['key']}"
+        await asyncio.gather(*(chat_stream(http, 16) for _ in range(count)))  # the prompt into the prefix cache
+        healthy = await asyncio.gather(*(chat_stream(http, 16) for _ in range(count)))
+        started = [asyncio.Event() for _ in range(count)]
+        running = [asyncio.create_task(chat_stream(http, 64, event)) for event in started]
+        await asyncio.gather(*(event.wait() for event in started))
+        assert own_redis.cli("ZCARD", slots_key) == str(count)
+        own_redis.pause()
+        try:
+            hung = await asyncio.gather(*(chat_stream(http, 16) for _ in range(count)))
+            ran_through = await asyncio.gather(*running)
+        finally:
+            own_redis.resume()
+        released_in = await slots_held(own_redis, slots_key, "0", 15)
+    assert [end for _, end in healthy + hung + ran_through] == ["length"] * count * 3, (healthy, hung, ran_through)
+    healthy_max, hung_max = max(t for t, _ in healthy), max(t for t, _ in hung)
+    measured("TTFT max ms, Redis healthy / hung", f"{healthy_max * 1000:.0f} / {hung_max * 1000:.0f}")
+    measured("slots given back after Redis answered again, s", f"{released_in:.1f}")
+    assert hung_max < healthy_max + 1.0, (healthy, hung)
+
+
 async def test_flood_of_conversation_posts_meets_the_stream_limit(server: SpawnedServer, key: str,
                                                                   measured: Callable[[str, object], None]) -> None:
     """Conversation replies pass the same admission, token budget and stream slot as chat completions."""
