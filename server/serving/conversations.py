@@ -170,7 +170,9 @@ class ConversationService:
             fields = spec.engine_fields_for_reply(self.default_max_tokens)
             self.salter.apply(fields, principal)
             assembled = await assemble(self.engine, turns, fields, str(reply_id))
-            generation = await self.generator.start(principal, assembled.prepared, usage_sink=usage_sink)
+            # Deferred: the engine gets the request only once the turn below is committed (fairness on or off).
+            generation = await self.generator.start(principal, assembled.prepared, usage_sink=usage_sink,
+                                                    deferred=True)
         except (PromptTooLongError, InvalidRequestError) as exc:
             raise engine_refusal(exc, "content") from None
         try:
