@@ -146,7 +146,7 @@ class Settings(BaseSettings, EngineOptions):
     # One user's share of that admission (over all its keys and tokens, admins included), in the same unit:
     # sequences, a generation counting n (one per choice, per prompt of a completion). Past it the user gets 429
     # with Retry-After while others still get in; null: no share, one user may fill admission. With several API
-    # processes, each allows its share of it.
+    # processes, each allows its share of it. Not applied with auth off (every caller is then one user).
     max_inflight_sequences_per_user: int | None = Field(default=256, ge=1)
 
     # Logins: password guessing is limited per client address and per username, and argon2's 64 MiB per try is
