@@ -51,11 +51,11 @@ async def test_one_user_cannot_fill_admission(priority_server: PriorityServer) -
     filler = {"Authorization": f"Bearer {priority_server.keys['late']}"}
     other = {"Authorization": f"Bearer {priority_server.keys['light']}"}
     long = {**QUEUED, "max_tokens": 1000, "n": 16, "stream": True}
-    async with httpx.AsyncClient(base_url=priority_server.url, timeout=120) as http:
-        async with http.stream("POST", CHAT, json=long, headers=filler) as held:
-            assert held.status_code == 200
-            async with http.stream("POST", CHAT, json=long, headers=filler) as refused:
-                assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
-                assert "max_inflight_sequences_per_user" in (await refused.aread()).decode()
-            async with http.stream("POST", CHAT, json={**QUEUED, "stream": True}, headers=other) as admitted:
-                assert admitted.status_code == 200
+    async with (httpx.AsyncClient(base_url=priority_server.url, timeout=120) as http,
+                http.stream("POST", CHAT, json=long, headers=filler) as held):
+        assert held.status_code == 200
+        async with http.stream("POST", CHAT, json=long, headers=filler) as refused:
+            assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+            assert "max_inflight_sequences_per_user" in (await refused.aread()).decode()
+        async with http.stream("POST", CHAT, json={**QUEUED, "stream": True}, headers=other) as admitted:
+            assert admitted.status_code == 200

@@ -165,3 +165,11 @@ async def test_reply_row_is_committed_before_the_engine_sees_it(migrated_databas
                                  json={"content": "Hi", "max_tokens": 3, "ignore_eos": True})
         assert posted.status_code == 201, posted.text
     assert engine.stored_at_submit == [MessageStatus.IN_PROGRESS]
+
+
+async def test_a_conversation_post_over_capacity_renders_nothing(client_for, engine: FakeEngine) -> None:
+    async with client_for(engine, max_inflight_generations=2) as http:
+        conversation_id = (await http.post("/api/v1/conversations", json={"title": "t"})).json()["id"]
+        engine.in_flight = 2  # the server is full
+        refused = await http.post(f"/api/v1/conversations/{conversation_id}/messages", json={"content": "Hi"})
+    assert refused.status_code == 503 and engine.prepared == []
