@@ -119,7 +119,10 @@ def build_services(settings: Settings, engine: ChatEngine, database: Database, t
     registry = Registry(settings.conversation_grace_s, listeners, retention, bus)
     # Each API process admits its share of the cap (the least-loaded accept spreads connections evenly).
     per_process_cap = -(-settings.max_inflight_generations // settings.api_processes)
-    generator = Generator(engine, Admission(engine, limits, per_process_cap),
+    # With auth off every caller is one user: a share of admission would only cap the whole server.
+    per_user = settings.max_inflight_sequences_per_user if settings.auth_enabled else None
+    per_process_user_cap = -(-per_user // settings.api_processes) if per_user is not None else None
+    generator = Generator(engine, Admission(engine, limits, per_process_cap, per_process_user_cap),
                           FairShare(settings.fairness_enabled, settings.max_num_seqs, settings.fairness_reserve))
     salter = CacheSalter(CacheIsolation(settings.prefix_cache_isolation), settings.secret_key)
     conversations = ConversationService(engine, database, registry, generator,

@@ -149,9 +149,14 @@ class Settings(BaseSettings, EngineOptions):
     # With fairness on, this share of the engine's sequence slots (max_num_seqs; at least one) is kept free of any
     # single tenant, so that another tenant's request never waits for a slot to free. 0: no reserve.
     fairness_reserve: float = Field(default=0.05, ge=0.0, lt=1.0)
-    # Global admission control: past this many generations in flight (running or queued), answer 503 at once
-    # (with several API processes, each admits its share).
+    # Global admission control: past this many sequences in flight (running or queued; a generation counts n),
+    # answer 503 at once (with several API processes, each admits its share).
     max_inflight_generations: int = 1024
+    # One user's share of that admission (over all its keys and tokens, admins included), in the same unit:
+    # sequences, a generation counting n (one per choice, per prompt of a completion). Past it the user gets 429
+    # with Retry-After while others still get in; null: no share, one user may fill admission. With several API
+    # processes, each allows its share of it. Not applied with auth off (every caller is then one user).
+    max_inflight_sequences_per_user: int | None = Field(default=256, ge=1)
 
     # Logins: password guessing is limited per client address and per username from one address (never per username
     # alone: guessing from one address does not lock the owner out elsewhere); each time a budget is spent again

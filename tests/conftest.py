@@ -222,7 +222,7 @@ class PriorityServer:
 
 def build_priority_server(request: pytest.FixtureRequest) -> SpawnedServer:
     """A server whose engine runs one sequence at a time (requests queue) and orders its queue by priority; auth
-    on, so fair share between tenants is on (fairness: auto); SQLite; keep-alives every 0.3 s."""
+    on, so fair share between tenants is on (fairness: auto); SQLite; keep-alives every 0.3 s; admission small."""
     from storage import upgrade_database
 
     folder = request.getfixturevalue("tmp_path_factory").mktemp("priority")
@@ -231,7 +231,9 @@ def build_priority_server(request: pytest.FixtureRequest) -> SpawnedServer:
     settings = {"auth_enabled": True, "secret_key": PRIORITY_SECRET, "scheduling_policy": "priority",
                 "max_num_seqs": 1, "kv_cache_space_gib": 1, "sse_heartbeat_s": 0.3,
                 "user_max_concurrent_streams": 1000, "user_requests_per_minute": 100_000,
-                "user_tokens_per_minute": 10 ** 9, "metrics_public": True}
+                "user_tokens_per_minute": 10 ** 9, "metrics_public": True,
+                # Admission of 32 sequences, 16 of them for one user (tests/test_fairness.py fills a user's share).
+                "max_inflight_generations": 32, "max_inflight_sequences_per_user": 16}
     return SpawnedServer(free_port(), folder / "server.log", database_url=database_url, settings=settings)
 
 

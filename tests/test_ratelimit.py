@@ -50,6 +50,21 @@ async def test_tokens_per_minute_reserve_and_settle(limits: RateLimits) -> None:
         await limits.reserve(subject(), quota, 101)  # can never fit
 
 
+async def test_check_tokens_holds_nothing(limits: RateLimits) -> None:
+    """The check before rendering: refuses what cannot fit now, and takes nothing from the budget."""
+    from server.security.ratelimit import Budget
+
+    who, quota = subject(), Quota(None, 100, None)
+    await limits.check_tokens([Budget(who, quota)], 100)
+    await limits.check_tokens([Budget(who, quota)], 100)  # twice: the first took nothing
+    with pytest.raises(LimitExceeded, match="at least 101 tokens"):
+        await limits.check_tokens([Budget(who, quota)], 101)
+    await (await limits.reserve(who, quota, 60)).settle(60)
+    with pytest.raises(LimitExceeded) as refused:
+        await limits.check_tokens([Budget(who, quota)], 50)  # 60 + 50 > 100
+    assert refused.value.limit == "tokens_per_minute" and 1 <= refused.value.retry_after_s <= 60
+
+
 async def test_concurrent_streams(limits: RateLimits) -> None:
     who, quota = subject(), Quota(None, None, 2)
     held = [await limits.reserve(who, quota, 1) for _ in range(2)]

@@ -9,7 +9,7 @@ from msgspec import Meta
 
 from engine import ChatInput
 from server.exceptions import InvalidRequest
-from server.protocol.chat import ChatMessage, Tool
+from server.protocol.chat import MAX_MESSAGES, ChatMessage, Tool
 from server.protocol.sampling import MAX_LIST_ITEMS, TokenId
 
 MAX_DETOKENIZE = 1 << 16
@@ -20,7 +20,7 @@ class TokenizeRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
 
     model: str | None = None
     prompt: str | None = None
-    messages: Annotated[list[ChatMessage], Meta(min_length=1)] | None = None
+    messages: Annotated[list[ChatMessage], Meta(min_length=1, max_length=MAX_MESSAGES)] | None = None
     add_special_tokens: bool | None = None
     add_generation_prompt: bool | None = None
     continue_final_message: bool | None = None

@@ -32,6 +32,8 @@ class Limit(StrEnum):
     REQUESTS_PER_MINUTE = "requests_per_minute"
     TOKENS_PER_MINUTE = "tokens_per_minute"
     MAX_CONCURRENT_STREAMS = "max_concurrent_streams"
+    # A user's share of this server's admission (server.serving.generation.Admission), not a stored budget.
+    MAX_INFLIGHT_SEQUENCES = "max_inflight_sequences_per_user"
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +162,25 @@ class RateLimits:
                 await reservation.settle(0)
             raise
         return reservation
+
+    async def check_tokens(self, budgets: list[Budget], tokens: int) -> None:
+        """Raise LimitExceeded if `tokens` could not be reserved now in some budget, holding nothing (a request is
+        checked before its prompt is rendered, with what it costs at least)."""
+        for budget in budgets:
+            if budget.quota.tokens_per_minute is not None:
+                await self._check_tokens(budget.subject, budget.quota.tokens_per_minute, tokens)
+
+    async def _check_tokens(self, subject: str, tpm: int, tokens: int) -> None:
+        if tokens > tpm:
+            raise LimitExceeded(Limit.TOKENS_PER_MINUTE,
+                                f"this request may use at least {tokens} tokens, more than the budget of {tpm} "
+                                "tokens per minute; lower max_tokens or n", MINUTE_S)
+        item = RateLimitItemPerMinute(tpm, namespace=f"{self.key_prefix}-tpm")
+        allowed = await self.storage.call(lambda: self.tokens.test(item, subject, cost=tokens))
+        if allowed is False:
+            stats = await self.storage.call(lambda: self.tokens.get_window_stats(item, subject))
+            reset_s = math.ceil(stats.reset_time - time.time()) if stats is not None else MINUTE_S
+            raise LimitExceeded(Limit.TOKENS_PER_MINUTE, f"rate limit exceeded: {tpm} tokens per minute", reset_s)
 
     async def reserve(self, subject: str, quota: Quota, tokens: int) -> Reservation:
         """One budget's reservation: `tokens` of the per-minute token budget and one concurrent-stream slot."""

@@ -68,6 +68,9 @@ class ChatCompletions:
             raise NotFound(f"the model {request.model!r} does not exist; this server serves {model!r}",
                            param="model")
         completion_id = COMPLETION_ID_PREFIX + request_id
+        choices = request.n or 1
+        await self.generator.precheck(principal, choices=choices, priority=request.priority or 0,
+                                      min_tokens=(request.max_completion_tokens or request.max_tokens or 0) * choices)
         chat = request.chat_input()
         self.salter.apply(chat.fields, principal)
         try:

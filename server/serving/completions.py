@@ -16,7 +16,7 @@ from server.protocol.completions import CompletionRequest
 from server.security.auth import Principal
 from server.security.cache_salt import CacheSalter
 from server.serving.chat import STREAM_ERRORS, engine_refusal
-from server.serving.generation import Generation, Generator
+from server.serving.generation import Generation, Generator, LogprobBudget
 from server.serving.openai_format import ABORTED, STOP, usage
 from server.serving.sse import DONE, EventStream, frame
 from server.telemetry.metrics import AbortReason, aborted_requests, sse_streams_active
@@ -89,11 +89,21 @@ class Completions:
                            param="model")
         completion_id = COMPLETION_ID_PREFIX + request_id
         run = CompletionRun([], request, completion_id, model)
+        inputs = request.completion_inputs()
+        choices = len(inputs) * (request.n or 1)
+        await self.generator.precheck(principal, choices=choices, priority=request.priority or 0,
+                                      min_tokens=(request.max_tokens or 0) * choices)
+        # One budget for the whole request: every prompt's log probabilities count, checked before any starts.
+        logprobs = LogprobBudget("logprobs", "the number of prompts, n, max_tokens or logprobs")
         try:
-            for index, item in enumerate(request.completion_inputs()):
+            prepared = []
+            for index, item in enumerate(inputs):
                 self.salter.apply(item.fields, principal)
-                prepared = await self.engine.prepare_completion(item, f"{completion_id}-{index}")
-                run.generations.append(await self.generator.start(principal, prepared, usage_sink=usage_sink))
+                prepared.append(await self.engine.prepare_completion(item, f"{completion_id}-{index}"))
+                logprobs.charge(prepared[-1])
+            for one in prepared:
+                run.generations.append(await self.generator.start(principal, one, usage_sink=usage_sink,
+                                                                  logprobs=logprobs))
         except (PromptTooLongError, InvalidRequestError) as exc:
             await run.close()
             raise engine_refusal(exc, "prompt") from None

@@ -134,9 +134,14 @@ class ConversationService(ConversationStore):
         reply_id = uuid.uuid4()
         try:
             fields = spec.engine_fields_for_reply(self.default_max_tokens)
+            # Admission and the token budget refuse before the history is rendered (up to a few times to trim it).
+            await self.generator.precheck(principal, choices=fields.get("n") or 1, priority=fields.get("priority") or 0,
+                                          min_tokens=fields["max_tokens"] * (fields.get("n") or 1))
             self.salter.apply(fields, principal)
             assembled = await assemble(self.engine, turns, fields, str(reply_id))
-            generation = await self.generator.start(principal, assembled.prepared, usage_sink=usage_sink)
+            # Deferred: the engine gets the request only once the turn below is committed (fairness on or off).
+            generation = await self.generator.start(principal, assembled.prepared, usage_sink=usage_sink,
+                                                    deferred=True)
         except (PromptTooLongError, InvalidRequestError) as exc:
             raise engine_refusal(exc, "content") from None
         try:

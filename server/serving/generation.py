@@ -4,6 +4,7 @@ engine stream, and a tally of what came out, settled once when the generation en
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
@@ -12,64 +13,112 @@ import anyio
 from engine import ChatEngine, PreparedRequest, StepOutput
 from server.exceptions import InvalidRequest, Overloaded, Unavailable
 from server.security.auth import Principal
-from server.security.ratelimit import LimitExceeded, RateLimits, Reservation
+from server.security.ratelimit import Limit, LimitExceeded, RateLimits, Reservation
 from server.serving.fairness import ANONYMOUS, FairShare, Place
 from server.telemetry.metrics import admission_rejections, rate_limit_rejections, tenant_queue_time, tenant_ttft
 from server.telemetry.tracing import GenerationSpans
 
 ADMISSION_RETRY_AFTER_S = 1
-# Log probabilities a request may ask for in all (choices x tokens x alternatives): each one is an object in the
-# answer, so this bounds its memory (about 200 bytes each).
+# Log probabilities one request may ask for in all (prompts x choices x tokens x alternatives): each one is an object
+# in the answer, so this bounds its memory (about 200 bytes each).
 MAX_LOGPROB_ENTRIES = 200_000
+ABORTED = "abort"
 
 
-def check_logprob_budget(prepared: PreparedRequest) -> None:
+def logprob_entries(prepared: PreparedRequest) -> tuple[int, int]:
+    """The sampled and the prompt log probabilities one generation asks for."""
     sampled = prepared.n * prepared.max_tokens * (prepared.logprobs + 1) if prepared.logprobs is not None else 0
     prompt = (prepared.prompt.num_tokens * (prepared.prompt_logprobs + 1)
               if prepared.prompt_logprobs is not None and prepared.prompt_logprobs >= 0 else 0)
-    if sampled + prompt > MAX_LOGPROB_ENTRIES:
-        raise InvalidRequest(f"this request asks for {sampled + prompt} log probabilities (choices x tokens x "
-                             f"alternatives), more than {MAX_LOGPROB_ENTRIES}; lower n, max_tokens or top_logprobs",
-                             param="top_logprobs" if sampled > prompt else "prompt_logprobs")
-ABORTED = "abort"
+    return sampled, prompt
+
+
+class LogprobBudget:
+    """The log probabilities of one request, over all its generations: `charge` each before any is started.
+    `fields` names what the caller may lower, `param` the field the refusal names."""
+
+    def __init__(self, param: str, fields: str, limit: int = MAX_LOGPROB_ENTRIES) -> None:
+        self.param = param
+        self.fields = fields
+        self.limit = limit
+        self.sampled = 0
+        self.prompt = 0
+
+    def charge(self, prepared: PreparedRequest) -> None:
+        sampled, prompt = logprob_entries(prepared)
+        self.sampled += sampled
+        self.prompt += prompt
+        if self.sampled + self.prompt > self.limit:
+            raise InvalidRequest(f"this request asks for at least {self.sampled + self.prompt} log probabilities "
+                                 f"(prompts x choices x tokens x alternatives), more than {self.limit} in one "
+                                 f"request; lower {self.fields}",
+                                 param=self.param if self.sampled >= self.prompt else "prompt_logprobs")
 
 
 class Admission:
     """Global admission control, then the caller's limits: what every generation passes before the engine sees it.
 
-    Generations are counted here from the moment they are admitted (the engine counts a request only once it has
-    been submitted, so a burst checked against the engine's count alone would all pass together)."""
+    Sequences (a generation counts n) are counted here from the moment they are admitted (the engine counts a
+    request only once it has been submitted, so a burst checked against the engine's count alone would all pass
+    together). One tenant (a user, over all its keys) may hold at most `max_per_tenant` of them, so that no user
+    fills admission for the others; unauthenticated callers (auth off) are not capped."""
 
-    def __init__(self, engine: ChatEngine, limits: RateLimits, max_inflight: int) -> None:
+    def __init__(self, engine: ChatEngine, limits: RateLimits, max_inflight: int,
+                 max_per_tenant: int | None = None) -> None:
         self.engine = engine
         self.limits = limits
         self.max_inflight = max_inflight
+        self.max_per_tenant = max_per_tenant
         self.admitted = 0
+        self.by_tenant: Counter[str] = Counter()
         self.draining = False
 
-    async def admit(self, principal: Principal | None, tokens: int, choices: int) -> Reservation | None:
-        """Raises Unavailable (draining), Overloaded (server full), LimitExceeded or LimiterUnavailable (the
-        caller's limits). A successful admission is released with `release(choices)`."""
+    def check(self, principal: Principal | None, choices: int) -> None:
+        """What `admit` refuses before any limit's storage is asked, holding nothing: Unavailable (draining),
+        LimitExceeded (the tenant's share of admission), Overloaded (server full)."""
         if self.draining:
             raise Unavailable("the server is shutting down; retry on another replica",
                               retry_after_s=ADMISSION_RETRY_AFTER_S)
+        if principal is not None and self.max_per_tenant is not None:
+            held = self.by_tenant[principal.tenant]
+            if held + choices > self.max_per_tenant:
+                rate_limit_rejections.labels(self.engine.model_name, Limit.MAX_INFLIGHT_SEQUENCES).inc()
+                raise LimitExceeded(Limit.MAX_INFLIGHT_SEQUENCES,
+                                    f"too many sequences in flight for this user: {held} held and {choices} asked, "
+                                    f"at most {self.max_per_tenant} on this server (max_inflight_sequences_per_user;"
+                                    f" a generation counts n sequences); retry when some finish",
+                                    ADMISSION_RETRY_AFTER_S)
         if max(self.admitted, self.engine.requests_in_flight) + choices > self.max_inflight:
             admission_rejections.labels(self.engine.model_name).inc()
-            raise Overloaded(f"the server is at capacity ({self.max_inflight} generations in flight); retry shortly",
+            raise Overloaded(f"the server is at capacity ({self.max_inflight} sequences in flight); retry shortly",
                              retry_after_s=ADMISSION_RETRY_AFTER_S)
+
+    async def admit(self, principal: Principal | None, tokens: int, choices: int) -> Reservation | None:
+        """Raises what `check` raises, then LimitExceeded or LimiterUnavailable (the caller's limits). A
+        successful admission is released with `release(tenant_of(principal), choices)`."""
+        self.check(principal, choices)
+        tenant = tenant_of(principal)
         self.admitted += choices
+        self.by_tenant[tenant] += choices
         if principal is None:
             return None
         try:
             return await self.limits.reserve_all(principal.budgets, tokens)
         except BaseException as exc:
-            self.release(choices)
+            self.release(tenant, choices)
             if isinstance(exc, LimitExceeded):
                 rate_limit_rejections.labels(self.engine.model_name, exc.limit).inc()
             raise
 
-    def release(self, choices: int) -> None:
+    def release(self, tenant: str, choices: int) -> None:
         self.admitted -= choices
+        self.by_tenant[tenant] -= choices
+        if self.by_tenant[tenant] <= 0:
+            del self.by_tenant[tenant]
+
+
+def tenant_of(principal: Principal | None) -> str:
+    return principal.tenant if principal is not None else ANONYMOUS
 
 
 class Tally:
@@ -113,7 +162,7 @@ class Tally:
         if self.closed:
             return
         self.closed = True
-        self.admission.release(len(self.finish_reasons))
+        self.admission.release(self.place.tenant, len(self.finish_reasons))
         self.fair.release(self.place)
         # Added up: one request may run several generations (a completion with several prompts).
         used = self.usage_sink.setdefault("usage", {"prompt_tokens": 0, "completion_tokens": 0})
@@ -176,21 +225,42 @@ class Generator:
         self.fair = fair
         self.live: set[Generation] = set()
 
+    async def precheck(self, principal: Principal | None, *, choices: int, min_tokens: int, priority: int) -> None:
+        """Refuse, before a prompt is rendered, what `start` would refuse whatever it renders to: `choices`
+        sequences and at least `min_tokens` tokens (max_tokens x choices, when the request says max_tokens). A
+        request over admission or its limits thus costs no rendering. Holds nothing: `start` checks again."""
+        self.fair.check(priority)
+        self.admission.check(principal, choices)
+        if principal is not None and min_tokens:
+            try:
+                await self.limits.check_tokens(principal.budgets, min_tokens)
+            except LimitExceeded as exc:
+                rate_limit_rejections.labels(self.engine.model_name, exc.limit).inc()
+                raise
+
+    @property
+    def limits(self) -> RateLimits:
+        return self.admission.limits
+
     async def start(self, principal: Principal | None, prepared: PreparedRequest, *,
-                    usage_sink: MutableMapping[str, Any]) -> Generation:
+                    usage_sink: MutableMapping[str, Any], logprobs: LogprobBudget | None = None,
+                    deferred: bool = False) -> Generation:
         """Raises admission's errors, then the engine's (InvalidRequestError, EngineUnavailableError) if it refuses
-        the request: all before a byte of the response is sent."""
-        check_logprob_budget(prepared)
+        the request: all before a byte of the response is sent. `logprobs`: the request's budget, when it runs
+        several generations (charged beforehand). `deferred`: the engine gets the request only when the generation
+        is first iterated (a caller that stores something first), and its refusal comes as the stream's error."""
+        if logprobs is None:
+            LogprobBudget("top_logprobs", "n, max_tokens or top_logprobs").charge(prepared)
         self.fair.check(prepared.priority)
         prompt_tokens = prepared.prompt.num_tokens
         spans = GenerationSpans(self.engine.model_name, prepared.request_id, prepared.max_tokens)
         reservation = await self.admission.admit(principal, prompt_tokens + prepared.max_tokens * prepared.n,
                                                  prepared.n)
-        place = self.fair.place(principal.tenant if principal else ANONYMOUS, principal.weight if principal else 1,
-                                prepared.n, prepared.priority)
+        place = self.fair.place(tenant_of(principal), principal.weight if principal else 1, prepared.n,
+                                prepared.priority)
         prepared.submit_kwargs["priority"] = place.priority
         tally = Tally(prompt_tokens, prepared.n, spans, usage_sink, reservation, self.admission, place, self.fair)
-        if self.fair.tenant_cap is not None:
+        if self.fair.tenant_cap is not None or deferred:
             steps = self._gated(place, prepared)
         else:
             try:
@@ -203,8 +273,8 @@ class Generator:
         return generation
 
     async def _gated(self, place: Place, prepared: PreparedRequest) -> AsyncIterator[StepOutput]:
-        """The engine's steps once the tenant may enter it: the wait is part of the stream (its heartbeats go on),
-        and the engine's refusal arrives as the stream's first item."""
+        """The engine's steps once the tenant may enter it (at once with no fair-share cap): the wait is part of
+        the stream (its heartbeats go on), and the engine's refusal arrives as the stream's first item."""
         seqs = await self.fair.enter_engine(place)
         try:
             steps = await self.engine.submit(prepared)

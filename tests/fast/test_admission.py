@@ -1,0 +1,175 @@
+"""Admission over the ASGI transport with FakeEngine and auth on: one user's share of admission (in sequences), the
+log-probability cap per request, refusals before any rendering, and a conversation's turn committed before the
+engine sees its reply."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from engine import PreparedRequest, StepOutput
+from server.serving.generation import MAX_LOGPROB_ENTRIES
+from storage.models import MessageStatus
+from storage.repository import Messages
+
+from fast.conftest import SECRET, make_app
+from fast.fake_engine import FakeEngine
+from fast.test_openai_http import CHAT, HELLO, assert_envelope
+
+COMPLETIONS = "/v1/completions"
+UNLIMITED = {"requests_per_minute": 0, "tokens_per_minute": 0, "max_concurrent_streams": 0}
+# A generation that stays in flight for a second or so: 50 tokens at 20 ms each.
+HELD = {"messages": HELLO, "max_tokens": 50, "ignore_eos": True}
+
+
+async def database_with_users(template: Path, tmp_path: Path,
+                              limits: dict[str, dict[str, int]]) -> tuple[str, dict[str, str]]:
+    """A copy of the migrated database with a user and an API key per entry of `limits` (the key's limits), made
+    with the admin CLI's functions."""
+    from server import admin
+    from server.settings import load_settings
+
+    path = tmp_path / f"auth-{uuid.uuid4().hex[:8]}.db"
+    shutil.copyfile(template, path)
+    url = f"sqlite+aiosqlite:///{path}"
+    settings = load_settings(None, database_url=url, secret_key=SECRET)
+    keys = {}
+    for name, key_limits in limits.items():
+        await admin.create_user(settings, name, f"{name}-password-1", False)
+        keys[name] = await admin.create_key(settings, name, "tests", None, dict(key_limits))
+    return url, keys
+
+
+@pytest.fixture
+def auth_client(migrated_database: Path, tmp_path: Path) -> Callable[..., Any]:
+    """An app with auth on; returns a client and each user's Authorization header."""
+    async def make(engine: FakeEngine, limits: dict[str, dict[str, int]], **overrides: object) -> tuple[Any, dict]:
+        url, keys = await database_with_users(migrated_database, tmp_path, limits)
+        app = make_app(migrated_database, tmp_path, engine, auth_enabled=True, database_url=url, **overrides)
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fast.test", timeout=10)
+        return client, {name: {"Authorization": f"Bearer {key}"} for name, key in keys.items()}
+
+    return make
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def test_one_user_cannot_fill_admission(auth_client) -> None:
+    """Admission takes 8 sequences, a user at most 4: the heavy user's second n=4 request gets 429 naming the
+    setting (it would have taken the server's last 4), and another user still gets in."""
+    engine = FakeEngine(token_delay_s=0.02)
+    client, headers = await auth_client(engine, {"heavy": UNLIMITED, "light": UNLIMITED},
+                                  max_inflight_generations=8, max_inflight_sequences_per_user=4)
+    async with client as http:
+        held = asyncio.create_task(http.post(CHAT, json={**HELD, "n": 4}, headers=headers["heavy"]))
+        await until(lambda: engine.in_flight == 1)
+        refused = await http.post(CHAT, json={**HELD, "n": 4}, headers=headers["heavy"])
+        error = assert_envelope(refused, 429)
+        assert "max_inflight_sequences_per_user" in str(error["message"]) and error["type"] == "rate_limit_error"
+        assert refused.headers["retry-after"] == "1"
+        other = await http.post(CHAT, json={**HELD, "n": 4}, headers=headers["light"])
+        assert other.status_code == 200, other.text
+        assert (await held).status_code == 200
+        # The share is given back when the generation ends.
+        assert (await http.post(CHAT, json={**HELD, "n": 4}, headers=headers["heavy"])).status_code == 200
+
+
+async def test_server_full_is_still_503_for_everyone(auth_client) -> None:
+    engine = FakeEngine(token_delay_s=0.02)
+    client, headers = await auth_client(engine, {"a": UNLIMITED, "b": UNLIMITED},
+                                  max_inflight_generations=4, max_inflight_sequences_per_user=4)
+    async with client as http:
+        held = asyncio.create_task(http.post(CHAT, json={**HELD, "n": 4}, headers=headers["a"]))
+        await until(lambda: engine.in_flight == 1)
+        assert_envelope(await http.post(CHAT, json=HELD, headers=headers["b"]), 503)
+        await held
+
+
+async def test_logprobs_are_capped_per_request(client: httpx.AsyncClient, engine: FakeEngine) -> None:
+    """20 prompts x 1000 tokens x 21 alternatives: each prompt is under the cap, the request is 2x over it."""
+    body = {"prompt": [f"p{i}" for i in range(20)], "max_tokens": 1000, "logprobs": 20}
+    assert 1000 * 21 < MAX_LOGPROB_ENTRIES < 20 * 1000 * 21
+    error = assert_envelope(await client.post(COMPLETIONS, json=body), 400, "logprobs")
+    assert "number of prompts" in str(error["message"])
+    assert engine.in_flight == 0
+    ok = await client.post(COMPLETIONS, json={**body, "prompt": body["prompt"][:9], "max_tokens": 8})
+    assert ok.status_code == 200, ok.text
+
+
+async def test_over_the_limits_is_refused_before_rendering(auth_client) -> None:
+    engine = FakeEngine()
+    client, headers = await auth_client(engine, {"small": {**UNLIMITED, "tokens_per_minute": 100}},
+                                  max_inflight_generations=4)
+    async with client as http:
+        # max_tokens x n alone is over the key's tokens per minute, whatever the prompt.
+        assert_envelope(await http.post(CHAT, json={"messages": HELLO, "max_tokens": 60, "n": 2},
+                                        headers=headers["small"]), 429)
+        assert_envelope(await http.post(COMPLETIONS, json={"prompt": ["a", "b"], "max_tokens": 60},
+                                        headers=headers["small"]), 429)
+        engine.in_flight = 4  # the server is full
+        assert_envelope(await http.post(CHAT, json={"messages": HELLO}, headers=headers["small"]), 503)
+        assert_envelope(await http.post(COMPLETIONS, json={"prompt": "a"}, headers=headers["small"]), 503)
+        assert engine.prepared == []  # nothing was rendered
+
+
+async def test_tokenize_caps_messages_as_chat_does(client_for, engine: FakeEngine) -> None:
+    from server.protocol.chat import MAX_MESSAGES
+
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": "x"} for i in range(MAX_MESSAGES + 1)]
+    async with client_for(engine, max_body_bytes=1 << 20) as http:
+        assert_envelope(await http.post("/tokenize", json={"messages": turns}), 400, "messages")
+        assert (await http.post("/tokenize", json={"messages": turns[:MAX_MESSAGES - 1]})).status_code == 200
+
+
+class CheckingEngine(FakeEngine):
+    """Records, when the engine is handed a reply, whether that reply's row is already committed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.database: Any = None
+        self.conversation_id: uuid.UUID | None = None
+        self.stored_at_submit: list[MessageStatus | None] = []
+
+    async def submit(self, prepared: PreparedRequest) -> AsyncIterator[StepOutput]:
+        assert self.conversation_id is not None
+        async with self.database.session() as session:
+            reply = await Messages(session).get(self.conversation_id, uuid.UUID(prepared.request_id))
+        self.stored_at_submit.append(reply.status if reply is not None else None)
+        return await super().submit(prepared)
+
+
+@pytest.mark.parametrize("fairness", ["off", "on"])
+async def test_reply_row_is_committed_before_the_engine_sees_it(migrated_database: Path, tmp_path: Path,
+                                                                fairness: str) -> None:
+    engine = CheckingEngine()
+    app = make_app(migrated_database, tmp_path, engine, fairness=fairness, scheduling_policy="priority",
+                   max_num_seqs=16)
+    engine.database = app.state.services.database
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fast.test") as http:
+        created = await http.post("/api/v1/conversations", json={"title": "t"})
+        engine.conversation_id = uuid.UUID(created.json()["id"])
+        posted = await http.post(f"/api/v1/conversations/{engine.conversation_id}/messages",
+                                 json={"content": "Hi", "max_tokens": 3, "ignore_eos": True})
+        assert posted.status_code == 201, posted.text
+    assert engine.stored_at_submit == [MessageStatus.IN_PROGRESS]
+
+
+async def test_a_conversation_post_over_capacity_renders_nothing(client_for, engine: FakeEngine) -> None:
+    async with client_for(engine, max_inflight_generations=2) as http:
+        conversation_id = (await http.post("/api/v1/conversations", json={"title": "t"})).json()["id"]
+        engine.in_flight = 2  # the server is full
+        refused = await http.post(f"/api/v1/conversations/{conversation_id}/messages", json={"content": "Hi"})
+    assert refused.status_code == 503 and engine.prepared == []
