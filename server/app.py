@@ -18,6 +18,8 @@ from server.errors import EXCEPTION_HANDLERS
 from server.lifecycle import Lifecycle
 from server.middleware.access import AccessControlMiddleware
 from server.middleware.body_size import BodySizeLimitMiddleware
+from server.middleware.host_origin import HostOriginMiddleware
+from server.middleware.media_type import MediaTypeMiddleware
 from server.middleware.observability import ObservabilityMiddleware
 from server.middleware.security_headers import SecurityHeadersMiddleware
 from server.routes import all_routes
@@ -202,7 +204,11 @@ def create_app(settings: Settings, model_path: str, *, tracing: bool | None = No
             Middleware(ObservabilityMiddleware, tracing=tracing, access_log=settings.access_log),
             Middleware(SecurityHeadersMiddleware, pages=PUBLIC_PAGES, prefixes=(STATIC_PREFIX,),
                        inline_styles=frozenset({DOCS_PATH})),
+            # CORS first: the refusals below reach an allowed origin's page with its CORS headers.
             *cors,
+            Middleware(MediaTypeMiddleware, form_paths=frozenset({TOKEN_PATH})),
+            Middleware(HostOriginMiddleware, allowed_hosts=settings.allowed_hosts,
+                       allowed_origins=settings.cors_allow_origins),
             Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
             Middleware(AccessControlMiddleware, policy=policy, limits=limits,
                        open_paths={*settings.open_paths, TOKEN_PATH, *PUBLIC_PAGES}, open_prefixes=(STATIC_PREFIX,),

@@ -48,6 +48,10 @@ SEED_PREFIX = "/api/v1/"
 # Errors any authenticated route may answer: no or bad credentials, a spent request budget, a limiter that is down
 # under fail-closed, and the body size limit.
 AUTH_ERRORS = (401, 413, 429, 503)
+# Errors any route may answer: a Host the server does not answer to (400), a browser page of an origin not allowed
+# (403); and any POST, PATCH or DELETE, a Content-Type other than the route's (415: JSON; the login, a form).
+GUARD_ERRORS = (400, 403)
+BODY_METHODS = frozenset({"post", "put", "patch", "delete"})
 GENERATION_ERRORS = (400, 404, 409, 413, 429, 500, 503)
 
 
@@ -162,9 +166,11 @@ def _content(schema: dict[str, Any], streams: bool, always_streams: bool) -> dic
 
 def _operation(op: Operation, schemas: dict[type, dict[str, Any]]) -> dict[str, Any]:
     error_schema = schemas[SeedErrorEnvelope if op.path.startswith(SEED_PREFIX) else ErrorEnvelope]
-    errors = set(op.errors) | (set() if op.public else set(AUTH_ERRORS))
+    errors = set(op.errors) | set(GUARD_ERRORS) | (set() if op.public else set(AUTH_ERRORS))
     if op.request is not None or op.form is not None:
         errors |= {400, 413}
+    if op.method in BODY_METHODS:
+        errors.add(415)
     responses: dict[str, Any] = {}
     if op.response is not None or op.always_streams:
         schema = schemas[op.response] if op.response is not None else {}

@@ -44,6 +44,11 @@ class Settings(BaseSettings, EngineOptions):
     # networks, "*" for any): behind one, the login guard, limits and access log see the client's address, not the
     # balancer's. The default trusts a balancer on this machine, as uvicorn does; empty: the headers are ignored.
     forwarded_allow_ips: list[str] = ["127.0.0.1", "::1"]
+    # Host names (no port) that requests may address besides the loopback names (localhost, *.localhost) and IP
+    # addresses, which are always allowed: another Host is a 400, so that a web page that rebinds its own name to
+    # this server (DNS rebinding) cannot use it. ".example.com": the domain and its subdomains; "*": any host
+    # (behind a balancer that checks the host, or with auth on, where a rebinding page holds no credentials).
+    allowed_hosts: list[str] = []
 
     # Logs: JSON lines on stdout by default, or a rotating file
     log_level: str = "info"
@@ -123,6 +128,8 @@ class Settings(BaseSettings, EngineOptions):
     jwt_audience: str = "codeface-api"
     access_token_expire_minutes: int = 30
     api_key_cache_seconds: float = 30.0       # how long a revoked key may still work on another replica
+    # Origins (scheme://host[:port]) whose pages may call the API from a browser, besides the server's own pages:
+    # a request with another Origin is a 403, and CORS answers these alone; "*": any origin.
     cors_allow_origins: list[str] = []
 
     # Rate limits: defaults per key (and per user for JWTs); a key's own values in the database override them.

@@ -5,6 +5,7 @@ pagination, isolation and every 4xx."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 import uuid
@@ -311,6 +312,42 @@ def test_list_pagination_newest_first(crud: httpx.Client) -> None:
             break
     assert seen.index(made[4]) < seen.index(made[0])
     assert set(made) <= set(seen) and len(seen) == len(set(seen))
+
+
+def b64(text: str | bytes) -> str:
+    return base64.urlsafe_b64encode(text.encode() if isinstance(text, str) else text).decode()
+
+
+SOME_ID = "3f0c1b7e-8d2a-4c55-9a51-0d6f5e2b9c11"
+MALFORMED_CURSORS = [
+    b64(f"0001-01-01T00:00:00+05:00|{SOME_ID}"),     # before year 1 in UTC: asyncpg's OverflowError, a 500
+    b64(f"9999-12-31T23:59:59-05:00|{SOME_ID}"),     # past year 9999 in UTC
+    b64(f"2024-05-01T12:00:00|{SOME_ID}"),           # no offset: the driver would read it in the server's zone
+    b64(f"2024-05-01|{SOME_ID}"),
+    b64("2024-05-01T12:00:00+00:00"),               # no id
+    b64("2024-05-01T12:00:00+00:00|not-a-uuid"),
+    b64(f"yesterday|{SOME_ID}"),
+    b64(f"2024-05-01T12:00:00+24:00|{SOME_ID}"),
+    b64(f"\x00|{SOME_ID}"),
+    b64(b"\xff\xfe|" + SOME_ID.encode()),           # not UTF-8
+    "%%%", "abc", "a" * 5000,                        # not base64
+]
+
+
+@pytest.mark.parametrize("cursor", MALFORMED_CURSORS)
+def test_malformed_cursors_are_400(crud: httpx.Client, cursor: str) -> None:
+    response = crud.get(API, params={"cursor": cursor})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "cursor"
+
+
+def test_cursors_at_the_ends_of_time_page_correctly(crud: httpx.Client) -> None:
+    new_conversation(crud, "ends of time")
+    # Representable however far off: past everything (the first page), before everything (nothing).
+    latest = crud.get(API, params={"cursor": b64(f"9999-12-31T23:59:59+05:00|{SOME_ID}")})
+    assert latest.status_code == 200 and latest.json()["data"] == crud.get(API).json()["data"]
+    earliest = crud.get(API, params={"cursor": b64(f"0001-01-01T00:00:00-05:00|{SOME_ID}")})
+    assert earliest.status_code == 200 and earliest.json()["data"] == []
 
 
 @pytest.mark.parametrize("method, path, body, status", [

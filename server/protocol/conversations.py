@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -52,6 +55,29 @@ class SeedChat(msgspec.Struct, forbid_unknown_fields=True):
     message: MessageText
     conversation_id: str | None = None
     stream: bool = False
+
+
+CURSOR_ERROR = "invalid cursor: pass next_cursor from the previous page"
+
+
+def encode_cursor(c: Conversation) -> str:
+    """Where the next page starts: the last row's (created_at, id), the time in UTC with its offset (SQLite hands
+    stored times back without one; they were stored in UTC)."""
+    stamp = c.created_at if c.created_at.tzinfo is not None else c.created_at.replace(tzinfo=UTC)
+    return base64.urlsafe_b64encode(f"{stamp.astimezone(UTC).isoformat()}|{c.id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """A cursor encode_cursor made; anything else is a 400 naming `cursor`, never an error in the database driver
+    (a time that moves past year 1 or 9999 when turned to UTC, a time without an offset)."""
+    try:
+        stamp, _, ident = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        created_at, last_id = datetime.fromisoformat(stamp), uuid.UUID(ident)
+        if created_at.utcoffset() is None:
+            raise ValueError("a cursor's time says its offset")
+        return created_at.astimezone(UTC), last_id
+    except (ValueError, OverflowError):  # bad base64, UTF-8, time or uuid; a time out of range
+        raise InvalidRequest(CURSOR_ERROR, param="cursor") from None
 
 
 def conversation_view(c: Conversation) -> dict[str, Any]:

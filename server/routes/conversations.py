@@ -3,41 +3,33 @@ resumable."""
 
 from __future__ import annotations
 
-import base64
 import uuid
-from datetime import datetime
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from server.exceptions import InvalidRequest
-from server.protocol.conversations import NewConversation, NewMessage, Rename, conversation_view, message_view
+from server.protocol.conversations import (
+    NewConversation,
+    NewMessage,
+    Rename,
+    conversation_view,
+    decode_cursor,
+    encode_cursor,
+    message_view,
+)
 from server.protocol.decode import INT32_MAX, decode_body
 from server.routes.params import int_query, json_response, last_event_id, parse_uuid, path_uuid
 from server.serving.conversations import Started
 from server.serving.sse import Framing
 from server.state import principal_of, request_state, services
 from server.streaming import EventStreamResponse, RouteResponse, cancel_on_disconnect
-from storage.models import Conversation
 
 API = "/api/v1/conversations"
 DEFAULT_PAGE, MAX_PAGE = 20, 100
 DEFAULT_MESSAGES, MAX_MESSAGES = 50, 500
 CLIENT_CLOSED_REQUEST = 499
 CREATED = 201
-
-
-def encode_cursor(c: Conversation) -> str:
-    return base64.urlsafe_b64encode(f"{c.created_at.isoformat()}|{c.id}".encode()).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        stamp, _, ident = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        return datetime.fromisoformat(stamp), uuid.UUID(ident)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("invalid cursor: pass next_cursor from the previous page", param="cursor") from None
 
 
 def owner(request: Request) -> uuid.UUID:

@@ -36,7 +36,9 @@ def make_app(template: Path, tmp_path: Path, engine: FakeEngine, **overrides: ob
     url = f"sqlite+aiosqlite:///{database}"
     values: dict[str, object] = {"database_url": url, "auth_enabled": False, "rate_limit_storage": "memory://",
                                  "secret_key": SECRET, "max_body_bytes": 65536, "conversation_grace_s": 1.0,
-                                 "sse_heartbeat_s": 0.5, "sse_idle_heartbeat_s": 0.5, "access_log": False, **overrides}
+                                 "sse_heartbeat_s": 0.5, "sse_idle_heartbeat_s": 0.5, "access_log": False,
+                                 # the base URL the clients below use: a configured host (loopback is allowed anyway)
+                                 "allowed_hosts": ["fast.test"], **overrides}
     return create_app(load_settings(None, **values), "/fake", engine=engine)
 
 

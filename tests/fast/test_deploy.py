@@ -145,3 +145,24 @@ def test_metrics_are_scraped_with_the_metrics_token() -> None:
     (prometheus,) = documents(DEPLOY / "prometheus.yml")
     (job,) = prometheus["scrape_configs"]
     assert job["authorization"]["credentials_file"] == "/run/secrets/metrics-token"
+
+
+def test_deployments_answer_to_the_hosts_they_are_reached_by() -> None:
+    """The Host allow-list (DNS rebinding) keeps every deployment reachable: Prometheus scrapes the compose replicas
+    by service name, nginx forwards the browser's Host with its port (the Origin check compares the two), and the
+    Kubernetes pods, reached through an ingress by names only the operator knows, run a profile that allows any."""
+    from server.middleware.host_origin import HostAllowList
+    from server.settings import load_settings
+
+    (compose,) = documents(DEPLOY / "compose.yaml")
+    services = compose["services"]
+    scraped = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["scrape_configs"][0]["static_configs"][0]
+    for name in (name for name in services if name.startswith("codeface-")):
+        allowed = HostAllowList(yaml.safe_load(services[name]["environment"]["ALLOWED_HOSTS"]))
+        assert all(allowed.allows(target.partition(":")[0]) for target in scraped["targets"])
+        assert allowed.allows("localhost") and not allowed.allows("attacker.example")
+    assert "proxy_set_header Host $http_host;" in (DEPLOY / "nginx.conf").read_text()
+    (deployment,) = documents(DEPLOY / "k8s" / "deployment.yaml")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    profile = load_settings(DEPLOY.parent / args[args.index("--config") + 1])
+    assert HostAllowList(profile.allowed_hosts).allows("codeface.example.com")
