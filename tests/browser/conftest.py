@@ -64,6 +64,9 @@ class CuttableProxy:
         self.port = self.listener.getsockname()[1]
         self.open: set[socket.socket] = set()
         self.lock = threading.Lock()
+        # Cleared by hold(): new connections wait (as behind a slow network) and then go to upstream_port.
+        self.admitting = threading.Event()
+        self.admitting.set()
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -76,11 +79,24 @@ class CuttableProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            with self.lock:
-                self.open |= {client, upstream}
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        self.admitting.wait()
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        with self.lock:
+            self.open |= {client, upstream}
+        for source, sink in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def hold(self) -> None:
+        self.admitting.clear()
+
+    def release(self, upstream_port: int | None = None) -> None:
+        """New connections, and those held meanwhile, go on (to `upstream_port` if given)."""
+        if upstream_port is not None:
+            self.upstream_port = upstream_port
+        self.admitting.set()
 
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
@@ -107,6 +123,7 @@ class CuttableProxy:
 
     def close(self) -> None:
         self.listener.close()
+        self.admitting.set()
         self.cut()
 
 

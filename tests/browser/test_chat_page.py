@@ -124,6 +124,50 @@ def test_network_cut_mid_stream_resumes_without_gap_or_duplicate(page, server_ur
     assert not page.errors
 
 
+def wait_reply_done_or_failed(page) -> None:
+    """Until the last reply's summary line is there or the page shows an error."""
+    page.wait_for_function("""() => {
+      const replies = document.querySelectorAll('#messages li.message.assistant');
+      const done = replies.length && replies[replies.length - 1].querySelector('.meta').textContent.includes('tokens');
+      return done || document.getElementById('status').classList.contains('error');
+    }""", timeout=REPLY_TIMEOUT_MS)
+
+
+def test_a_resume_after_the_buffer_is_gone_shows_the_stored_reply(page, server_url: str, proxy: CuttableProxy,
+                                                                  user: tuple[str, str], start_replica,
+                                                                  server_database_url: str, redis_url: str) -> None:
+    """The page loses its stream mid-reply and resumes where no buffer of the reply is left (its retention
+    expired, or the resume reached a replica that never held it): the server replays the stored reply, and the
+    page shows it whole, as stored, instead of "the connection was lost"."""
+    replica = start_replica(server_database_url, redis_url)  # no reply_streams_url: it holds no reply's events
+    sign_in(page, proxy.url, user)
+    resumes: list[str] = []
+    page.on("request", lambda request: resumes.append(request.url) if "/stream?message_id=" in request.url else None)
+    with page.expect_request(lambda request: request.url.endswith("/messages")) as posted:
+        send(page, "Describe, in detail, how a lighthouse keeper spends a long winter night.")
+    conversation_id = posted.value.url.split(f"{API}/", 1)[1].split("/", 1)[0]
+    page.wait_for_function("""() => {
+      const bodies = document.querySelectorAll('#messages li.message.assistant .body');
+      return bodies.length && bodies[bodies.length - 1].textContent.length > 10;
+    }""", timeout=REPLY_TIMEOUT_MS)
+    proxy.hold()
+    assert proxy.cut() > 0
+    token = token_of(server_url, user)
+    stored = stored_replies(server_url, token, conversation_id)
+    assert stored[-1]["status"] != "in_progress"
+    proxy.release(int(replica.rsplit(":", 1)[1]))
+    wait_reply_done_or_failed(page)
+    assert resumes, "the page never resumed: the connection was not cut"
+    status = page.locator("#status")
+    assert "error" not in (status.get_attribute("class") or ""), status.inner_text()
+    streamed = reply_texts(page)
+    proxy.release(int(server_url.rsplit(":", 1)[1]))
+    page.reload()
+    page.wait_for_selector(LAST_REPLY)
+    assert reply_texts(page) == streamed  # what the page shows is the stored reply, rendered
+    assert not page.errors
+
+
 def test_model_output_is_rendered_inert(page, server_url: str, user: tuple[str, str]) -> None:
     token = token_of(server_url, user)
     headers = {"Authorization": f"Bearer {token}"}
