@@ -42,16 +42,26 @@ def browser(server_url: str, auth_headers: dict[str, str]) -> Iterator[object]:
 
 @pytest.fixture
 def page(browser, request: pytest.FixtureRequest) -> Iterator[object]:
-    """A fresh browser context and page; a screenshot of the page when the test ends, passed or not."""
+    """A fresh browser context and page; a screenshot of the page when the test ends, passed or not. The test
+    fails at teardown on any uncaught page error or console error, but those whose text contains one of
+    `page.expected_errors` (a test that provokes a 429 or cuts the network expects the browser to log it)."""
     context = browser.new_context(viewport={"width": 1200, "height": 800})
     page = context.new_page()
     errors: list[str] = []
+    console_errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: console_errors.append(f"{message.text} ({message.location.get('url')})")
+            if message.type == "error" else None)
     page.errors = errors
+    page.expected_errors = []
     yield page
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"))
     context.close()
+    unexpected = [error for error in errors + console_errors
+                  if not any(expected in error for expected in page.expected_errors)]
+    if unexpected:
+        pytest.fail(f"the browser logged errors: {unexpected}")
 
 
 class CuttableProxy:

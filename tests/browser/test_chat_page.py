@@ -25,6 +25,8 @@ WATCH_GROWTH = """() => {
   }).observe(document.getElementById('messages'), {subtree: true, childList: true, characterData: true});
 }"""
 REPLY_TIMEOUT_MS = 120_000
+# What Chromium logs when the network drops under an open stream.
+CUT_ERRORS = ("net::ERR_INCOMPLETE_CHUNKED_ENCODING", "net::ERR_CONNECTION_RESET", "net::ERR_EMPTY_RESPONSE")
 
 
 def sign_in(page, server_url: str, user: tuple[str, str]) -> None:
@@ -111,6 +113,7 @@ def test_network_cut_mid_stream_resumes_without_gap_or_duplicate(page, server_ur
       const bodies = document.querySelectorAll('#messages li.message.assistant .body');
       return bodies.length && bodies[bodies.length - 1].textContent.length > 10;
     }""", timeout=REPLY_TIMEOUT_MS)
+    page.expected_errors.extend(CUT_ERRORS)
     assert proxy.cut() > 0
     wait_reply_done(page)
     streamed = reply_texts(page)
@@ -151,6 +154,7 @@ def test_a_resume_after_the_buffer_is_gone_shows_the_stored_reply(page, server_u
       return bodies.length && bodies[bodies.length - 1].textContent.length > 10;
     }""", timeout=REPLY_TIMEOUT_MS)
     proxy.hold()
+    page.expected_errors.extend(CUT_ERRORS)
     assert proxy.cut() > 0
     token = token_of(server_url, user)
     stored = stored_replies(server_url, token, conversation_id)
@@ -179,6 +183,8 @@ def test_model_output_is_rendered_inert(page, server_url: str, user: tuple[str, 
     assert "<script>" in posted.json()["reply"]
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    # The hostile image loads (and gets 401), and the page's CSP refuses its handler: logged, and expected here.
+    page.expected_errors.extend([f"{server_url}/x)", "violates the following Content Security Policy directive"])
     sign_in(page, server_url, user)
     page.click(f"#conversations li[data-id='{conversation_id}']")
     page.wait_for_selector(f"{LAST_REPLY} >> strong")  # the Markdown around it was rendered
@@ -200,6 +206,7 @@ def test_a_429_is_shown_as_a_readable_message(page, server_url: str, auth_header
     page.wait_for_selector("#app:not([hidden])")
     send(page, "Hi")
     wait_reply_done(page)
+    page.expected_errors.append("the server responded with a status of 429")
     send(page, "Hi again")
     page.wait_for_selector("#status.error")
     status = page.locator("#status").inner_text()
