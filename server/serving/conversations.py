@@ -223,7 +223,7 @@ class ConversationService(ConversationStore):
             run = await self.registry.find_current(conversation_id, owner_id)
         if run is None or run.conversation_id != conversation_id:
             reply = await self._stored_reply_to_replay(owner_id, conversation_id, message_id, message_id_given)
-            return reply.id, listener, _replay(reply)
+            return reply.id, listener, _replay(reply, after_id)
         await run.catch_up(after_id, MIRROR_CATCH_UP_S)
         run.check_resumable(after_id)
         if after_id:
@@ -335,7 +335,7 @@ class ConversationService(ConversationStore):
         async with self.database.session() as session:
             latest = await Messages(session).latest(conversation_id, MessageRole.ASSISTANT)
         if latest is not None and latest.status != MessageStatus.IN_PROGRESS:
-            return latest.id, listener, _replay(latest, Framing.PLAIN)
+            return latest.id, listener, _replay(latest, after_id, Framing.PLAIN)
         previous = latest.id if latest is not None else None
         return None, listener, self._next_reply(listener, owner_id, conversation_id, previous)
 
@@ -355,10 +355,11 @@ class ConversationService(ConversationStore):
             yield chunk
 
 
-async def _replay(reply: Message, framing: Framing = Framing.NAMED) -> EventStream:
-    """A stored reply as one completed event carrying its whole text."""
+async def _replay(reply: Message, after_id: int, framing: Framing = Framing.NAMED) -> EventStream:
+    """A stored reply as one completed event carrying its whole text. Its id follows the client's Last-Event-ID:
+    a client resuming after event N skips ids up to N, and this event replaces what it saw."""
     frames = frame_reply_event(ReplyEvent.COMPLETED, {
         "message_id": str(reply.id), "status": reply.status, "finish_reason": reply.finish_reason,
         "content": reply.content, "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
-        "replayed": True}, event_id=1)
+        "replayed": True}, event_id=after_id + 1)
     yield frames[framing]

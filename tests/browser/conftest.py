@@ -42,16 +42,26 @@ def browser(server_url: str, auth_headers: dict[str, str]) -> Iterator[object]:
 
 @pytest.fixture
 def page(browser, request: pytest.FixtureRequest) -> Iterator[object]:
-    """A fresh browser context and page; a screenshot of the page when the test ends, passed or not."""
+    """A fresh browser context and page; a screenshot of the page when the test ends, passed or not. The test
+    fails at teardown on any uncaught page error or console error, but those whose text contains one of
+    `page.expected_errors` (a test that provokes a 429 or cuts the network expects the browser to log it)."""
     context = browser.new_context(viewport={"width": 1200, "height": 800})
     page = context.new_page()
     errors: list[str] = []
+    console_errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: console_errors.append(f"{message.text} ({message.location.get('url')})")
+            if message.type == "error" else None)
     page.errors = errors
+    page.expected_errors = []
     yield page
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"))
     context.close()
+    unexpected = [error for error in errors + console_errors
+                  if not any(expected in error for expected in page.expected_errors)]
+    if unexpected:
+        pytest.fail(f"the browser logged errors: {unexpected}")
 
 
 class CuttableProxy:
@@ -64,6 +74,9 @@ class CuttableProxy:
         self.port = self.listener.getsockname()[1]
         self.open: set[socket.socket] = set()
         self.lock = threading.Lock()
+        # Cleared by hold(): new connections wait (as behind a slow network) and then go to upstream_port.
+        self.admitting = threading.Event()
+        self.admitting.set()
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -76,11 +89,24 @@ class CuttableProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            with self.lock:
-                self.open |= {client, upstream}
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        self.admitting.wait()
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        with self.lock:
+            self.open |= {client, upstream}
+        for source, sink in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def hold(self) -> None:
+        self.admitting.clear()
+
+    def release(self, upstream_port: int | None = None) -> None:
+        """New connections, and those held meanwhile, go on (to `upstream_port` if given)."""
+        if upstream_port is not None:
+            self.upstream_port = upstream_port
+        self.admitting.set()
 
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
@@ -107,6 +133,7 @@ class CuttableProxy:
 
     def close(self) -> None:
         self.listener.close()
+        self.admitting.set()
         self.cut()
 
 

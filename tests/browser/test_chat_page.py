@@ -25,6 +25,8 @@ WATCH_GROWTH = """() => {
   }).observe(document.getElementById('messages'), {subtree: true, childList: true, characterData: true});
 }"""
 REPLY_TIMEOUT_MS = 120_000
+# What Chromium logs when the network drops under an open stream.
+CUT_ERRORS = ("net::ERR_INCOMPLETE_CHUNKED_ENCODING", "net::ERR_CONNECTION_RESET", "net::ERR_EMPTY_RESPONSE")
 
 
 def sign_in(page, server_url: str, user: tuple[str, str]) -> None:
@@ -111,6 +113,7 @@ def test_network_cut_mid_stream_resumes_without_gap_or_duplicate(page, server_ur
       const bodies = document.querySelectorAll('#messages li.message.assistant .body');
       return bodies.length && bodies[bodies.length - 1].textContent.length > 10;
     }""", timeout=REPLY_TIMEOUT_MS)
+    page.expected_errors.extend(CUT_ERRORS)
     assert proxy.cut() > 0
     wait_reply_done(page)
     streamed = reply_texts(page)
@@ -121,6 +124,51 @@ def test_network_cut_mid_stream_resumes_without_gap_or_duplicate(page, server_ur
     page.reload()
     page.wait_for_selector(LAST_REPLY)
     assert reply_texts(page) == streamed  # the streamed text, rendered, equals the stored one: no gap, no duplicate
+    assert not page.errors
+
+
+def wait_reply_done_or_failed(page) -> None:
+    """Until the last reply's summary line is there or the page shows an error."""
+    page.wait_for_function("""() => {
+      const replies = document.querySelectorAll('#messages li.message.assistant');
+      const done = replies.length && replies[replies.length - 1].querySelector('.meta').textContent.includes('tokens');
+      return done || document.getElementById('status').classList.contains('error');
+    }""", timeout=REPLY_TIMEOUT_MS)
+
+
+def test_a_resume_after_the_buffer_is_gone_shows_the_stored_reply(page, server_url: str, proxy: CuttableProxy,
+                                                                  user: tuple[str, str], start_replica,
+                                                                  server_database_url: str, redis_url: str) -> None:
+    """The page loses its stream mid-reply and resumes where no buffer of the reply is left (its retention
+    expired, or the resume reached a replica that never held it): the server replays the stored reply, and the
+    page shows it whole, as stored, instead of "the connection was lost"."""
+    replica = start_replica(server_database_url, redis_url)  # no reply_streams_url: it holds no reply's events
+    sign_in(page, proxy.url, user)
+    resumes: list[str] = []
+    page.on("request", lambda request: resumes.append(request.url) if "/stream?message_id=" in request.url else None)
+    with page.expect_request(lambda request: request.url.endswith("/messages")) as posted:
+        send(page, "Describe, in detail, how a lighthouse keeper spends a long winter night.")
+    conversation_id = posted.value.url.split(f"{API}/", 1)[1].split("/", 1)[0]
+    page.wait_for_function("""() => {
+      const bodies = document.querySelectorAll('#messages li.message.assistant .body');
+      return bodies.length && bodies[bodies.length - 1].textContent.length > 10;
+    }""", timeout=REPLY_TIMEOUT_MS)
+    proxy.hold()
+    page.expected_errors.extend(CUT_ERRORS)
+    assert proxy.cut() > 0
+    token = token_of(server_url, user)
+    stored = stored_replies(server_url, token, conversation_id)
+    assert stored[-1]["status"] != "in_progress"
+    proxy.release(int(replica.rsplit(":", 1)[1]))
+    wait_reply_done_or_failed(page)
+    assert resumes, "the page never resumed: the connection was not cut"
+    status = page.locator("#status")
+    assert "error" not in (status.get_attribute("class") or ""), status.inner_text()
+    streamed = reply_texts(page)
+    proxy.release(int(server_url.rsplit(":", 1)[1]))
+    page.reload()
+    page.wait_for_selector(LAST_REPLY)
+    assert reply_texts(page) == streamed  # what the page shows is the stored reply, rendered
     assert not page.errors
 
 
@@ -135,6 +183,8 @@ def test_model_output_is_rendered_inert(page, server_url: str, user: tuple[str, 
     assert "<script>" in posted.json()["reply"]
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    # The hostile image loads (and gets 401), and the page's CSP refuses its handler: logged, and expected here.
+    page.expected_errors.extend([f"{server_url}/x)", "violates the following Content Security Policy directive"])
     sign_in(page, server_url, user)
     page.click(f"#conversations li[data-id='{conversation_id}']")
     page.wait_for_selector(f"{LAST_REPLY} >> strong")  # the Markdown around it was rendered
@@ -156,6 +206,7 @@ def test_a_429_is_shown_as_a_readable_message(page, server_url: str, auth_header
     page.wait_for_selector("#app:not([hidden])")
     send(page, "Hi")
     wait_reply_done(page)
+    page.expected_errors.append("the server responded with a status of 429")
     send(page, "Hi again")
     page.wait_for_selector("#status.error")
     status = page.locator("#status").inner_text()

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from loadtests.sse import iter_events
+from server.serving.replies import EVICT_EVERY_S
 
 from fast.fake_engine import TEMPLATE_REFUSES, FakeEngine
 
@@ -62,6 +63,25 @@ async def test_stream_events_and_resume(client: httpx.AsyncClient) -> None:
     too_far = await client.get(f"{API}/{conversation_id}/stream", params={"message_id": message_id},
                                headers={"Last-Event-ID": "9"})
     assert too_far.status_code == 400
+
+
+async def test_a_resume_after_the_buffer_expired_gets_the_stored_reply_next(client_for) -> None:
+    """The replay of a reply no longer buffered takes the id after the client's Last-Event-ID: a client that skips
+    ids it has seen (the chat page does) keeps it, and the resume has neither gap nor duplicate."""
+    async with client_for(FakeEngine(), reply_retention_s=0.01) as http:
+        conversation_id = await new_conversation(http)
+        response = await http.post(f"{API}/{conversation_id}/messages",
+                                   json={"content": "Hi", "max_tokens": 3, "ignore_eos": True, "stream": True})
+        message_id = response.headers["x-message-id"]
+        await asyncio.sleep(EVICT_EVERY_S + 0.1)
+        # Finished buffers are evicted when a reply starts: this one's has expired by then.
+        await http.post(f"{API}/{await new_conversation(http)}/messages", json={"content": "Hi", "max_tokens": 1})
+        for seen in (0, 2, 4):
+            resumed = await http.get(f"{API}/{conversation_id}/stream", params={"message_id": message_id},
+                                     headers={"Last-Event-ID": str(seen)})
+            events = list(iter_events(resumed.text.splitlines()))
+            assert [(e.id, e.event) for e in events] == [(str(seen + 1), "message.completed")], resumed.text
+            assert events[0].json()["replayed"] and events[0].json()["content"] == "w0 w1 w2 "
 
 
 async def test_history_is_trimmed_to_fit(client_for) -> None:

@@ -53,3 +53,15 @@ async def test_docs_page_is_self_hosted(client: httpx.AsyncClient) -> None:
     bundle = await client.get("/static/vendor/swagger-ui-5.35.0/swagger-ui-bundle.js")
     assert bundle.status_code == 200 and bundle.headers["x-content-type-options"] == "nosniff"
     assert (await client.get("/openapi.json")).json()["openapi"] == "3.1.0"
+
+
+def test_a_streamed_post_and_its_links_are_documented() -> None:
+    """A message posted with stream: true answers 200 (the stateful fuzzing found it undocumented), and both answers
+    link to the reply's resume and cancel by its X-Message-ID."""
+    post = openapi_document("0.0.0")["paths"]["/api/v1/conversations/{conversation_id}/messages"]["post"]
+    assert list(post["responses"]["200"]["content"]) == ["text/event-stream"]
+    assert list(post["responses"]["201"]["content"]) == ["application/json"]
+    for status in ("200", "201"):
+        links = post["responses"][status]["links"]
+        assert links["Cancel"]["parameters"]["message_id"] == "$response.header.X-Message-ID"
+        assert links["Resume"]["operationId"] == "get__api_v1_conversations_conversation_id_stream"

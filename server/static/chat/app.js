@@ -20,7 +20,19 @@ function describe(error) {
 
 // --- sign in ---------------------------------------------------------------------------------------------------
 
+// Set by the server on the page: with auth on and no credentials saved, sign in first (no request bound to fail).
+const AUTH_ON = document.documentElement.dataset.auth !== 'off';
+
+function showSignIn() {
+  $('app').hidden = true;
+  $('signin').hidden = false;
+}
+
 async function start() {
+  if (AUTH_ON && !api.token) {
+    showSignIn();
+    return;
+  }
   try {
     await loadConversations();  // 200 with auth off, or with a saved token
     $('signin').hidden = true;
@@ -31,8 +43,7 @@ async function start() {
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) {
       api.setToken(null);
-      $('app').hidden = true;
-      $('signin').hidden = false;
+      showSignIn();
     } else {
       showStatus(describe(error), true);
     }
