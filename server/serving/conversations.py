@@ -216,7 +216,8 @@ class ConversationService:
 
     def listen(self, principal: Principal, run: Run, framing: Framing = Framing.NAMED) -> Following:
         """The stream of a reply just posted: counted as a listener but never refused (the post was admitted)."""
-        listener = self.registry.listeners.open(principal.subject, may_idle=False, capped=False)
+        listener = self.registry.listeners.open(principal.subject, user=principal.tenant, may_idle=False,
+                                                capped=False)
         return self._following(run.message_id, listener, self.registry.listen(run, 0, listener, framing))
 
     def _following(self, message_id: uuid.UUID | None, listener: Listener, events: EventStream) -> Following:
@@ -234,7 +235,7 @@ class ConversationService:
                      after_id: int, *, message_id_given: bool) -> Following:
         """Every event after `after_id`, then the live rest; a reply not held here is replayed from storage."""
         owner_id = principal.user_id
-        listener = self.registry.listeners.open(principal.subject, may_idle=False)
+        listener = self.registry.listeners.open(principal.subject, user=principal.tenant, may_idle=False)
         try:
             return self._following(*await self._resume(owner_id, conversation_id, message_id, after_id,
                                                         message_id_given, listener))
@@ -337,7 +338,7 @@ class ConversationService:
                                   after_id: int) -> Following:
         """The seed's stream, framed for EventSource.onmessage: the reply in progress; else the latest reply if it
         has finished (its events from this replica's buffer, or the stored reply); else the next reply to start."""
-        listener = self.registry.listeners.open(principal.subject, may_idle=True)
+        listener = self.registry.listeners.open(principal.subject, user=principal.tenant, may_idle=True)
         try:
             return self._following(*await self._follow(principal.user_id, conversation_id, after_id, listener))
         except BaseException:
