@@ -88,6 +88,9 @@ class Settings(BaseSettings, EngineOptions):
     # Unset: a reply's stream lives in the replica generating it (route a conversation to one replica).
     # redis://host:6379/0: replies are shared through Redis, and any replica resumes, cancels or follows any reply.
     reply_streams_url: str | None = None
+    # Each call to that Redis waits at most this long (a blocking read: its 2 s block plus this): a hung Redis
+    # answers resume, cancel and delete with 503 and Retry-After, and ends mirrored streams with a reconnect event.
+    reply_streams_timeout_s: float = Field(default=1.0, gt=0)
     reply_retention_s: float = 300.0        # a finished reply's events stay in memory this long, for re-attaches
     reply_buffer_bytes: int = 4 << 20       # one reply's buffered events at most (the newest are kept)
     reply_buffers_total_bytes: int = 256 << 20  # all buffers together: the oldest finished replies go first

@@ -348,7 +348,11 @@ class ConversationService:
     async def _follow(self, owner_id: uuid.UUID, conversation_id: uuid.UUID, after_id: int,
                       listener: Listener) -> tuple[uuid.UUID | None, Listener, EventStream]:
         await self.get(owner_id, conversation_id)
-        run = await self.registry.find_current(conversation_id, owner_id)
+        try:
+            run = await self.registry.find_current(conversation_id, owner_id)
+        except Unavailable:
+            # The shared streams are not answering: EventSource gives up on a 503, and comes back after a reconnect.
+            return None, listener, _reconnect()
         if run is not None:
             return run.message_id, listener, self.registry.listen(run, after_id, listener, Framing.PLAIN)
         async with self.database.session() as session:
@@ -372,6 +376,10 @@ class ConversationService:
                 self.registry.listeners.wrote(listener, event=False)
         async for chunk in self.registry.listen(upcoming, 0, listener, Framing.PLAIN):
             yield chunk
+
+
+async def _reconnect() -> EventStream:
+    yield RECONNECT
 
 
 async def _replay(reply: Message, framing: Framing = Framing.NAMED) -> EventStream:
