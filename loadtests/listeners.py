@@ -210,7 +210,8 @@ async def measure(config: Path, overrides: dict[str, str], folder: Path, listene
                   concurrency: int) -> list[Repeat]:
     """`loads(n)`: the n-th chat load's jobs. Each load gets prompts of its own, so that none finds the prefix cache
     warmed by another (the load that ran second would otherwise be favoured)."""
-    overrides = {"max_sse_listeners": str(listeners + 1024), "max_sse_listeners_per_key": "0", **overrides}
+    overrides = {"max_sse_listeners": str(listeners + 1024), "max_sse_listeners_per_key": "0",
+                 "max_sse_listeners_per_user": "0", **overrides}
     server = await codeface_server(config, overrides, folder, "listeners")
     server.start()
     try:

@@ -116,8 +116,10 @@ def build_services(settings: Settings, engine: ChatEngine, database: Database, t
                    authenticator: Authenticator | None, limits: RateLimits, policy: AccessPolicy) -> AppServices:
     retention = Retention(settings.reply_retention_s, settings.reply_buffer_bytes, settings.reply_buffers_total_bytes)
     listeners = Listeners(settings.sse_heartbeat_s, settings.sse_idle_timeout_s, settings.max_sse_listeners,
-                          settings.max_sse_listeners_per_key, settings.sse_idle_heartbeat_s)
-    bus = ReplyBus(settings.reply_streams_url, settings.reply_retention_s) if settings.reply_streams_url else None
+                          settings.max_sse_listeners_per_key, settings.sse_idle_heartbeat_s,
+                          settings.max_sse_listeners_per_user)
+    bus = (ReplyBus(settings.reply_streams_url, settings.reply_retention_s, settings.reply_streams_timeout_s)
+           if settings.reply_streams_url else None)
     registry = Registry(settings.conversation_grace_s, listeners, retention, bus)
     # Each API process admits its share of the cap (the least-loaded accept spreads connections evenly).
     per_process_cap = -(-settings.max_inflight_generations // settings.api_processes)

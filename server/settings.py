@@ -84,8 +84,8 @@ class Settings(BaseSettings, EngineOptions):
     # Event streams: a comment every heartbeat_s keeps idle connections through proxies (nginx, load balancers
     # time out after 60 s by default); a listener waiting for a reply that does not come is closed after
     # sse_idle_timeout_s (0: never) with an event that tells it to reconnect. Caps: open streams in all (503 past
-    # it) and per key (429); 0 = no cap. Each open stream holds a file descriptor: the open-file limit is checked
-    # at start.
+    # it), per key and per user (429); 0 = no cap. Each open stream holds a file descriptor: the open-file limit is
+    # checked at start.
     sse_heartbeat_s: float = 15.0
     # Listeners waiting for a reply that may never come (GET /api/v1/stream/{id} between replies, idle tabs): a
     # keep-alive every 45 s, under the 60 s idle timeout of common proxies (nginx, AWS ALB); null = sse_heartbeat_s.
@@ -93,9 +93,13 @@ class Settings(BaseSettings, EngineOptions):
     sse_idle_timeout_s: float = 900.0
     max_sse_listeners: int = 16384
     max_sse_listeners_per_key: int = 256
+    max_sse_listeners_per_user: int = 512   # all of a user's keys and tokens together (429 past it); 0 = no cap
     # Unset: a reply's stream lives in the replica generating it (route a conversation to one replica).
     # redis://host:6379/0: replies are shared through Redis, and any replica resumes, cancels or follows any reply.
     reply_streams_url: str | None = None
+    # Each call to that Redis waits at most this long (a blocking read: its 2 s block plus this): a hung Redis
+    # answers resume, cancel and delete with 503 and Retry-After, and ends mirrored streams with a reconnect event.
+    reply_streams_timeout_s: float = Field(default=1.0, gt=0)
     reply_retention_s: float = 300.0        # a finished reply's events stay in memory this long, for re-attaches
     reply_buffer_bytes: int = 4 << 20       # one reply's buffered events at most (the newest are kept)
     reply_buffers_total_bytes: int = 256 << 20  # all buffers together: the oldest finished replies go first

@@ -188,7 +188,8 @@ class ConversationService(ConversationStore):
 
     def listen(self, principal: Principal, run: Run, framing: Framing = Framing.NAMED) -> Following:
         """The stream of a reply just posted: counted as a listener but never refused (the post was admitted)."""
-        listener = self.registry.listeners.open(principal.subject, may_idle=False, capped=False)
+        listener = self.registry.listeners.open(principal.subject, user=principal.tenant, may_idle=False,
+                                                capped=False)
         return self._following(run.message_id, listener, self.registry.listen(run, 0, listener, framing))
 
     def _following(self, message_id: uuid.UUID | None, listener: Listener, events: EventStream) -> Following:
@@ -206,7 +207,7 @@ class ConversationService(ConversationStore):
                      after_id: int, *, message_id_given: bool) -> Following:
         """Every event after `after_id`, then the live rest; a reply not held here is replayed from storage."""
         owner_id = principal.user_id
-        listener = self.registry.listeners.open(principal.subject, may_idle=False)
+        listener = self.registry.listeners.open(principal.subject, user=principal.tenant, may_idle=False)
         try:
             return self._following(*await self._resume(owner_id, conversation_id, message_id, after_id,
                                                         message_id_given, listener))
@@ -319,7 +320,7 @@ class ConversationService(ConversationStore):
                                   after_id: int) -> Following:
         """The seed's stream, framed for EventSource.onmessage: the reply in progress; else the latest reply if it
         has finished (its events from this replica's buffer, or the stored reply); else the next reply to start."""
-        listener = self.registry.listeners.open(principal.subject, may_idle=True)
+        listener = self.registry.listeners.open(principal.subject, user=principal.tenant, may_idle=True)
         try:
             return self._following(*await self._follow(principal.user_id, conversation_id, after_id, listener))
         except BaseException:
@@ -329,7 +330,11 @@ class ConversationService(ConversationStore):
     async def _follow(self, owner_id: uuid.UUID, conversation_id: uuid.UUID, after_id: int,
                       listener: Listener) -> tuple[uuid.UUID | None, Listener, EventStream]:
         await self.get(owner_id, conversation_id)
-        run = await self.registry.find_current(conversation_id, owner_id)
+        try:
+            run = await self.registry.find_current(conversation_id, owner_id)
+        except Unavailable:
+            # The shared streams are not answering: EventSource gives up on a 503, and comes back after a reconnect.
+            return None, listener, _reconnect()
         if run is not None:
             return run.message_id, listener, self.registry.listen(run, after_id, listener, Framing.PLAIN)
         async with self.database.session() as session:
@@ -353,6 +358,10 @@ class ConversationService(ConversationStore):
                 self.registry.listeners.wrote(listener, event=False)
         async for chunk in self.registry.listen(upcoming, 0, listener, Framing.PLAIN):
             yield chunk
+
+
+async def _reconnect() -> EventStream:
+    yield RECONNECT
 
 
 async def _replay(reply: Message, after_id: int, framing: Framing = Framing.NAMED) -> EventStream:

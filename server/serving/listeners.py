@@ -1,6 +1,6 @@
 """SSE listeners that cost nothing while they wait: each waits on a future that an event or one shared heartbeat
-clock resolves (no sleep loop, no timer per listener), counted and capped per caller and in all, and closed with a
-reconnect event after an idle time."""
+clock resolves (no sleep loop, no timer per listener), counted and capped per caller (key), per user and in all,
+and closed with a reconnect event after an idle time."""
 
 from __future__ import annotations
 
@@ -48,10 +48,11 @@ class Listener:
     """One open SSE listener: when it last wrote (heartbeats are due from then) and last saw an event (idle from
     then), and what it waits on now."""
 
-    __slots__ = ("closed", "heartbeat_s", "idle_after_s", "last_event", "last_write", "subject", "waiting")
+    __slots__ = ("closed", "heartbeat_s", "idle_after_s", "last_event", "last_write", "subject", "user", "waiting")
 
-    def __init__(self, subject: str, now: float, idle_after_s: float | None, heartbeat_s: float) -> None:
+    def __init__(self, subject: str, user: str, now: float, idle_after_s: float | None, heartbeat_s: float) -> None:
         self.subject = subject
+        self.user = user
         self.heartbeat_s = heartbeat_s
         self.last_write = now
         self.last_event = now
@@ -71,7 +72,7 @@ class Listeners:
     one write per interval and nothing in between."""
 
     def __init__(self, heartbeat_s: float, idle_timeout_s: float, max_total: int, max_per_caller: int,
-                 idle_heartbeat_s: float | None = None) -> None:
+                 idle_heartbeat_s: float | None = None, max_per_user: int = 0) -> None:
         self.heartbeat_s = heartbeat_s
         # Listeners that wait for something that may never come (an idle tab's next reply) heartbeat less often:
         # their keep-alive is most of what 10,000 of them cost.
@@ -80,38 +81,47 @@ class Listeners:
         self.idle_timeout_s = idle_timeout_s  # 0: never closed for idleness
         self.max_total = max_total            # 0: no cap
         self.max_per_caller = max_per_caller  # 0: no cap
+        # All of a user's keys and tokens together: minting keys does not multiply the per-key cap. 0: no cap.
+        self.max_per_user = max_per_user
         self.open_count = 0
         self._per_subject: Counter[str] = Counter()
+        self._per_user: Counter[str] = Counter()
         self._wheel: dict[int, list[Listener]] = {}
         self._clock: asyncio.Task[None] | None = None
 
-    def open(self, subject: str, *, may_idle: bool, capped: bool = True) -> Listener:
-        """A new listener for `subject` (the caller's key or user), or RateLimited / Unavailable past a cap.
+    def open(self, subject: str, *, user: str | None = None, may_idle: bool, capped: bool = True) -> Listener:
+        """A new listener for `subject` (the caller's key or user) of `user` (the user behind it; default: the
+        subject), or RateLimited / Unavailable past a cap.
         `may_idle`: it waits for something that may never come (the next reply) and closes after the idle time.
         `capped=False`: counted but never refused (the stream of a generation that was already admitted)."""
+        user = user or subject
         if capped:
-            self._check_caps(subject)
+            self._check_caps(subject, user)
         loop = asyncio.get_running_loop()
         idle_after_s = None
         if may_idle and self.idle_timeout_s:
             idle_after_s = self.idle_timeout_s * random.uniform(1 - IDLE_JITTER, 1.0)
-        listener = Listener(subject, loop.time(), idle_after_s,
+        listener = Listener(subject, user, loop.time(), idle_after_s,
                             self.idle_heartbeat_s if may_idle else self.heartbeat_s)
         self.open_count += 1
         self._per_subject[subject] += 1
+        self._per_user[user] += 1
         sse_listeners.inc()
         self._schedule(listener, listener.last_write + listener.heartbeat_s)
         if self._clock is None:
             self._clock = loop.create_task(self._run_clock(), name="sse-heartbeat-clock")
         return listener
 
-    def _check_caps(self, subject: str) -> None:
+    def _check_caps(self, subject: str, user: str) -> None:
         if self.max_total and self.open_count >= self.max_total:
             raise Unavailable(f"this server holds its maximum of {self.max_total} event streams; retry later",
                               retry_after_s=LISTENER_RETRY_AFTER_S)
         if self.max_per_caller and self._per_subject[subject] >= self.max_per_caller:
             raise RateLimited(f"too many open event streams for this key (at most {self.max_per_caller}); close "
                               "one first", retry_after_s=LISTENER_RETRY_AFTER_S)
+        if self.max_per_user and self._per_user[user] >= self.max_per_user:
+            raise RateLimited(f"too many open event streams for this user, all keys together (at most "
+                              f"{self.max_per_user}); close one first", retry_after_s=LISTENER_RETRY_AFTER_S)
 
     def close(self, listener: Listener) -> None:
         """Idempotent: the stream's own cleanup and the response's finalizer both call it."""
@@ -123,6 +133,9 @@ class Listeners:
         self._per_subject[listener.subject] -= 1
         if self._per_subject[listener.subject] <= 0:
             del self._per_subject[listener.subject]
+        self._per_user[listener.user] -= 1
+        if self._per_user[listener.user] <= 0:
+            del self._per_user[listener.user]
         if listener.waiting is not None and not listener.waiting.done():
             listener.waiting.cancel()
 

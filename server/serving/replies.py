@@ -72,6 +72,8 @@ class Run:
         # Set once this replica's final write of the reply has landed (or given up); `finishing` once it has begun.
         self.stored = asyncio.Event()
         self.finishing = False
+        # A mirror that ended early (a gap, or Redis unreachable): forgotten, so that a resume mirrors afresh.
+        self.abandoned = False
 
     @property
     def last_id(self) -> int:
@@ -84,12 +86,24 @@ class Run:
         if self.forward is not None:
             self.forward(StreamEntry(event_id, frames[Framing.NAMED], frames[Framing.PLAIN], final))
 
-    def mirror(self, entry: StreamEntry) -> None:
-        """An event read from the shared stream, in order (the stream may have dropped its oldest)."""
+    def mirror(self, entry: StreamEntry) -> bool:
+        """An event read from the shared stream, in order (the stream may have dropped its oldest; one sent twice
+        is skipped); False if events are missing before it (they never reached the stream)."""
         if not self.events:
             self.first_id = entry.event_id
+        if entry.event_id > self.last_id + 1:
+            return False
         if entry.event_id == self.last_id + 1:
             self._append({Framing.NAMED: entry.named, Framing.PLAIN: entry.plain}, entry.final)
+        return True
+
+    def abandon(self, frames: dict[Framing, bytes]) -> None:
+        """Ends a mirror early with `frames` (no event id: its listeners resume from the last event they got)."""
+        self.abandoned = True
+        self.events.append(frames)
+        self.done = True
+        self.finished_at = time.monotonic()
+        self.changed.notify()
 
     def _append(self, frames: dict[Framing, bytes], final: bool) -> None:
         self.events.append(frames)
@@ -241,7 +255,12 @@ class Registry:
         self.runs[run.message_id] = run
         self._by_conversation[run.conversation_id] = run.message_id
         run.task = asyncio.create_task(self.shared.follow_remote(run), name=f"mirror-{run.message_id}")
+        run.task.add_done_callback(lambda _task: self._forget_abandoned(run))
         return run
+
+    def _forget_abandoned(self, run: Run) -> None:
+        if run.abandoned and self.runs.get(run.message_id) is run:
+            self._forget(run)
 
     def _started_elsewhere(self, remote: RemoteReply) -> None:
         """A reply started on some replica: wakes this replica's listeners waiting for the conversation's next."""

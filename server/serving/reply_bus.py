@@ -1,8 +1,9 @@
 """Reply streams shared through Redis (`reply_streams_url`), so that any replica serves resume, cancel and the
 seed's stream route of a reply that another replica generates. The replica generating a reply appends its events
-to a Redis stream (capped, expiring after the resume window) and keeps an `alive` key fresh; a replica that does
-not hold the reply mirrors that stream with blocking reads; cancels and reply starts travel on pub/sub channels;
-a replica with listeners on a mirror keeps a `listening` key fresh, which stops the owner's grace clock."""
+to a Redis stream (capped) and keeps an `alive` key and the reply's keys fresh while it runs (they expire the resume
+window after it ends); a replica that does not hold the reply mirrors that stream with blocking reads; cancels and
+reply starts travel on pub/sub channels; a replica with listeners on a mirror keeps a `listening` key fresh, which
+stops the owner's grace clock. Every call is bounded in time: a hung Redis fails it (RedisError) like a dead one."""
 
 from __future__ import annotations
 
@@ -30,6 +31,14 @@ ALIVE_EVERY_S = 2.0
 ALIVE_TTL_S = 10
 RESUBSCRIBE_AFTER_S = 1.0
 MAX_STREAM_EVENTS = 100_000
+# A running reply's keys outlive the owner's refresh period by this much; once it ends, they expire after the
+# resume window (retention) exactly.
+RUNNING_TTL_MARGIN_S = ALIVE_TTL_S
+# Ends the expiry of a conversation's `latest` key only if it still names this reply (a newer one may have started).
+_EXPIRE_IF_LATEST = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
 
 
 def _key(message_id: uuid.UUID, part: str) -> str:
@@ -58,12 +67,17 @@ class StreamEntry:
 
 
 class ReplyBus:
-    """The Redis side of shared reply streams. Connects lazily; every call raises RedisError when Redis fails,
-    which callers treat as "not shared right now" (the local path goes on)."""
+    """The Redis side of shared reply streams. Connects lazily; every call raises RedisError when Redis fails or
+    does not answer within `timeout_s` (a blocking read: within its block time plus `timeout_s`)."""
 
-    def __init__(self, url: str, retention_s: float) -> None:
-        self.redis = aioredis.Redis.from_url(url)
+    def __init__(self, url: str, retention_s: float, timeout_s: float) -> None:
+        self.redis = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        # Blocking reads wait on the server up to READ_BLOCK_MS: their own pool, whose timeout allows for it.
+        self.reader = aioredis.Redis.from_url(url, socket_timeout=READ_BLOCK_MS / 1000 + timeout_s,
+                                              socket_connect_timeout=timeout_s)
         self.retention_s = int(max(retention_s, 1))
+        self.running_ttl_s = self.retention_s + RUNNING_TTL_MARGIN_S
+        self._expire_if_latest = self.redis.register_script(_EXPIRE_IF_LATEST)
         self.on_cancel: Callable[[uuid.UUID], None] = lambda _message_id: None
         self.on_started: Callable[[RemoteReply], None] = lambda _reply: None
         self._subscriber: asyncio.Task[None] | None = None
@@ -97,27 +111,40 @@ class ReplyBus:
     async def announce(self, reply: RemoteReply) -> None:
         """A reply starts on this replica: where to find it, then a word to replicas waiting for it."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(_key(reply.message_id, "meta"), mapping={
-                "conversation": str(reply.conversation_id), "owner": str(reply.owner_id)})
-            pipe.expire(_key(reply.message_id, "meta"), self.retention_s)
-            pipe.set(_key(reply.message_id, "alive"), 1, ex=ALIVE_TTL_S)
-            pipe.set(_latest_key(reply.conversation_id), str(reply.message_id), ex=self.retention_s)
+            self._refresh(pipe, reply)
             pipe.publish(STARTED_CHANNEL, f"{reply.message_id} {reply.conversation_id} {reply.owner_id}")
             await pipe.execute()
 
-    async def append(self, message_id: uuid.UUID, entries: list[StreamEntry]) -> None:
-        key = _key(message_id, "events")
+    def _refresh(self, pipe: Any, reply: RemoteReply) -> None:
+        """While the reply runs: its keys, (re)written with a lifetime past the next refresh (a Redis restarted
+        meanwhile gets them back)."""
+        pipe.hset(_key(reply.message_id, "meta"), mapping={
+            "conversation": str(reply.conversation_id), "owner": str(reply.owner_id)})
+        pipe.expire(_key(reply.message_id, "meta"), self.running_ttl_s)
+        pipe.set(_key(reply.message_id, "alive"), 1, ex=ALIVE_TTL_S)
+        pipe.set(_latest_key(reply.conversation_id), str(reply.message_id), ex=self.running_ttl_s)
+        pipe.expire(_key(reply.message_id, "events"), self.running_ttl_s)
+
+    async def append(self, reply: RemoteReply, entries: list[StreamEntry]) -> None:
+        """Events in order; the final one starts the resume window of the reply's keys (they expire after it)."""
+        key = _key(reply.message_id, "events")
+        final = bool(entries) and entries[-1].final
         async with self.redis.pipeline(transaction=False) as pipe:
             for entry in entries:
                 pipe.xadd(key, {"id": entry.event_id, "named": entry.named, "plain": entry.plain,
                                 "final": int(entry.final)}, maxlen=MAX_STREAM_EVENTS, approximate=True)
-            pipe.expire(key, self.retention_s)
-            if entries and entries[-1].final:
-                pipe.delete(_key(message_id, "alive"))
+            pipe.expire(key, self.retention_s if final else self.running_ttl_s)
+            if final:
+                pipe.delete(_key(reply.message_id, "alive"))
+                pipe.expire(_key(reply.message_id, "meta"), self.retention_s)
+                await self._expire_if_latest(keys=[_latest_key(reply.conversation_id)],
+                                             args=[str(reply.message_id), self.retention_s], client=pipe)
             await pipe.execute()
 
-    async def keep_alive(self, message_id: uuid.UUID) -> None:
-        await self.redis.set(_key(message_id, "alive"), 1, ex=ALIVE_TTL_S)
+    async def keep_alive(self, reply: RemoteReply) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self._refresh(pipe, reply)
+            await pipe.execute()
 
     async def alive(self, message_id: uuid.UUID) -> bool:
         return bool(await self.redis.exists(_key(message_id, "alive")))
@@ -136,8 +163,8 @@ class ReplyBus:
     async def read(self, message_id: uuid.UUID, after: str, *, block: bool = True) -> tuple[str, list[StreamEntry]]:
         """Entries after the stream position `after` ("0-0": from the start), blocking up to READ_BLOCK_MS (or
         not at all); returns the new position and the entries."""
-        answer: Any = await self.redis.xread({_key(message_id, "events"): after}, count=READ_COUNT,
-                                        block=READ_BLOCK_MS if block else None)
+        answer: Any = await self.reader.xread({_key(message_id, "events"): after}, count=READ_COUNT,
+                                              block=READ_BLOCK_MS if block else None)
         entries: list[StreamEntry] = []
         for _key_name, items in answer or []:
             for position, fields in items:
@@ -161,3 +188,4 @@ class ReplyBus:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._subscriber
         await self.redis.aclose()
+        await self.reader.aclose()

@@ -42,6 +42,14 @@ def frame_reply_event(event: ReplyEvent, data: dict[str, Any], event_id: int) ->
             Framing.PLAIN: frame({"type": event, **data}, event_id=event_id)}
 
 
+def frame_reconnect(data: dict[str, Any], retry_ms: int) -> dict[Framing, bytes]:
+    """Ends a stream early without an id, so that Last-Event-ID stays the last event's: the client resumes from
+    there (EventSource by itself, after `retry_ms`)."""
+    body = _encode({"type": "reconnect", **data})
+    return {Framing.NAMED: b"retry: %d\nevent: reconnect\ndata: %s\n\n" % (retry_ms, body),
+            Framing.PLAIN: b"retry: %d\ndata: %s\n\n" % (retry_ms, body)}
+
+
 def frame(data: Any, *, event: str | None = None, event_id: int | None = None) -> bytes:
     """One event: `data` as JSON, with an optional event name and id (what Last-Event-ID resumes from)."""
     head = b""

@@ -54,6 +54,18 @@ async def test_an_idle_listener_is_told_to_reconnect_and_the_caps_refuse() -> No
     await listeners.stop()
 
 
+async def test_the_per_user_cap_counts_all_of_a_users_keys() -> None:
+    """Twenty keys of one user do not hold twenty per-key caps: the user's cap counts them together."""
+    listeners = Listeners(heartbeat_s=1, idle_timeout_s=0, max_total=0, max_per_caller=2, max_per_user=3)
+    opened = [listeners.open(f"key:{n}", user="user:u", may_idle=True) for n in range(3)]
+    with pytest.raises(RateLimited, match="this user"):
+        listeners.open("key:3", user="user:u", may_idle=True)
+    listeners.open("key:other", user="user:v", may_idle=True)  # another user is not counted against it
+    listeners.close(opened[0])
+    listeners.open("key:3", user="user:u", may_idle=True)  # a closed one frees the user's place
+    await listeners.stop()
+
+
 async def test_seed_stream_waits_with_heartbeats_then_reconnects(client_for: Callable[..., httpx.AsyncClient],
                                                                engine: FakeEngine) -> None:
     async with client_for(engine, sse_heartbeat_s=0.1, sse_idle_heartbeat_s=0.1, sse_idle_timeout_s=0.5) as http:

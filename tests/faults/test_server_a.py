@@ -37,7 +37,8 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
            own_redis: OwnRedis) -> Iterator[SpawnedServer]:
     process = spawn(tmp_path_factory.mktemp("server-a"), own_postgres.url, own_redis.url,
                     drain_timeout_s=15, max_inflight_generations=64, reply_stale_after_s=20,
-                    sse_heartbeat_s=1, sse_idle_heartbeat_s=1, max_sse_listeners_per_key=1000)
+                    sse_heartbeat_s=1, sse_idle_heartbeat_s=1, max_sse_listeners_per_key=1000,
+                    max_sse_listeners_per_user=1000)
     process.start()
     # The outages below leave the machine mostly idle for two minutes: the servers of later modules start then.
     # None of this module's bounds is on latency until the listeners test, by which time they are up and idle.
