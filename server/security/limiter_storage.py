@@ -144,6 +144,9 @@ class GuardedStorage:
 
     def __init__(self, uri: str, *, fail_open: bool, timeout_s: float, retry_s: float) -> None:
         self.storage = storage_from_string(async_storage_uri(uri), wrap_exceptions=True)
+        # Memory cannot fail or stop answering: no timeout and no breaker. (A timeout there only measured the wait
+        # for the storage's per-key lock: under a flood on one key, it failed the in-process login budget.)
+        self.remote = not uri.startswith(MEMORY)
         self.leases: SlotLeases = MemoryLeases() if uri.startswith(MEMORY) else RedisLeases(redis_url(uri),
                                                                                           timeout_s)
         self.fail_open = fail_open
@@ -158,6 +161,8 @@ class GuardedStorage:
                    undo: Callable[[], Awaitable[object]] | None = None, undo_until: float = 0.0) -> T | None:
         """Run one storage operation under the policy: None when the storage is down and the policy fails open.
         `undo` is given back (until `undo_until`, wall-clock) when the operation failed: it may have landed."""
+        if not self.remote:
+            return await operation()
         if time.monotonic() < self._down_until:
             self._unavailable("recently unreachable")
             return None
@@ -189,6 +194,9 @@ class GuardedStorage:
     async def give_back(self, operation: Callable[[], Awaitable[object]], until: float) -> None:
         """Run a give-back now, or, when the storage is down or fails it, retry it in the background until it lands
         or `until` (wall-clock) passes. Never raises: the end of a generation must not depend on the storage."""
+        if not self.remote:
+            await operation()
+            return
         if time.monotonic() >= self._down_until:
             try:
                 await bounded(operation, self.timeout_s)

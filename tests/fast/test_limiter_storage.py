@@ -39,7 +39,8 @@ async def test_a_storage_that_does_not_answer_times_out() -> None:
 
 
 def guarded() -> GuardedStorage:
-    return GuardedStorage("memory://", fail_open=True, timeout_s=TIMEOUT_S, retry_s=60)
+    """A Redis storage that is never reached (the tests hand it their own operations): memory has no breaker."""
+    return GuardedStorage("redis://127.0.0.1:1", fail_open=True, timeout_s=TIMEOUT_S, retry_s=60)
 
 
 async def failing() -> None:
@@ -68,3 +69,4 @@ async def test_a_failed_call_that_may_have_landed_is_undone() -> None:
 
     assert await storage.call(failing, undo=undo, undo_until=time.time() + 60) is None
     await asyncio.wait_for(undone.wait(), 5)
+
