@@ -47,8 +47,7 @@ def make_app(server_database_url: str, redis_url: str) -> Callable[..., Starlett
 def client(app: Starlette, address: str) -> httpx.AsyncClient:
     # As uvicorn: the response the app sent, even when the exception is raised on afterwards (to be logged).
     transport = httpx.ASGITransport(app=app, client=(address, 40000), raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport,
-                             base_url="http://abuse.test", timeout=60)
+    return httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=60)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,7 @@ def test_shipped_profiles_load() -> None:
     root = Path(__file__).resolve().parent.parent
     assert load_settings(root / "configs/cpu.yaml").kv_cache_space_gib == 2
     assert load_settings(root / "configs/h100.yaml").gpu_memory_utilization == 0.9
-    eight = load_settings(root / "configs/h100x8.yaml", secret_key="x" * 32)
+    eight = load_settings(root / "configs/h100x8.yaml", secret_key=secrets.token_urlsafe(32))
     assert (eight.tensor_parallel_size, eight.api_processes) == (8, 4)
     from server.app import check_settings
 

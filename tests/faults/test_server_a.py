@@ -212,6 +212,22 @@ async def chat_stream(http: httpx.AsyncClient, max_tokens: int, started: asyncio
     return first, outcome
 
 
+async def limiter_counts_slots(http: httpx.AsyncClient, own_redis: OwnRedis, slots_key: str) -> None:
+    """Waits until a stream of this key holds its slot in Redis: after a Redis restart (the test before this one
+    stops Redis), the pooled connections fail once each and the breaker may skip Redis for a while (fail open)."""
+    deadline = time.monotonic() + 30
+    while True:
+        started = asyncio.Event()
+        stream = asyncio.create_task(chat_stream(http, 32, started))
+        await started.wait()
+        held = own_redis.cli("ZCARD", slots_key)
+        await stream
+        if held == "1":
+            return
+        assert time.monotonic() < deadline, "the limiter did not count a slot in 30 s"
+        await asyncio.sleep(1)
+
+
 async def test_redis_hung_under_chat_streams(server: SpawnedServer, key: str, own_redis: OwnRedis,
                                              measured: Callable[[str, object], None]) -> None:
     """Redis stopped with SIGSTOP (connections accepted, never answered) under 8 running chat streams of a key
@@ -226,6 +242,7 @@ async def test_redis_hung_under_chat_streams(server: SpawnedServer, key: str, ow
         slots_key = f"codeface-streams/key:{limited.json()['id']}"
         http.headers["Authorization"] = f"Bearer {limited.json()['key']}"
         await asyncio.gather(*(chat_stream(http, 16) for _ in range(count)))  # the prompt into the prefix cache
+        await limiter_counts_slots(http, own_redis, slots_key)
         healthy = await asyncio.gather(*(chat_stream(http, 16) for _ in range(count)))
         started = [asyncio.Event() for _ in range(count)]
         running = [asyncio.create_task(chat_stream(http, 64, event)) for event in started]
