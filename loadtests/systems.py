@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,16 +15,11 @@ import httpx
 
 from engine import EngineConfig
 from engine.config import engine_environment
+from loadtests.ports import free_port
 from server.cli import resolve_model
 from server.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def profile_engine_config(config_file: Path, overrides: dict[str, str]) -> EngineConfig:

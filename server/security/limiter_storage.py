@@ -155,7 +155,7 @@ class GuardedStorage:
         self._down_until = 0.0
         self._last_warning = 0.0
         self._failures = 0
-        self.give_backs = GiveBacks(timeout_s, retry_s)
+        self.give_backs = GiveBacks(timeout_s, retry_s, on_landed=self._answered)
 
     async def call(self, operation: Callable[[], Awaitable[T]],
                    undo: Callable[[], Awaitable[object]] | None = None, undo_until: float = 0.0) -> T | None:
@@ -178,6 +178,12 @@ class GuardedStorage:
             return None
         self._failures = 0
         return result
+
+    def _answered(self) -> None:
+        """The storage took a call: close the breaker now rather than when its wait runs out (limits would go on
+        failing open for up to `retry_s` after Redis came back)."""
+        self._failures = 0
+        self._down_until = 0.0
 
     async def warm_up(self) -> None:
         """Open the connections before the first request: otherwise the first request pays for them inside its
@@ -224,9 +230,10 @@ class GiveBacks:
     """Give-backs the storage did not take, retried with backoff from a task of their own (a slot released while
     Redis restarts would otherwise stay held until its lease expires, an hour later)."""
 
-    def __init__(self, timeout_s: float, max_delay_s: float) -> None:
+    def __init__(self, timeout_s: float, max_delay_s: float, on_landed: Callable[[], None]) -> None:
         self.timeout_s = timeout_s
         self.max_delay_s = max_delay_s
+        self.on_landed = on_landed
         self.pending: list[tuple[Callable[[], Awaitable[object]], float]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -250,6 +257,7 @@ class GiveBacks:
                     continue
                 try:
                     await bounded(operation, self.timeout_s)
+                    self.on_landed()
                 except STORAGE_ERRORS:
                     self.pending = waiting[index:] + self.pending  # still down: keep the rest, in order
                     break

@@ -70,3 +70,25 @@ async def test_a_failed_call_that_may_have_landed_is_undone() -> None:
     assert await storage.call(failing, undo=undo, undo_until=time.time() + 60) is None
     await asyncio.wait_for(undone.wait(), 5)
 
+
+
+async def test_a_give_back_that_lands_closes_the_breaker() -> None:
+    """Redis is back once a retried give-back lands: limits apply again at once, not after the breaker's wait
+    (retry_s, 60 s here), during which every request would fail open unlimited."""
+    storage, redis_up, landed = guarded(), False, asyncio.Event()
+
+    async def give_back() -> None:
+        if not redis_up:
+            raise ConnectionRefusedError
+        landed.set()
+
+    async def works() -> str:
+        return "ok"
+
+    for _ in range(BREAKER_FAILURES):
+        assert await storage.call(failing) is None
+    await storage.give_back(give_back, time.time() + 60)
+    assert await storage.call(works) is None  # open
+    redis_up = True
+    await asyncio.wait_for(landed.wait(), 5)
+    assert await storage.call(works) == "ok"

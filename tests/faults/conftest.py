@@ -119,15 +119,22 @@ class OwnRedis:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        log = self.folder / "redis.log"
         self.process = subprocess.Popen(
             [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.folder)],
+             "--save", "", "--appendonly", "no", "--dir", str(self.folder), "--logfile", str(log)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self.answers, READY_TIMEOUT_S, "redis did not start")
 
     def answers(self) -> bool:
-        return subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True, text=True,
-                              timeout=5).stdout.strip() == "PONG"
+        """PONG; a Redis that exited (it could not listen) fails at once, with what it logged."""
+        if self.process is not None and self.process.poll() is not None:
+            log = (self.folder / "redis.log").read_text(errors="replace")[-2000:]
+            raise AssertionError(f"redis-server exited ({self.process.returncode}):\n{log}")
+        try:
+            return self.cli("ping") == "PONG"
+        except subprocess.TimeoutExpired:
+            return False  # a busy machine: asked again until READY_TIMEOUT_S
 
     def cli(self, *args: str) -> str:
         return subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True,
