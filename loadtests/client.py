@@ -9,7 +9,7 @@ import httpx
 
 from loadtests.metrics import RequestResult
 from loadtests.sse import aiter_events
-from server.serving.sse import ReplyEvent
+from server.sse import ReplyEvent
 
 
 def chunk_text(choice: dict[str, Any]) -> str | None:

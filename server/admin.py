@@ -10,9 +10,9 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from server.apis.codeface.identity.protocol import MIN_PASSWORD_LENGTH, NewKey
 from server.exceptions import ServiceError
-from server.protocol.identity import MIN_PASSWORD_LENGTH, NewKey
-from server.serving.identity import IdentityService
+from server.security.identity import IdentityService
 from server.settings import Settings
 from storage import Database, upgrade_database
 

@@ -14,7 +14,21 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from engine import ChatEngine
+from server.apis.codeface.identity.routes import TOKEN_PATH
+from server.apis.openai.chat_completions.serving import ChatCompletions
+from server.apis.openai.completions.serving import Completions
+from server.apis.openai.tokenize.serving import Tokenization
+from server.apis.pages import DOCS_PATH, STATIC_PREFIX
+from server.apis.routing import all_routes
+from server.conversations.bus import ReplyBus
+from server.conversations.listeners import Listeners
+from server.conversations.runs import Registry, Retention
+from server.conversations.service import ConversationService
+from server.conversations.store import ConversationLimits
+from server.conversations.writer import ReplyWriter
 from server.errors import EXCEPTION_HANDLERS
+from server.generation.fairness import FairShare
+from server.generation.generator import Admission, Generator
 from server.lifecycle import Lifecycle
 from server.middleware.access import AccessControlMiddleware
 from server.middleware.body_size import BodySizeLimitMiddleware
@@ -22,29 +36,15 @@ from server.middleware.host_origin import HostOriginMiddleware
 from server.middleware.media_type import MediaTypeMiddleware
 from server.middleware.observability import ObservabilityMiddleware
 from server.middleware.security_headers import SecurityHeadersMiddleware
-from server.routes import all_routes
-from server.routes.identity import TOKEN_PATH
-from server.routes.pages import DOCS_PATH, STATIC_PREFIX
 from server.security.access import AccessPolicy
 from server.security.auth import Authenticator
 from server.security.budgets import AbuseBudget
 from server.security.cache_salt import CacheIsolation, CacheSalter
+from server.security.identity import IdentityService
 from server.security.login import LoginGuard
 from server.security.operator import OperatorEndpoints
 from server.security.ratelimit import Quota, RateLimits
 from server.security.tokens import TokenService
-from server.serving.chat import ChatCompletions
-from server.serving.completions import Completions
-from server.serving.conversation_store import ConversationLimits
-from server.serving.conversations import ConversationService
-from server.serving.fairness import FairShare
-from server.serving.generation import Admission, Generator
-from server.serving.identity import IdentityService
-from server.serving.listeners import Listeners
-from server.serving.replies import Registry, Retention
-from server.serving.reply_bus import ReplyBus
-from server.serving.reply_writer import ReplyWriter
-from server.serving.tokenization import Tokenization
 from server.settings import Settings
 from server.state import AppServices
 from server.telemetry.db_telemetry import instrument

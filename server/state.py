@@ -8,18 +8,18 @@ from typing import Any
 from starlette.requests import Request
 
 from engine import ChatEngine
+from server.apis.openai.chat_completions.serving import ChatCompletions
+from server.apis.openai.completions.serving import Completions
+from server.apis.openai.tokenize.serving import Tokenization
+from server.conversations.runs import Registry
+from server.conversations.service import ConversationService
 from server.exceptions import AuthenticationFailed
+from server.generation.generator import Generator
 from server.lifecycle import Lifecycle
 from server.security.auth import Principal
+from server.security.identity import IdentityService
 from server.security.operator import OperatorEndpoints
 from server.security.ratelimit import RateLimits
-from server.serving.chat import ChatCompletions
-from server.serving.completions import Completions
-from server.serving.conversations import ConversationService
-from server.serving.generation import Generator
-from server.serving.identity import IdentityService
-from server.serving.replies import Registry
-from server.serving.tokenization import Tokenization
 from server.settings import Settings
 from storage import Database
 

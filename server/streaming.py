@@ -10,7 +10,7 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from server.serving.sse import EventStream
+from server.sse import EventStream
 
 T = TypeVar("T")
 

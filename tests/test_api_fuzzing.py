@@ -21,7 +21,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from server.openapi import OPERATIONS
+from server.apis.openapi import OPERATIONS
 
 # Routes whose bodies say how much to generate (the seed's /api/v1/chat uses the server's short default).
 GENERATION_PATHS = {"/v1/chat/completions", "/v1/completions", "/api/v1/conversations/{conversation_id}/messages"}

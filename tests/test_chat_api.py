@@ -16,7 +16,7 @@ import pytest
 from pydantic import BaseModel
 
 from loadtests.sse import iter_events
-from server.protocol.fields import CHAT_FIELDS, Support
+from server.apis.openai.fields import CHAT_FIELDS, Support
 
 from conftest import RunningServer
 from engine_faults import engine_fails
@@ -223,7 +223,7 @@ def test_every_refused_field_is_a_400_naming_it(http: httpx.Client, name: str) -
 def test_every_field_of_vllms_chat_schema_is_classified() -> None:
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest as VllmChatRequest
 
-    from server.protocol.chat import ChatCompletionRequest
+    from server.apis.openai.chat_completions.protocol import ChatCompletionRequest
 
     assert set(VllmChatRequest.model_fields) == set(CHAT_FIELDS)
     assert set(CHAT_FIELDS) <= set(ChatCompletionRequest.__struct_fields__), "a field not declared is ignored"

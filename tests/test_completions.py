@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from loadtests.sse import iter_events
-from server.protocol.fields import COMPLETION_FIELDS
+from server.apis.openai.fields import COMPLETION_FIELDS
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_suffix_and_refused_fields_are_400(http: httpx.Client) -> None:
 def test_every_field_of_vllms_completion_schema_is_classified() -> None:
     from vllm.entrypoints.openai.completion.protocol import CompletionRequest as VllmCompletionRequest
 
-    from server.protocol.completions import CompletionRequest
+    from server.apis.openai.completions.protocol import CompletionRequest
 
     assert set(VllmCompletionRequest.model_fields) == set(COMPLETION_FIELDS)
     assert set(COMPLETION_FIELDS) <= set(CompletionRequest.__struct_fields__)

@@ -175,7 +175,7 @@ async def test_a_refused_final_write_is_stored_failed_at_once(database_url: str)
     store_timeout_s (600 s here) but stored failed at once. SQLite takes NUL: stored as given."""
     import time
 
-    from server.serving.reply_writer import FinalReply, ReplyWriter
+    from server.conversations.writer import FinalReply, ReplyWriter
 
     database = Database(database_url)
     try:

@@ -32,7 +32,7 @@ class Limit(StrEnum):
     REQUESTS_PER_MINUTE = "requests_per_minute"
     TOKENS_PER_MINUTE = "tokens_per_minute"
     MAX_CONCURRENT_STREAMS = "max_concurrent_streams"
-    # A user's share of this server's admission (server.serving.generation.Admission), not a stored budget.
+    # A user's share of this server's admission (server.generation.generator.Admission), not a stored budget.
     MAX_INFLIGHT_SEQUENCES = "max_inflight_sequences_per_user"
 
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from engine import PreparedRequest, StepOutput
-from server.serving.generation import MAX_LOGPROB_ENTRIES
+from server.generation.generator import MAX_LOGPROB_ENTRIES
 from storage.models import MessageStatus
 from storage.repository import Messages
 
@@ -126,7 +126,7 @@ async def test_over_the_limits_is_refused_before_rendering(auth_client) -> None:
 
 
 async def test_tokenize_caps_messages_as_chat_does(client_for, engine: FakeEngine) -> None:
-    from server.protocol.chat import MAX_MESSAGES
+    from server.apis.openai.chat_completions.protocol import MAX_MESSAGES
 
     turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": "x"} for i in range(MAX_MESSAGES + 1)]
     async with client_for(engine, max_body_bytes=1 << 20) as http:

@@ -131,7 +131,7 @@ async def test_the_login_form_keeps_working(client_for: Callable[..., httpx.Asyn
 
 
 def test_the_document_lists_these_refusals() -> None:
-    from server.openapi import openapi_document
+    from server.apis.openapi import openapi_document
 
     for path, operations in openapi_document("0.0.0")["paths"].items():
         for method, operation in operations.items():

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from server.exceptions import InvalidRequest
-from server.serving.fairness import MAX_REQUEST_PRIORITY, RANK_SPAN, FairShare
+from server.generation.fairness import MAX_REQUEST_PRIORITY, RANK_SPAN, FairShare
 
 
 def test_a_new_tenant_goes_ahead_of_a_backlog() -> None:

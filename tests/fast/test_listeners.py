@@ -9,8 +9,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from server.conversations.listeners import Listeners, Signal, Wake
 from server.exceptions import RateLimited, Unavailable
-from server.serving.listeners import Listeners, Signal, Wake
 
 from fast.fake_engine import FakeEngine
 

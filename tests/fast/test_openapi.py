@@ -7,8 +7,8 @@ import httpx
 import msgspec
 from starlette.routing import Route
 
-from server.openapi import OPERATIONS, openapi_document
-from server.protocol import responses
+from server.apis import schemas as responses
+from server.apis.openapi import OPERATIONS, openapi_document
 
 
 async def test_every_route_is_documented(client: httpx.AsyncClient) -> None:

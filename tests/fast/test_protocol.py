@@ -7,11 +7,11 @@ import msgspec
 import pytest
 
 from loadtests.sse import SSEParser, iter_events
+from server.apis.decode import decode_body
+from server.apis.openai.chat_completions.protocol import ChatCompletionRequest
 from server.exceptions import InvalidRequest
-from server.protocol.chat import ChatCompletionRequest
-from server.protocol.decode import decode_body
-from server.serving.sse import DONE, HEARTBEAT, ReplyEvent, frame
 from server.settings import SettingsError, parse_override
+from server.sse import DONE, HEARTBEAT, ReplyEvent, frame
 
 
 def test_framer_and_parser_round_trip() -> None:
@@ -68,10 +68,10 @@ def test_set_keeps_everything_after_the_first_equals() -> None:
 def test_the_readme_carries_the_field_tables() -> None:
     from pathlib import Path
 
-    from server.protocol.fields import CHAT_FIELDS, markdown_table
+    from server.apis.openai.fields import CHAT_FIELDS, markdown_table
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert markdown_table(CHAT_FIELDS) in readme, "run python -m server.protocol.fields and paste the tables"
+    assert markdown_table(CHAT_FIELDS) in readme, "run python -m server.apis.openai.fields and paste the tables"
 
 
 def test_the_readme_carries_the_javascript_example_the_browser_test_runs() -> None:

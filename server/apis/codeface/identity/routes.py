@@ -1,0 +1,69 @@
+"""Identity routes: POST /api/v1/auth/token (OAuth2 password grant), API keys (create, list, revoke) and users
+(admin)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from server.apis.codeface.identity.protocol import NewKey, NewUser, key_view
+from server.apis.decode import decode_body
+from server.apis.params import json_response, parse_uuid
+from server.exceptions import InvalidRequest
+from server.state import principal_of, services
+
+TOKEN_PATH = "/api/v1/auth/token"
+PASSWORD_GRANT = "password"
+
+
+async def issue_token(request: Request) -> Response:
+    """OAuth2 password grant (form fields username, password, grant_type=password)."""
+    try:
+        form = await request.form()
+    except Exception:  # malformed multipart or urlencoded body
+        raise InvalidRequest("send the credentials as a form: username, password, grant_type=password") from None
+    grant_type, username, password = form.get("grant_type"), form.get("username"), form.get("password")
+    if grant_type not in (None, PASSWORD_GRANT):
+        raise InvalidRequest("unsupported grant_type: only 'password'", param="grant_type")
+    if not isinstance(username, str) or not isinstance(password, str) or not username or not password:
+        raise InvalidRequest("username and password are required form fields", param="username")
+    client = request.scope.get("client")
+    issued = await services(request).identity.login(username, password, client[0] if client else None)
+    return json_response({"access_token": issued.access_token, "token_type": "bearer",
+                          "expires_in": issued.expires_in})
+
+
+async def create_key(request: Request) -> Response:
+    spec = decode_body(await request.body(), NewKey)
+    issued = await services(request).identity.issue_key(principal_of(request), spec)
+    # The only time the key itself is shown.
+    return json_response({**key_view(issued.record), "key": issued.secret}, status_code=201)
+
+
+async def list_keys(request: Request) -> Response:
+    keys = await services(request).identity.list_keys(principal_of(request))
+    return json_response({"object": "list", "data": [key_view(k) for k in keys]})
+
+
+async def revoke_key(request: Request) -> Response:
+    key_id = parse_uuid(request.path_params["key_id"])
+    await services(request).identity.revoke_key(principal_of(request), key_id)
+    return Response(status_code=204)
+
+
+async def create_user(request: Request) -> Response:
+    spec = decode_body(await request.body(), NewUser)
+    user = await services(request).identity.create_user(principal_of(request), spec.username, spec.password,
+                                                        spec.is_admin)
+    return json_response({"id": str(user.id), "username": user.username, "is_admin": user.is_admin},
+                         status_code=201)
+
+
+routes: list[BaseRoute] = [
+    Route(TOKEN_PATH, issue_token, methods=["POST"]),
+    Route("/api/v1/keys", create_key, methods=["POST"]),
+    Route("/api/v1/keys", list_keys, methods=["GET"]),
+    Route("/api/v1/keys/{key_id}", revoke_key, methods=["DELETE"]),
+    Route("/api/v1/users", create_user, methods=["POST"]),
+]

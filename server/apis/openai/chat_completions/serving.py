@@ -1,0 +1,176 @@
+"""Chat completions: render the messages with vLLM's machinery, start a generation on the one generation path, then
+collect it into a chat.completion body or frame it as chat.completion.chunk events."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from engine import (
+    ChatEngine,
+    ChatTemplateError,
+    EngineUnavailableError,
+    GenerationFailedError,
+    InvalidRequestError,
+    PromptTooLongError,
+    StepOutput,
+)
+from server.apis.openai.chat_completions.protocol import ChatCompletionRequest
+from server.apis.openai.chunks import COMPLETION_ID_PREFIX, ChunkWriter, MessageBuilder, usage
+from server.errors import error_body, status_of
+from server.exceptions import InvalidRequest, NotFound
+from server.generation.generator import Generation, Generator, Interrupted
+from server.security.auth import Principal
+from server.security.cache_salt import CacheSalter
+from server.sse import DONE, HEARTBEAT, EventStream, frame
+from server.telemetry.metrics import AbortReason, aborted_requests, sse_streams_active
+from server.telemetry.tracing import tracer
+
+CHAT_PATH = "/v1/chat/completions"
+# What can end a stream after its first byte: reported in-band, then [DONE].
+STREAM_ERRORS = (InvalidRequestError, EngineUnavailableError, GenerationFailedError, Interrupted)
+
+
+@dataclass(slots=True)
+class ChatCompletion:
+    """A started chat completion: its generation and how to frame it."""
+
+    generation: Generation
+    request: ChatCompletionRequest
+    completion_id: str
+    model: str
+
+    async def close(self) -> None:
+        await self.generation.close()
+
+
+def engine_refusal(exc: PromptTooLongError | InvalidRequestError, param: str) -> InvalidRequest:
+    """The engine's refusal of a request as the domain error. `param` is what the messages (or prompt) are called
+    in this request; it is named unless the engine named a sampling field."""
+    named = exc.param if isinstance(exc, InvalidRequestError) and not isinstance(exc, ChatTemplateError) else None
+    return InvalidRequest(str(exc), param=named or param)
+
+
+class ChatCompletions:
+    def __init__(self, engine: ChatEngine, generator: Generator, heartbeat_s: float, salter: CacheSalter) -> None:
+        self.engine = engine
+        self.generator = generator
+        self.heartbeat_s = heartbeat_s
+        self.salter = salter
+
+    async def start(self, request: ChatCompletionRequest, principal: Principal | None,
+                    usage_sink: MutableMapping[str, Any], request_id: str) -> ChatCompletion:
+        """Everything that can refuse the request happens here, before a byte of the response is sent."""
+        model = self.engine.model_name
+        if request.model is not None and request.model != model:
+            raise NotFound(f"the model {request.model!r} does not exist; this server serves {model!r}",
+                           param="model")
+        completion_id = COMPLETION_ID_PREFIX + request_id
+        choices = request.n or 1
+        await self.generator.precheck(principal, choices=choices, priority=request.priority or 0,
+                                      min_tokens=(request.max_completion_tokens or request.max_tokens or 0) * choices)
+        chat = request.chat_input()
+        self.salter.apply(chat.fields, principal)
+        try:
+            with tracer.start_as_current_span("prompt.build"):
+                prepared = await self.engine.prepare_chat(chat, completion_id)
+            generation = await self.generator.start(principal, prepared, usage_sink=usage_sink)
+        except (PromptTooLongError, InvalidRequestError) as exc:
+            raise engine_refusal(exc, "messages") from None
+        return ChatCompletion(generation, request, completion_id, model)
+
+    async def collect(self, completion: ChatCompletion) -> dict[str, Any]:
+        """The whole reply as one chat.completion body."""
+        generation, request = completion.generation, completion.request
+        prepared = generation.prepared
+        builders = [MessageBuilder(prepared.echo) for _ in range(prepared.n)]
+        prompt_logprobs = None
+        try:
+            async for step in generation:
+                prompt_logprobs = step.prompt_logprobs or prompt_logprobs
+                for choice in step.choices:
+                    builders[choice.index].add(choice)
+        except InvalidRequestError as exc:
+            raise engine_refusal(exc, "messages") from None
+        tally = generation.tally
+        body: dict[str, Any] = {
+            "id": completion.completion_id, "object": "chat.completion", "created": tally.created,
+            "model": completion.model, "system_fingerprint": self.engine.fingerprint,
+            "choices": [builder.choice(index, want_logprobs=bool(request.logprobs),
+                                       want_token_ids=bool(request.return_token_ids))
+                        for index, builder in enumerate(builders)],
+            "usage": usage(tally.prompt_tokens, tally.completion_tokens, tally.cached_tokens),
+        }
+        if prompt_logprobs is not None:
+            body["prompt_logprobs"] = prompt_logprobs
+        if request.return_token_ids:
+            body["prompt_token_ids"] = prepared.prompt.token_ids
+        return body
+
+    async def events(self, completion: ChatCompletion) -> EventStream:
+        """The reply as chat.completion.chunk events, ending with [DONE]. While the request waits in the engine's
+        queue, keep-alive comments; an engine error after the first byte is reported in-band, as OpenAI and vLLM
+        do, and the stream still ends with [DONE]."""
+        generation, request = completion.generation, completion.request
+        tally = generation.tally
+        writer = ChunkWriter(completion.completion_id, completion.model, self.engine.fingerprint,
+                             include_usage=request.include_usage, continuous_usage=request.continuous_usage)
+        active = sse_streams_active.labels(completion.model)
+        active.inc()
+        finished = False
+        # The role chunk goes out with the first token, as vllm serve sends it: a client that times the first chunk
+        # (vllm bench serve does) then measures time to first token, not time to an empty chunk.
+        role = writer.role(generation.prepared.n, generation.prepared.echo)
+        try:
+            try:
+                async for step in _with_heartbeats(generation, self.heartbeat_s):
+                    if step is None:
+                        yield HEARTBEAT
+                        continue
+                    choices = writer.deltas(step.choices)
+                    if not choices:
+                        continue
+                    so_far = usage(tally.prompt_tokens, tally.completion_tokens)
+                    if role:
+                        yield writer.chunk(role, so_far) + writer.chunk(choices, so_far)
+                        role = []
+                    else:
+                        yield writer.chunk(choices, so_far)
+            except STREAM_ERRORS as exc:
+                yield frame(error_body(status_of(exc), str(exc), path=CHAT_PATH))
+            else:
+                if role:
+                    yield writer.chunk(role, usage(tally.prompt_tokens, 0))
+                if writer.include_usage:
+                    yield writer.usage(usage(tally.prompt_tokens, tally.completion_tokens, tally.cached_tokens))
+            yield DONE
+            finished = True
+        finally:
+            active.dec()
+            if not finished:
+                aborted_requests.labels(completion.model, AbortReason.CLIENT_DISCONNECT).inc()
+            await completion.close()
+
+
+async def _with_heartbeats(steps: Generation, interval_s: float) -> AsyncIterator[StepOutput | None]:
+    """The steps, with a None every `interval_s` while the first one has not come (the request is queued)."""
+    iterator = steps.__aiter__()
+    first = asyncio.ensure_future(anext(iterator))
+    try:
+        while True:
+            done, _ = await asyncio.wait({first}, timeout=interval_s)
+            if done:
+                break
+            yield None
+        try:
+            yield first.result()
+        except StopAsyncIteration:
+            return
+    finally:
+        if not first.done():
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+    async for step in iterator:
+        yield step

@@ -1,0 +1,121 @@
+"""The OpenAI-compatible API: POST /v1/chat/completions and POST /v1/completions (streamed as SSE or not),
+GET /v1/models with vLLM's fields, and vLLM's POST /tokenize and POST /detokenize (exact token counts)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from server.apis.decode import decode_body
+from server.apis.openai.chat_completions.protocol import ChatCompletionRequest
+from server.apis.openai.completions.protocol import CompletionRequest
+from server.apis.openai.tokenize.protocol import DetokenizeRequest, TokenizeRequest
+from server.apis.params import json_response
+from server.middleware.observability import client_request_id
+from server.sse import EventStream
+from server.state import principal_of, request_state, services
+from server.streaming import EventStreamResponse, RouteResponse, cancel_on_disconnect
+from server.telemetry.metrics import AbortReason, aborted_requests
+
+STARTED_AT = int(time.time())
+MODEL_PERMISSION_ID = uuid.uuid4().hex
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left; nobody reads it
+
+
+def generation_request_id(request: Request, body_request_id: str | None) -> str:
+    """As vllm serve: the client's X-Request-ID, else the body's request_id, else a new one."""
+    return client_request_id(request.scope) or body_request_id or uuid.uuid4().hex
+
+
+class Started(Protocol):
+    """A started chat completion or completion: what the response needs of it."""
+
+    model: str
+
+    async def close(self) -> None: ...
+
+
+async def respond(request: Request, started: Started, events: EventStream | None,
+                  collect: Callable[[], Awaitable[dict[str, Any]]]) -> RouteResponse:
+    """The stream (closed with the response), or the whole answer unless the client left first (499)."""
+    if events is not None:
+        return EventStreamResponse(events, finalize=started.close)
+    try:
+        result = await cancel_on_disconnect(request.receive, collect)
+    finally:
+        await started.close()
+    if result is None:
+        aborted_requests.labels(started.model, AbortReason.CLIENT_DISCONNECT).inc()
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    return Response(msgspec.json.encode(result), media_type="application/json")
+
+
+async def chat_completions(request: Request) -> RouteResponse:
+    body = decode_body(await request.body(), ChatCompletionRequest, empty_means=None)
+    chat = services(request).chat
+    state = request_state(request)
+    if body.user is not None:
+        state["end_user"] = body.user
+    completion = await chat.start(body, principal_of(request), state,
+                                  generation_request_id(request, body.request_id))
+    return await respond(request, completion, chat.events(completion) if body.stream else None,
+                         lambda: chat.collect(completion))
+
+
+async def completions(request: Request) -> RouteResponse:
+    body = decode_body(await request.body(), CompletionRequest, empty_means=None)
+    service = services(request).completions
+    state = request_state(request)
+    if body.user is not None:
+        state["end_user"] = body.user
+    run = await service.start(body, principal_of(request), state, generation_request_id(request, body.request_id))
+    return await respond(request, run, service.events(run) if body.stream else None, lambda: service.collect(run))
+
+
+async def list_models(request: Request) -> RouteResponse:
+    """vLLM's model card: id, root (the model folder), max_model_len and a permission entry."""
+    engine = services(request).engine
+    return json_response({
+        "object": "list",
+        "data": [{
+            "id": engine.model_name,
+            "object": "model",
+            "created": STARTED_AT,
+            "owned_by": "codeface",
+            "root": engine.config.model,
+            "parent": None,
+            "max_model_len": engine.max_model_len,
+            "permission": [{
+                "id": f"modelperm-{MODEL_PERMISSION_ID}", "object": "model_permission", "created": STARTED_AT,
+                "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
+                "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
+                "organization": "*", "group": None, "is_blocking": False,
+            }],
+        }],
+    })
+
+
+async def tokenize(request: Request) -> RouteResponse:
+    body = decode_body(await request.body(), TokenizeRequest, empty_means=None)
+    return json_response(await services(request).tokenization.tokenize(body))
+
+
+async def detokenize(request: Request) -> RouteResponse:
+    body = decode_body(await request.body(), DetokenizeRequest, empty_means=None)
+    return json_response(await services(request).tokenization.detokenize(body))
+
+
+routes: list[BaseRoute] = [
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/tokenize", tokenize, methods=["POST"]),
+    Route("/detokenize", detokenize, methods=["POST"]),
+]

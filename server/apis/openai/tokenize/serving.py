@@ -1,0 +1,41 @@
+"""Tokenizing and detokenizing for clients that count tokens: prompts with the tokenizer, chats with the chat
+template, exactly as the generation routes render them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine import ChatEngine, InvalidRequestError, PromptTooLongError
+from server.apis.openai.chat_completions.serving import engine_refusal
+from server.apis.openai.tokenize.protocol import DetokenizeRequest, TokenizeRequest
+from server.exceptions import NotFound
+
+
+class Tokenization:
+    def __init__(self, engine: ChatEngine) -> None:
+        self.engine = engine
+
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model != self.engine.model_name:
+            raise NotFound(f"the model {model!r} does not exist; this server serves {self.engine.model_name!r}",
+                           param="model")
+
+    async def tokenize(self, request: TokenizeRequest) -> dict[str, Any]:
+        self.check_model(request.model)
+        try:
+            if request.prompt is not None:
+                add_special = True if request.add_special_tokens is None else request.add_special_tokens
+                tokens = await self.engine.tokenize(request.prompt, add_special)
+            else:
+                tokens = (await self.engine.render(request.chat_input())).token_ids
+        except (PromptTooLongError, InvalidRequestError) as exc:
+            raise engine_refusal(exc, "messages" if request.messages is not None else "prompt") from None
+        return {"count": len(tokens), "max_model_len": self.engine.max_model_len, "tokens": tokens,
+                "token_strs": self.engine.token_strings(tokens) if request.return_token_strs else None}
+
+    async def detokenize(self, request: DetokenizeRequest) -> dict[str, Any]:
+        self.check_model(request.model)
+        try:
+            return {"prompt": await self.engine.detokenize(request.tokens)}
+        except InvalidRequestError as exc:
+            raise engine_refusal(exc, "tokens") from None

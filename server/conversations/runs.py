@@ -1,0 +1,391 @@
+"""Replies that outlive their HTTP connection: each runs as a task of its own and keeps the SSE events it sent in a
+bounded in-memory buffer, so that a client can re-attach with Last-Event-ID; it is cancelled after a grace period
+without listeners. Listeners wait on signals, never on a sleep loop (serving/listeners.py). Without
+`reply_streams_url` one replica holds a reply's buffer (route a conversation to one replica); with it, replies
+are shared through Redis and any replica mirrors another's (serving/shared_replies.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from server.conversations.bus import RemoteReply, ReplyBus, StreamEntry
+from server.conversations.listeners import Listener, Listeners, Signal, Wake
+from server.conversations.mirrors import SharedReplies
+from server.exceptions import Conflict, InvalidRequest
+from server.sse import HEARTBEAT, EventStream, Framing, ReplyEvent, frame_reply_event
+
+logger = logging.getLogger(__name__)
+EVICT_EVERY_S = 1.0
+REPLY_BYTES = 4 << 20
+# After the final event, how long a stream's end waits for this replica's final write of the reply: a client that
+# reads the conversation once the stream has ended finds the reply stored, and a database outage holds no stream.
+FINAL_WRITE_WAIT_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How much of finished and running replies stays in memory for re-attaches."""
+
+    seconds: float = 300.0                     # a finished reply's events stay this long
+    reply_bytes: int = REPLY_BYTES             # one reply's buffer keeps at most this much (its newest events)
+    total_bytes: int = 256 << 20               # all buffers together: the oldest finished replies go first
+
+
+class ResumeGap(Conflict):
+    """The events after Last-Event-ID are no longer buffered: fetch the stored message instead."""
+
+
+class Run:
+    """One reply being generated: its buffered events, who is listening, and the task producing it."""
+
+    def __init__(self, message_id: uuid.UUID, conversation_id: uuid.UUID, owner_id: uuid.UUID,
+                 max_bytes: int = REPLY_BYTES, *, remote: bool = False) -> None:
+        self.message_id = message_id
+        self.conversation_id = conversation_id
+        self.owner_id = owner_id
+        self.events: list[dict[Framing, bytes]] = []
+        self.first_id = 1  # the id of events[0]: older events were dropped past max_bytes
+        self.size = 0
+        self.max_bytes = max_bytes
+        self.done = False
+        self.listeners = 0
+        self.finished_at: float | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.grace_timer: asyncio.TimerHandle | None = None
+        self.changed = Signal()
+        # remote: a mirror of a reply another replica generates (its task reads the shared stream).
+        self.remote = remote
+        # Where this replica's events also go when replies are shared (an Outbox's push).
+        self.forward: Callable[[StreamEntry], None] | None = None
+        self.presence: asyncio.Task[None] | None = None
+        # A mirror is synced once its first read of the shared stream is in (what was published so far).
+        self.synced = asyncio.Event()
+        if not remote:
+            self.synced.set()
+        # Set once this replica's final write of the reply has landed (or given up); `finishing` once it has begun.
+        self.stored = asyncio.Event()
+        self.finishing = False
+        # A mirror that ended early (a gap, or Redis unreachable): forgotten, so that a resume mirrors afresh.
+        self.abandoned = False
+
+    @property
+    def last_id(self) -> int:
+        return self.first_id + len(self.events) - 1
+
+    async def publish(self, event: ReplyEvent, data: dict[str, Any], *, final: bool = False) -> None:
+        event_id = self.last_id + 1
+        frames = frame_reply_event(event, data, event_id)
+        self._append(frames, final)
+        if self.forward is not None:
+            self.forward(StreamEntry(event_id, frames[Framing.NAMED], frames[Framing.PLAIN], final))
+
+    def mirror(self, entry: StreamEntry) -> bool:
+        """An event read from the shared stream, in order (the stream may have dropped its oldest; one sent twice
+        is skipped); False if events are missing before it (they never reached the stream)."""
+        if not self.events:
+            self.first_id = entry.event_id
+        if entry.event_id > self.last_id + 1:
+            return False
+        if entry.event_id == self.last_id + 1:
+            self._append({Framing.NAMED: entry.named, Framing.PLAIN: entry.plain}, entry.final)
+        return True
+
+    def abandon(self, frames: dict[Framing, bytes]) -> None:
+        """Ends a mirror early with `frames` (no event id: its listeners resume from the last event they got)."""
+        self.abandoned = True
+        self.events.append(frames)
+        self.done = True
+        self.finished_at = time.monotonic()
+        self.changed.notify()
+
+    def _append(self, frames: dict[Framing, bytes], final: bool) -> None:
+        self.events.append(frames)
+        self.size += len(frames[Framing.NAMED]) + len(frames[Framing.PLAIN])
+        while self.size > self.max_bytes and len(self.events) > 1:
+            dropped = self.events.pop(0)
+            self.size -= len(dropped[Framing.NAMED]) + len(dropped[Framing.PLAIN])
+            self.first_id += 1
+        if final:
+            self.done = True
+            self.finished_at = time.monotonic()
+        self.changed.notify()
+
+    async def wait(self) -> None:
+        """Until the task producing the reply has ended, and the reply with it; cancelling the caller does not
+        cancel the task. A cancel that came once the generation had ended stops the task's wait for the final
+        write, not the write: that is waited for here."""
+        if self.task is not None:
+            await asyncio.wait([self.task])
+            if self.finishing:
+                await self.stored.wait()
+
+    async def settled(self) -> None:
+        """Until the final write has landed, for at most FINAL_WRITE_WAIT_S (a mirror's is another replica's)."""
+        if self.remote or self.task is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stored.wait(), FINAL_WRITE_WAIT_S)
+
+    async def catch_up(self, event_id: int, timeout_s: float) -> None:
+        """A mirror may lag the replica generating the reply by a batch: waits (bounded) until it holds
+        `event_id`, so that a client resuming from what it saw there is not told the id is in the future."""
+        deadline = time.monotonic() + timeout_s
+        while self.remote and not self.done and self.last_id < event_id and time.monotonic() < deadline:
+            waiter: asyncio.Future[Wake] = asyncio.get_running_loop().create_future()
+            self.changed.waiters.add(waiter)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, deadline - time.monotonic())
+
+    def check_resumable(self, after_id: int) -> None:
+        if after_id > self.last_id:
+            raise InvalidRequest(f"Last-Event-ID {after_id} is past the last event ({self.last_id})",
+                                 param="Last-Event-ID")
+        if after_id < self.first_id - 1:
+            raise ResumeGap(f"the events after {after_id} are no longer buffered (the oldest is {self.first_id}); "
+                            "fetch the stored message", param="Last-Event-ID")
+
+    async def follow(self, after_id: int, listener: Listener, listeners: Listeners,
+                     framing: Framing = Framing.NAMED) -> EventStream:
+        """Every event after `after_id`, then the live rest until the reply ends; a heartbeat when idle."""
+        position = max(after_id, self.first_id - 1)
+        listener.idle_after_s = None  # a running reply ends by itself
+        while True:
+            if position < self.last_id:
+                start = max(position + 1, self.first_id) - self.first_id
+                pending = self.events[start:]
+                position = self.last_id
+                yield b"".join(event[framing] for event in pending)
+                listeners.wrote(listener, event=True)
+            if self.done and position >= self.last_id:
+                await self.settled()
+                return
+            if await listeners.wait(listener, self.changed) is not Wake.EVENT:
+                yield HEARTBEAT
+                listeners.wrote(listener, event=False)
+
+
+class Registry:
+    """The runs this replica holds, by message id; finished ones are kept for late re-attaches (see Retention)."""
+
+    def __init__(self, grace_s: float, listeners: Listeners, retention: Retention | None = None,
+                 bus: ReplyBus | None = None) -> None:
+        self.grace_s = grace_s
+        self.shared = SharedReplies(bus, grace_s) if bus is not None else None
+        if bus is not None:
+            bus.on_cancel = self._cancel_requested
+            bus.on_started = self._started_elsewhere
+        self.listeners = listeners
+        self.retention = retention or Retention()
+        self.runs: dict[uuid.UUID, Run] = {}
+        self._by_conversation: dict[uuid.UUID, uuid.UUID] = {}
+        # Listeners waiting for a conversation's next reply: its start wakes them.
+        self._next_run: dict[uuid.UUID, Signal] = {}
+        self._evicted_at = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def new_run(self, message_id: uuid.UUID, conversation_id: uuid.UUID, owner_id: uuid.UUID) -> Run:
+        return Run(message_id, conversation_id, owner_id, self.retention.reply_bytes)
+
+    def start(self, run: Run, produce: Callable[[Run], Coroutine[Any, Any, None]]) -> Run:
+        self._evict()
+        self.runs[run.message_id] = run
+        self._by_conversation[run.conversation_id] = run.message_id
+        if self.shared is not None:
+            self.shared.bus.ensure_subscribed()
+            run.forward = self.shared.outbox(run).push
+            self._background(self.shared.announce(run))
+        run.task = asyncio.create_task(produce(run), name=f"reply-{run.message_id}")
+        # With nobody attached yet, the grace clock starts now.
+        self._arm_grace(run)
+        waiting = self._next_run.pop(run.conversation_id, None)
+        if waiting is not None:
+            waiting.notify()
+        return run
+
+    def get(self, message_id: uuid.UUID, owner_id: uuid.UUID) -> Run | None:
+        run = self.runs.get(message_id)
+        return run if run is not None and run.owner_id == owner_id else None
+
+    def current(self, conversation_id: uuid.UUID, owner_id: uuid.UUID) -> Run | None:
+        """The conversation's latest reply on this replica, running or recently finished."""
+        message_id = self._by_conversation.get(conversation_id)
+        return self.get(message_id, owner_id) if message_id is not None else None
+
+    async def find(self, message_id: uuid.UUID, owner_id: uuid.UUID) -> Run | None:
+        """The reply held here, or else, with shared streams, a mirror of the one another replica generates."""
+        run = self.get(message_id, owner_id)
+        if run is not None or self.shared is None:
+            return run
+        remote = await self.shared.lookup(message_id)
+        if remote is None or remote.owner_id != owner_id:
+            return None
+        run = self._mirror(remote)
+        await self.shared.about_to_listen(run)
+        await run.synced.wait()
+        return run
+
+    async def find_current(self, conversation_id: uuid.UUID, owner_id: uuid.UUID) -> Run | None:
+        """The conversation's latest reply, here or (shared streams) on another replica."""
+        run = self.current(conversation_id, owner_id)
+        if self.shared is None:
+            return run
+        remote = await self.shared.latest(conversation_id)
+        if remote is None or remote.owner_id != owner_id or (run is not None and run.message_id == remote.message_id):
+            return run
+        run = self.runs.get(remote.message_id) or self._mirror(remote)
+        if run.remote:
+            await self.shared.about_to_listen(run)
+        await run.synced.wait()
+        return run
+
+    def _mirror(self, remote: RemoteReply) -> Run:
+        assert self.shared is not None
+        self.shared.bus.ensure_subscribed()
+        existing = self.runs.get(remote.message_id)
+        if existing is not None:
+            return existing
+        run = Run(remote.message_id, remote.conversation_id, remote.owner_id, self.retention.reply_bytes, remote=True)
+        self.runs[run.message_id] = run
+        self._by_conversation[run.conversation_id] = run.message_id
+        run.task = asyncio.create_task(self.shared.follow_remote(run), name=f"mirror-{run.message_id}")
+        run.task.add_done_callback(lambda _task: self._forget_abandoned(run))
+        return run
+
+    def _forget_abandoned(self, run: Run) -> None:
+        if run.abandoned and self.runs.get(run.message_id) is run:
+            self._forget(run)
+
+    def _started_elsewhere(self, remote: RemoteReply) -> None:
+        """A reply started on some replica: wakes this replica's listeners waiting for the conversation's next."""
+        waiting = self._next_run.get(remote.conversation_id)
+        if waiting is None or remote.message_id in self.runs:
+            return
+        self._mirror(remote)
+        del self._next_run[remote.conversation_id]
+        waiting.notify()
+
+    def _cancel_requested(self, message_id: uuid.UUID) -> None:
+        run = self.runs.get(message_id)
+        if run is not None and not run.remote:
+            self.cancel(run)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def running(self, conversation_id: uuid.UUID) -> bool:
+        message_id = self._by_conversation.get(conversation_id)
+        run = self.runs.get(message_id) if message_id is not None else None
+        return run is not None and not run.done
+
+    def upcoming(self, conversation_id: uuid.UUID, owner_id: uuid.UUID, previous: uuid.UUID | None) -> Run | None:
+        """The conversation's reply on this replica that is not `previous`, if one has started."""
+        run = self.current(conversation_id, owner_id)
+        return run if run is not None and run.message_id != previous else None
+
+    async def wait_for_next(self, conversation_id: uuid.UUID, listener: Listener) -> Wake:
+        """Until a reply starts in the conversation (EVENT), or the listener's heartbeat or idle close is due."""
+        if self.shared is not None:
+            self.shared.bus.ensure_subscribed()
+        signal = self._next_run.setdefault(conversation_id, Signal())
+        try:
+            return await self.listeners.wait(listener, signal)
+        finally:
+            if not signal.waiters and self._next_run.get(conversation_id) is signal:
+                del self._next_run[conversation_id]
+
+    @contextlib.contextmanager
+    def attached(self, run: Run) -> Iterator[None]:
+        """Counts as a listener while inside: the grace clock stops, and starts again when the last one leaves."""
+        run.listeners += 1
+        if run.grace_timer is not None:
+            run.grace_timer.cancel()
+            run.grace_timer = None
+        if run.remote and self.shared is not None and (run.presence is None or run.presence.done()):
+            run.presence = asyncio.create_task(self.shared.keep_listening(run))
+        try:
+            yield
+        finally:
+            run.listeners -= 1
+            if run.listeners == 0 and not run.done and not run.remote:
+                self._arm_grace(run)
+
+    async def listen(self, run: Run, after_id: int, listener: Listener,
+                     framing: Framing = Framing.NAMED) -> EventStream:
+        with self.attached(run):
+            async for chunk in run.follow(after_id, listener, self.listeners, framing):
+                yield chunk
+
+    def cancel(self, run: Run) -> bool:
+        """Stops a reply; for a mirror, asks the replica generating it (the mirror ends with its final event)."""
+        if run.done or run.task is None:
+            return False
+        if run.remote:
+            if self.shared is not None:
+                self._background(self.shared.request_cancel(run))
+            return True
+        run.task.cancel()
+        return True
+
+    async def shutdown(self) -> None:
+        """Cancel what is still running and wait for each to record its end."""
+        tasks = [run.task for run in self.runs.values() if run.task is not None and not run.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.listeners.stop()
+        if self.shared is not None:
+            await self.shared.bus.close()
+
+    def _arm_grace(self, run: Run) -> None:
+        def expire() -> None:
+            run.grace_timer = None
+            if run.listeners == 0 and not run.done:
+                if self.shared is not None:
+                    self._background(self._expire_shared(run))
+                    return
+                logger.info("no listener for %.0f s: cancelling reply %s", self.grace_s, run.message_id)
+                self.cancel(run)
+
+        run.grace_timer = asyncio.get_running_loop().call_later(self.grace_s, expire)
+
+    async def _expire_shared(self, run: Run) -> None:
+        """Another replica's listeners keep the reply going; without any, it is cancelled as locally."""
+        assert self.shared is not None
+        if run.listeners or run.done:
+            return
+        if await self.shared.someone_listens(run):
+            self._arm_grace(run)
+            return
+        logger.info("no listener for %.0f s on any replica: cancelling reply %s", self.grace_s, run.message_id)
+        self.cancel(run)
+
+    def _evict(self) -> None:
+        """Finished replies past their retention go; so do the oldest finished ones while the buffers are over
+        their total size."""
+        now = time.monotonic()
+        if now - self._evicted_at < EVICT_EVERY_S:
+            return
+        self._evicted_at = now
+        finished = sorted((run for run in self.runs.values() if run.done and run.finished_at is not None),
+                          key=lambda run: run.finished_at or 0.0)
+        total = sum(run.size for run in self.runs.values())
+        for run in finished:
+            expired = now - (run.finished_at or now) > self.retention.seconds
+            if not expired and total <= self.retention.total_bytes:
+                break
+            total -= run.size
+            self._forget(run)
+
+    def _forget(self, run: Run) -> None:
+        del self.runs[run.message_id]
+        if self._by_conversation.get(run.conversation_id) == run.message_id:
+            del self._by_conversation[run.conversation_id]

@@ -1,0 +1,200 @@
+"""Runs one conversation reply: streams its events to the run's buffer, writes its partial text (and a heartbeat)
+from a task of its own so that a slow database never delays a token, and stores it at the end whatever happens
+(completed, length, cancelled, interrupted, failed). The final event reaches listeners at once; the final write
+is retried, in a task no cancellation reaches, until the database takes it (an outage), or stored as failed at once
+if the database refuses it (bad data); a stream ends once it has landed (or after a bounded wait), so that what a
+client reads after the stream is what was stored."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from engine import EngineUnavailableError, GenerationFailedError, InvalidRequestError
+from server.conversations.runs import Run
+from server.generation.generator import Generation, Interrupted
+from server.sse import ReplyEvent
+from storage import Database
+from storage.models import MessageStatus
+from storage.repository import Messages, refused, storable_text
+
+logger = logging.getLogger(__name__)
+
+FIRST_RETRY_S = 0.2
+MAX_RETRY_S = 5.0
+LENGTH = "length"
+CANCELLED = "cancelled"
+INTERRUPTED = "interrupted"
+
+
+@dataclass(slots=True)
+class FinalReply:
+    message_id: uuid.UUID
+    text: str
+    status: MessageStatus
+    finish_reason: str | None
+    completion_tokens: int
+
+
+class ReplyWriter:
+    def __init__(self, database: Database, flush_s: float, heartbeat_s: float, store_timeout_s: float) -> None:
+        self.database = database
+        self.flush_s = flush_s
+        self.heartbeat_s = heartbeat_s
+        self.store_timeout_s = store_timeout_s
+        self.pending: set[asyncio.Task[None]] = set()
+        self.storing: set[uuid.UUID] = set()  # replies whose final write has not landed yet
+
+    async def produce(self, run: Run, generation: Generation) -> None:
+        """Generate the reply into `run`; then publish its final event and hand its storage to a task of its own."""
+        parts: list[str] = []
+        finish_reason: str | None = None
+        status = MessageStatus.FAILED
+        error: str | None = None
+        flusher = _Flusher(self.database, run.message_id, self.flush_s, self.heartbeat_s)
+        try:
+            async for step in generation:
+                choice = step.choices[0]
+                if choice.content:
+                    # Streamed as it will be stored (NUL cannot be): the stream and the stored reply agree.
+                    delta = storable_text(choice.content)
+                    parts.append(delta)
+                    await run.publish(ReplyEvent.DELTA, {"message_id": str(run.message_id), "delta": delta})
+                if choice.finish_reason is not None:
+                    finish_reason = choice.finish_reason
+                flusher.update(parts, generation.tally.completion_tokens)
+            status = MessageStatus.LENGTH if finish_reason == LENGTH else MessageStatus.COMPLETED
+        except asyncio.CancelledError:
+            status, finish_reason = MessageStatus.CANCELLED, CANCELLED
+        except Interrupted as exc:
+            status, finish_reason, error = MessageStatus.INTERRUPTED, INTERRUPTED, str(exc)
+        except (InvalidRequestError, EngineUnavailableError, GenerationFailedError) as exc:
+            error = str(exc)
+        except Exception as exc:  # the engine broke mid-reply: store what there is as failed
+            logger.exception("reply %s failed", run.message_id)
+            error = f"generation failed: {type(exc).__name__}"
+        final = FinalReply(run.message_id, "".join(parts), status, finish_reason, generation.tally.completion_tokens)
+        # The rest runs in a task of its own: a second cancellation (grace timer, cancel, DELETE, shutdown) that
+        # reaches this one cannot stop it.
+        finishing = asyncio.create_task(self._finish(run, generation, flusher, final, error))
+        run.finishing = True
+        self.pending.add(finishing)
+        self.storing.add(final.message_id)
+        finishing.add_done_callback(self.pending.discard)
+        finishing.add_done_callback(lambda _: self.storing.discard(final.message_id))
+        await asyncio.shield(finishing)
+
+    async def _finish(self, run: Run, generation: Generation, flusher: _Flusher, final: FinalReply,
+                      error: str | None) -> None:
+        try:
+            await generation.close()
+        except Exception:  # the reply's end (final event, stored text) must not depend on the engine or limits
+            logger.exception("closing the generation of reply %s failed", run.message_id)
+        summary = {"message_id": str(final.message_id), "status": final.status, "finish_reason": final.finish_reason,
+                   "prompt_tokens": generation.prepared.prompt.num_tokens,
+                   "completion_tokens": final.completion_tokens}
+        # Listeners hear the end at once, whatever the database is doing.
+        if error is not None:
+            await run.publish(ReplyEvent.ERROR, {**summary, "error": error}, final=True)
+        else:
+            await run.publish(ReplyEvent.COMPLETED, summary, final=True)
+        await flusher.stop()
+        try:
+            await self.store_final(final)
+        finally:
+            run.stored.set()  # a stream's end waits for this (bounded): see Run.settled
+
+    async def store_final(self, final: FinalReply) -> None:
+        """Retried with backoff while the database does not answer, until it takes it (or store_timeout_s passes,
+        logged: the reconciler then finds the row stale and keeps its last flushed text). A write the database
+        refuses (bad data) is not retried: the reply is stored failed at once, keeping its last flushed text."""
+        deadline = time.monotonic() + self.store_timeout_s
+        delay = FIRST_RETRY_S
+        keep_text = False
+        while True:
+            try:
+                async with self.database.session() as session:
+                    await Messages(session).finish(final.message_id, content=None if keep_text else final.text,
+                                                   status=final.status, finish_reason=final.finish_reason,
+                                                   completion_tokens=final.completion_tokens)
+                    await session.commit()
+                return
+            except Exception as exc:  # any driver failure: connection refused, reset, timeout, server gone, refusal
+                if refused(exc):
+                    # The driver's message alone: the statement's parameters (the reply's text) stay out of logs.
+                    reason = str(getattr(exc, "orig", None) or type(exc).__name__)
+                    if keep_text:
+                        logger.error("the database refused reply %s even without its text: %s", final.message_id,
+                                     reason)
+                        return
+                    logger.error("the database refused reply %s (%s, %d tokens): stored failed with its last "
+                                 "flushed text: %s", final.message_id, final.status, final.completion_tokens, reason)
+                    keep_text = True
+                    final = FinalReply(final.message_id, final.text, MessageStatus.FAILED, None,
+                                       final.completion_tokens)
+                    continue
+                if time.monotonic() + delay > deadline:
+                    logger.error("could not store reply %s (%s, %d tokens) within %.0f s: %s", final.message_id,
+                                 final.status, final.completion_tokens, self.store_timeout_s, type(exc).__name__)
+                    return
+                logger.warning("storing reply %s failed (%s); retrying in %.1f s", final.message_id,
+                               type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_S)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait for the final writes still running (shutdown)."""
+        if self.pending:
+            await asyncio.wait(set(self.pending), timeout=timeout_s)
+
+
+class _Flusher:
+    """Writes the partial reply from a task of its own, at most every `interval_s`, and touches the row every
+    `heartbeat_s` even without new text (a reply waiting in the engine's queue is alive; a row whose heartbeat
+    stopped belongs to a replica that died, and the reconciler marks it interrupted)."""
+
+    def __init__(self, database: Database, message_id: uuid.UUID, interval_s: float, heartbeat_s: float) -> None:
+        self.database = database
+        self.message_id = message_id
+        self.interval_s = interval_s
+        self.heartbeat_s = heartbeat_s
+        self.parts: list[str] = []
+        self.completion_tokens = 0
+        self.changed = False
+        self._stopping = asyncio.Event()
+        self.task = asyncio.create_task(self._loop())
+
+    def update(self, parts: list[str], completion_tokens: int) -> None:
+        self.parts = parts
+        self.completion_tokens = completion_tokens
+        self.changed = True
+
+    async def _loop(self) -> None:
+        last_write = time.monotonic()
+        while True:
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
+                return
+            except TimeoutError:
+                pass
+            if self.changed or time.monotonic() - last_write >= self.heartbeat_s:
+                self.changed = False
+                await self._write("".join(self.parts), self.completion_tokens)
+                last_write = time.monotonic()
+
+    async def _write(self, text: str, completion_tokens: int) -> None:
+        try:
+            async with self.database.session() as session:
+                await Messages(session).finish(self.message_id, content=text, status=MessageStatus.IN_PROGRESS,
+                                               finish_reason=None, completion_tokens=completion_tokens)
+                await session.commit()
+        except Exception:
+            logger.warning("interim write of reply %s failed; the final write will carry the text", self.message_id)
+
+    async def stop(self) -> None:
+        """Ends the loop after the write in progress, if any: the final write must land after any interim one."""
+        self._stopping.set()
+        await asyncio.gather(self.task, return_exceptions=True)

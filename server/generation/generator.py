@@ -1,0 +1,294 @@
+"""The one generation path, whatever the route: admission control, the caller's token budget and stream slot, the
+engine stream, and a tally of what came out, settled once when the generation ends however it ends."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, MutableMapping
+from typing import Any
+
+import anyio
+
+from engine import ChatEngine, PreparedRequest, StepOutput
+from server.exceptions import InvalidRequest, Overloaded, Unavailable
+from server.generation.fairness import ANONYMOUS, FairShare, Place
+from server.security.auth import Principal
+from server.security.ratelimit import Limit, LimitExceeded, RateLimits, Reservation
+from server.telemetry.metrics import admission_rejections, rate_limit_rejections, tenant_queue_time, tenant_ttft
+from server.telemetry.tracing import GenerationSpans
+
+ADMISSION_RETRY_AFTER_S = 1
+# Log probabilities one request may ask for in all (prompts x choices x tokens x alternatives): each one is an object
+# in the answer, so this bounds its memory (about 200 bytes each).
+MAX_LOGPROB_ENTRIES = 200_000
+ABORTED = "abort"
+
+
+def logprob_entries(prepared: PreparedRequest) -> tuple[int, int]:
+    """The sampled and the prompt log probabilities one generation asks for."""
+    sampled = prepared.n * prepared.max_tokens * (prepared.logprobs + 1) if prepared.logprobs is not None else 0
+    prompt = (prepared.prompt.num_tokens * (prepared.prompt_logprobs + 1)
+              if prepared.prompt_logprobs is not None and prepared.prompt_logprobs >= 0 else 0)
+    return sampled, prompt
+
+
+class LogprobBudget:
+    """The log probabilities of one request, over all its generations: `charge` each before any is started.
+    `fields` names what the caller may lower, `param` the field the refusal names."""
+
+    def __init__(self, param: str, fields: str, limit: int = MAX_LOGPROB_ENTRIES) -> None:
+        self.param = param
+        self.fields = fields
+        self.limit = limit
+        self.sampled = 0
+        self.prompt = 0
+
+    def charge(self, prepared: PreparedRequest) -> None:
+        sampled, prompt = logprob_entries(prepared)
+        self.sampled += sampled
+        self.prompt += prompt
+        if self.sampled + self.prompt > self.limit:
+            raise InvalidRequest(f"this request asks for at least {self.sampled + self.prompt} log probabilities "
+                                 f"(prompts x choices x tokens x alternatives), more than {self.limit} in one "
+                                 f"request; lower {self.fields}",
+                                 param=self.param if self.sampled >= self.prompt else "prompt_logprobs")
+
+
+class Admission:
+    """Global admission control, then the caller's limits: what every generation passes before the engine sees it.
+
+    Sequences (a generation counts n) are counted here from the moment they are admitted (the engine counts a
+    request only once it has been submitted, so a burst checked against the engine's count alone would all pass
+    together). One tenant (a user, over all its keys) may hold at most `max_per_tenant` of them, so that no user
+    fills admission for the others; unauthenticated callers (auth off) are not capped."""
+
+    def __init__(self, engine: ChatEngine, limits: RateLimits, max_inflight: int,
+                 max_per_tenant: int | None = None) -> None:
+        self.engine = engine
+        self.limits = limits
+        self.max_inflight = max_inflight
+        self.max_per_tenant = max_per_tenant
+        self.admitted = 0
+        self.by_tenant: Counter[str] = Counter()
+        self.draining = False
+
+    def check(self, principal: Principal | None, choices: int) -> None:
+        """What `admit` refuses before any limit's storage is asked, holding nothing: Unavailable (draining),
+        LimitExceeded (the tenant's share of admission), Overloaded (server full)."""
+        if self.draining:
+            raise Unavailable("the server is shutting down; retry on another replica",
+                              retry_after_s=ADMISSION_RETRY_AFTER_S)
+        if principal is not None and self.max_per_tenant is not None:
+            held = self.by_tenant[principal.tenant]
+            if held + choices > self.max_per_tenant:
+                rate_limit_rejections.labels(self.engine.model_name, Limit.MAX_INFLIGHT_SEQUENCES).inc()
+                raise LimitExceeded(Limit.MAX_INFLIGHT_SEQUENCES,
+                                    f"too many sequences in flight for this user: {held} held and {choices} asked, "
+                                    f"at most {self.max_per_tenant} on this server (max_inflight_sequences_per_user;"
+                                    f" a generation counts n sequences); retry when some finish",
+                                    ADMISSION_RETRY_AFTER_S)
+        if max(self.admitted, self.engine.requests_in_flight) + choices > self.max_inflight:
+            admission_rejections.labels(self.engine.model_name).inc()
+            raise Overloaded(f"the server is at capacity ({self.max_inflight} sequences in flight); retry shortly",
+                             retry_after_s=ADMISSION_RETRY_AFTER_S)
+
+    async def admit(self, principal: Principal | None, tokens: int, choices: int) -> Reservation | None:
+        """Raises what `check` raises, then LimitExceeded or LimiterUnavailable (the caller's limits). A
+        successful admission is released with `release(tenant_of(principal), choices)`."""
+        self.check(principal, choices)
+        tenant = tenant_of(principal)
+        self.admitted += choices
+        self.by_tenant[tenant] += choices
+        if principal is None:
+            return None
+        try:
+            return await self.limits.reserve_all(principal.budgets, tokens)
+        except BaseException as exc:
+            self.release(tenant, choices)
+            if isinstance(exc, LimitExceeded):
+                rate_limit_rejections.labels(self.engine.model_name, exc.limit).inc()
+            raise
+
+    def release(self, tenant: str, choices: int) -> None:
+        self.admitted -= choices
+        self.by_tenant[tenant] -= choices
+        if self.by_tenant[tenant] <= 0:
+            del self.by_tenant[tenant]
+
+
+def tenant_of(principal: Principal | None) -> str:
+    return principal.tenant if principal is not None else ANONYMOUS
+
+
+class Tally:
+    """What one generation produced so far: token counts and finish reasons, for the response, the access log,
+    the span attributes, the metrics and the caller's token budget."""
+
+    def __init__(self, prompt_tokens: int, n: int, spans: GenerationSpans, usage_sink: MutableMapping[str, Any],
+                 reservation: Reservation | None, admission: Admission, place: Place, fair: FairShare) -> None:
+        self.created = int(time.time())
+        self.started = time.monotonic()
+        self.prompt_tokens = prompt_tokens
+        self.cached_tokens: int | None = None
+        self.completion_tokens = 0
+        self.finish_reasons: list[str | None] = [None] * n
+        self.spans = spans
+        self.usage_sink = usage_sink
+        self.reservation = reservation
+        self.admission = admission
+        self.place = place
+        self.fair = fair
+        self.closed = False
+        self.first_seen = False
+
+    def add(self, step: StepOutput) -> None:
+        if not self.first_seen:
+            self.first_seen = True
+            self.spans.first_token()
+            model, share = self.admission.engine.model_name, self.place.share_class
+            tenant_ttft.labels(model, share).observe(time.monotonic() - self.started)
+            if step.queue_time_s is not None:
+                tenant_queue_time.labels(model, share).observe(step.queue_time_s)
+        if step.cached_tokens is not None:
+            self.cached_tokens = step.cached_tokens
+        for choice in step.choices:
+            self.completion_tokens += choice.num_tokens
+            if choice.finish_reason is not None:
+                self.finish_reasons[choice.index] = choice.finish_reason
+
+    async def close(self) -> None:
+        """Record the outcome and give back the unused token budget. Runs even when the client is gone."""
+        if self.closed:
+            return
+        self.closed = True
+        self.admission.release(self.place.tenant, len(self.finish_reasons))
+        self.fair.release(self.place)
+        # Added up: one request may run several generations (a completion with several prompts).
+        used = self.usage_sink.setdefault("usage", {"prompt_tokens": 0, "completion_tokens": 0})
+        used["prompt_tokens"] += self.prompt_tokens
+        used["completion_tokens"] += self.completion_tokens
+        self.spans.finish(self.prompt_tokens, self.completion_tokens, [r or ABORTED for r in self.finish_reasons])
+        if self.reservation is not None:
+            # Shielded: a cancelled request (client gone) would otherwise have this await cancelled too.
+            with anyio.CancelScope(shield=True):
+                await self.reservation.settle(self.prompt_tokens + self.completion_tokens)
+
+
+class Interrupted(Unavailable):
+    """The server stopped this generation (it is shutting down); the client should retry elsewhere."""
+
+
+class Generation:
+    """One admitted generation. Iterate it for the engine's steps (tallied as they pass); `close` ends it in the
+    engine if it is still running and settles its budget, once. `interrupt` stops it from outside: the engine
+    aborts it, and the consumer's iteration raises Interrupted."""
+
+    def __init__(self, prepared: PreparedRequest, steps: AsyncIterator[StepOutput], tally: Tally,
+                 generator: Generator) -> None:
+        self.prepared = prepared
+        self._steps = steps
+        self.tally = tally
+        self._generator = generator
+        self.interruption: str | None = None
+
+    @property
+    def request_id(self) -> str:
+        return self.prepared.request_id
+
+    async def __aiter__(self) -> AsyncIterator[StepOutput]:
+        async for step in self._steps:
+            self.tally.add(step)
+            if self.interruption is not None:
+                break
+            yield step
+        if self.interruption is not None:
+            raise Interrupted(self.interruption, retry_after_s=ADMISSION_RETRY_AFTER_S)
+
+    async def interrupt(self, reason: str) -> None:
+        self.interruption = reason
+        await self._generator.engine.abort(self.request_id)
+
+    async def close(self) -> None:
+        self._generator.live.discard(self)
+        await self._steps.aclose()  # type: ignore[attr-defined]
+        await self.tally.close()
+
+
+class Generator:
+    """Starts generations of prepared (rendered, checked) requests: admission and limits let one in, then the
+    engine takes it."""
+
+    def __init__(self, engine: ChatEngine, admission: Admission, fair: FairShare) -> None:
+        self.engine = engine
+        self.admission = admission
+        self.fair = fair
+        self.live: set[Generation] = set()
+
+    async def precheck(self, principal: Principal | None, *, choices: int, min_tokens: int, priority: int) -> None:
+        """Refuse, before a prompt is rendered, what `start` would refuse whatever it renders to: `choices`
+        sequences and at least `min_tokens` tokens (max_tokens x choices, when the request says max_tokens). A
+        request over admission or its limits thus costs no rendering. Holds nothing: `start` checks again."""
+        self.fair.check(priority)
+        self.admission.check(principal, choices)
+        if principal is not None and min_tokens:
+            try:
+                await self.limits.check_tokens(principal.budgets, min_tokens)
+            except LimitExceeded as exc:
+                rate_limit_rejections.labels(self.engine.model_name, exc.limit).inc()
+                raise
+
+    @property
+    def limits(self) -> RateLimits:
+        return self.admission.limits
+
+    async def start(self, principal: Principal | None, prepared: PreparedRequest, *,
+                    usage_sink: MutableMapping[str, Any], logprobs: LogprobBudget | None = None,
+                    deferred: bool = False) -> Generation:
+        """Raises admission's errors, then the engine's (InvalidRequestError, EngineUnavailableError) if it refuses
+        the request: all before a byte of the response is sent. `logprobs`: the request's budget, when it runs
+        several generations (charged beforehand). `deferred`: the engine gets the request only when the generation
+        is first iterated (a caller that stores something first), and its refusal comes as the stream's error."""
+        if logprobs is None:
+            LogprobBudget("top_logprobs", "n, max_tokens or top_logprobs").charge(prepared)
+        self.fair.check(prepared.priority)
+        prompt_tokens = prepared.prompt.num_tokens
+        spans = GenerationSpans(self.engine.model_name, prepared.request_id, prepared.max_tokens)
+        reservation = await self.admission.admit(principal, prompt_tokens + prepared.max_tokens * prepared.n,
+                                                 prepared.n)
+        place = self.fair.place(tenant_of(principal), principal.weight if principal else 1, prepared.n,
+                                prepared.priority)
+        prepared.submit_kwargs["priority"] = place.priority
+        tally = Tally(prompt_tokens, prepared.n, spans, usage_sink, reservation, self.admission, place, self.fair)
+        if self.fair.tenant_cap is not None or deferred:
+            steps = self._gated(place, prepared)
+        else:
+            try:
+                steps = await self.engine.submit(prepared)
+            except BaseException:
+                await tally.close()
+                raise
+        generation = Generation(prepared, steps, tally, self)
+        self.live.add(generation)
+        return generation
+
+    async def _gated(self, place: Place, prepared: PreparedRequest) -> AsyncIterator[StepOutput]:
+        """The engine's steps once the tenant may enter it (at once with no fair-share cap): the wait is part of
+        the stream (its heartbeats go on), and the engine's refusal arrives as the stream's first item."""
+        seqs = await self.fair.enter_engine(place)
+        try:
+            steps = await self.engine.submit(prepared)
+            try:
+                async for step in steps:
+                    yield step
+            finally:
+                await steps.aclose()  # type: ignore[attr-defined]
+        finally:
+            self.fair.leave_engine(place, seqs)
+
+    async def interrupt_all(self, reason: str) -> int:
+        """Stop every running generation (shutdown's deadline); returns how many there were."""
+        running = list(self.live)
+        for generation in running:
+            await generation.interrupt(reason)
+        return len(running)
