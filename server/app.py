@@ -22,7 +22,8 @@ from server.apis.pages import DOCS_PATH, STATIC_PREFIX
 from server.apis.routing import all_routes
 from server.conversations.bus import ReplyBus
 from server.conversations.listeners import Listeners
-from server.conversations.runs import Registry, Retention
+from server.conversations.registry import Registry
+from server.conversations.run import Retention
 from server.conversations.service import ConversationService
 from server.conversations.store import ConversationLimits
 from server.conversations.writer import ReplyWriter
@@ -114,10 +115,12 @@ def check_settings(settings: Settings) -> None:
 
 def build_services(settings: Settings, engine: ChatEngine, database: Database, tokens: TokenService,
                    authenticator: Authenticator | None, limits: RateLimits, policy: AccessPolicy) -> AppServices:
-    retention = Retention(settings.reply_retention_s, settings.reply_buffer_bytes, settings.reply_buffers_total_bytes)
-    listeners = Listeners(settings.sse_heartbeat_s, settings.sse_idle_timeout_s, settings.max_sse_listeners,
-                          settings.max_sse_listeners_per_key, settings.sse_idle_heartbeat_s,
-                          settings.max_sse_listeners_per_user)
+    retention = Retention(seconds=settings.reply_retention_s, reply_bytes=settings.reply_buffer_bytes,
+                          total_bytes=settings.reply_buffers_total_bytes)
+    listeners = Listeners(heartbeat_s=settings.sse_heartbeat_s, idle_timeout_s=settings.sse_idle_timeout_s,
+                          max_total=settings.max_sse_listeners, max_per_caller=settings.max_sse_listeners_per_key,
+                          idle_heartbeat_s=settings.sse_idle_heartbeat_s,
+                          max_per_user=settings.max_sse_listeners_per_user)
     bus = (ReplyBus(settings.reply_streams_url, settings.reply_retention_s, settings.reply_streams_timeout_s)
            if settings.reply_streams_url else None)
     registry = Registry(settings.conversation_grace_s, listeners, retention, bus)
@@ -126,15 +129,18 @@ def build_services(settings: Settings, engine: ChatEngine, database: Database, t
     # With auth off every caller is one user: a share of admission would only cap the whole server.
     per_user = settings.max_inflight_sequences_per_user if settings.auth_enabled else None
     per_process_user_cap = -(-per_user // settings.api_processes) if per_user is not None else None
-    generator = Generator(engine, Admission(engine, limits, per_process_cap, per_process_user_cap),
-                          FairShare(settings.fairness_enabled, settings.max_num_seqs, settings.fairness_reserve))
+    admission = Admission(engine, limits, max_inflight=per_process_cap, max_per_tenant=per_process_user_cap)
+    fair = FairShare(settings.fairness_enabled, engine_slots=settings.max_num_seqs,
+                     reserve_fraction=settings.fairness_reserve)
+    generator = Generator(engine, admission, fair)
     salter = CacheSalter(CacheIsolation(settings.prefix_cache_isolation), settings.secret_key)
-    conversations = ConversationService(engine, database, registry, generator,
-                                        ReplyWriter(database, settings.conversation_flush_s,
-                                                    settings.conversation_heartbeat_s, settings.reply_store_timeout_s),
-                                        settings.conversation_max_tokens, settings.reply_stale_after_s, salter,
-                                        ConversationLimits(settings.conversation_max_messages,
-                                                           settings.conversation_max_bytes))
+    writer = ReplyWriter(database, flush_s=settings.conversation_flush_s,
+                         heartbeat_s=settings.conversation_heartbeat_s, store_timeout_s=settings.reply_store_timeout_s)
+    conversations = ConversationService(
+        engine=engine, database=database, registry=registry, generator=generator, writer=writer,
+        default_max_tokens=settings.conversation_max_tokens, stale_after_s=settings.reply_stale_after_s,
+        salter=salter, limits=ConversationLimits(max_messages=settings.conversation_max_messages,
+                                                 max_bytes=settings.conversation_max_bytes))
     return AppServices(settings=settings, engine=engine, database=database, limits=limits, registry=registry,
                        generator=generator, lifecycle=Lifecycle(settings.drain_timeout_s),
                        chat=ChatCompletions(engine, generator, settings.sse_heartbeat_s, salter),

@@ -9,12 +9,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from server.conversations.service import ConversationService
+from server.generation.generator import Generator
 from server.telemetry.loop_lag import watch_loop_lag
-
-if TYPE_CHECKING:
-    from server.state import AppServices
 
 logger = logging.getLogger("codeface")
 
@@ -26,6 +25,26 @@ INTERRUPT_GRACE_S = 3.0
 RECONCILE_EVERY_S = 5.0
 POLL_S = 0.1
 ENGINE_DIED_EXIT_CODE = 1
+
+
+class Watched(Protocol):
+    """What the lifecycle watches of the engine."""
+
+    @property
+    def is_running(self) -> bool: ...
+
+
+class Served(Protocol):
+    """What the lifecycle drains, watches and reconciles: the app's services."""
+
+    @property
+    def engine(self) -> Watched: ...
+
+    @property
+    def generator(self) -> Generator: ...
+
+    @property
+    def conversations(self) -> ConversationService: ...
 
 
 class Lifecycle:
@@ -43,14 +62,14 @@ class Lifecycle:
     def ready(self) -> bool:
         return not (self.draining or self.engine_dead)
 
-    def start(self, services: AppServices) -> None:
+    def start(self, services: Served) -> None:
         """Called from the app's startup: the watchdog and the reconciler."""
         self.loop = asyncio.get_running_loop()
         self._spawn(self._watch_engine(services))
         self._spawn(watch_loop_lag())
         self._spawn(self._reconcile(services))
 
-    def begin_drain(self, services: AppServices) -> bool:
+    def begin_drain(self, services: Served) -> bool:
         """SIGTERM: start draining (thread-safe: a signal handler calls it). False if a drain already runs."""
         if self.draining or self.loop is None:
             return False
@@ -68,7 +87,7 @@ class Lifecycle:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _drain(self, services: AppServices) -> None:
+    async def _drain(self, services: Served) -> None:
         started = time.monotonic()
         admission = services.generator.admission
         admission.draining = True
@@ -87,7 +106,7 @@ class Lifecycle:
         logger.info("drained in %.1f s; exiting", time.monotonic() - started)
         self._exit()
 
-    async def _watch_engine(self, services: AppServices) -> None:
+    async def _watch_engine(self, services: Served) -> None:
         while True:
             await asyncio.sleep(WATCH_ENGINE_S)
             if not services.engine.is_running:
@@ -101,7 +120,7 @@ class Lifecycle:
         await services.conversations.writer.drain(ENGINE_DEATH_GRACE_S * 5)
         self._exit()
 
-    async def _reconcile(self, services: AppServices) -> None:
+    async def _reconcile(self, services: Served) -> None:
         conversations = services.conversations
         while True:
             try:

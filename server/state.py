@@ -11,7 +11,7 @@ from engine import ChatEngine
 from server.apis.openai.chat_completions.serving import ChatCompletions
 from server.apis.openai.completions.serving import Completions
 from server.apis.openai.tokenize.serving import Tokenization
-from server.conversations.runs import Registry
+from server.conversations.registry import Registry
 from server.conversations.service import ConversationService
 from server.exceptions import AuthenticationFailed
 from server.generation.generator import Generator

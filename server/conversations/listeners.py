@@ -71,7 +71,7 @@ class Listeners:
     listener about once per heartbeat interval (a timer wheel: one bucket per tick), so an idle listener costs
     one write per interval and nothing in between."""
 
-    def __init__(self, heartbeat_s: float, idle_timeout_s: float, max_total: int, max_per_caller: int,
+    def __init__(self, *, heartbeat_s: float, idle_timeout_s: float, max_total: int, max_per_caller: int,
                  idle_heartbeat_s: float | None = None, max_per_user: int = 0) -> None:
         self.heartbeat_s = heartbeat_s
         # Listeners that wait for something that may never come (an idle tab's next reply) heartbeat less often:

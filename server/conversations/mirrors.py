@@ -10,16 +10,14 @@ import logging
 import time
 import uuid
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from redis.exceptions import RedisError
 
 from server.conversations.bus import ALIVE_EVERY_S, ALIVE_TTL_S, RemoteReply, ReplyBus, StreamEntry
+from server.conversations.run import Run
 from server.exceptions import Unavailable
 from server.sse import ReplyEvent, frame_reconnect
-
-if TYPE_CHECKING:
-    from server.conversations.runs import Run
 
 logger = logging.getLogger(__name__)
 RETRY_AFTER_REDIS_ERROR_S = 1.0

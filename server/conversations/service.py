@@ -16,11 +16,11 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from engine import ChatEngine, InvalidRequestError, PromptTooLongError
-from server.apis.codeface.conversations.protocol import NewMessage
 from server.apis.openai.chat_completions.serving import engine_refusal
 from server.conversations.history import assemble, visible_turns
 from server.conversations.listeners import Listener, Wake
-from server.conversations.runs import Registry, Run
+from server.conversations.registry import Registry
+from server.conversations.run import Run
 from server.conversations.store import ConversationLimits, ConversationStore
 from server.conversations.writer import ReplyWriter
 from server.exceptions import Conflict, ConversationBusy, NotFound, Unavailable
@@ -45,6 +45,15 @@ REMOTE_STORE_POLL_S = 0.1
 MIRROR_CATCH_UP_S = 2.0
 
 
+@dataclass(frozen=True, slots=True)
+class ReplyRequest:
+    """A user message and how to generate its reply, whichever API dialect asked: the generation fields as the
+    engine takes them (`max_tokens` unset means the server's default for replies)."""
+
+    content: str
+    engine_fields: dict[str, Any]
+
+
 @dataclass(slots=True)
 class Started:
     run: Run
@@ -62,7 +71,7 @@ class Following:
 
 
 class ConversationService(ConversationStore):
-    def __init__(self, engine: ChatEngine, database: Database, registry: Registry, generator: Generator,
+    def __init__(self, *, engine: ChatEngine, database: Database, registry: Registry, generator: Generator,
                  writer: ReplyWriter, default_max_tokens: int, stale_after_s: float, salter: CacheSalter,
                  limits: ConversationLimits | None = None) -> None:
         super().__init__(database, limits or ConversationLimits())
@@ -101,7 +110,7 @@ class ConversationService(ConversationStore):
 
     # --- replies ------------------------------------------------------------------------------------------------
 
-    async def post(self, principal: Principal, conversation_id: uuid.UUID, spec: NewMessage,
+    async def post(self, principal: Principal, conversation_id: uuid.UUID, spec: ReplyRequest,
                    usage_sink: MutableMapping[str, Any]) -> Started:
         """Commit the user's message and an in-progress reply, then start generating. 409 while a reply runs."""
         # Owner first: another user's conversation does not exist, whether a reply runs in it or not.
@@ -116,7 +125,7 @@ class ConversationService(ConversationStore):
         finally:
             self._posting.discard(conversation_id)
 
-    async def _post(self, principal: Principal, conversation: Conversation, spec: NewMessage,
+    async def _post(self, principal: Principal, conversation: Conversation, spec: ReplyRequest,
                     usage_sink: MutableMapping[str, Any]) -> Started:
         owner_id = principal.user_id
         conversation_id = conversation.id
@@ -133,7 +142,7 @@ class ConversationService(ConversationStore):
         turns = [*visible_turns(recent.messages), {"role": MessageRole.USER, "content": spec.content}]
         reply_id = uuid.uuid4()
         try:
-            fields = spec.engine_fields_for_reply(self.default_max_tokens)
+            fields = {"max_tokens": self.default_max_tokens, **spec.engine_fields}
             # Admission and the token budget refuse before the history is rendered (up to a few times to trim it).
             await self.generator.precheck(principal, choices=fields.get("n") or 1, priority=fields.get("priority") or 0,
                                           min_tokens=fields["max_tokens"] * (fields.get("n") or 1))

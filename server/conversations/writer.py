@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 
 from engine import EngineUnavailableError, GenerationFailedError, InvalidRequestError
-from server.conversations.runs import Run
+from server.conversations.run import Run
 from server.generation.generator import Generation, Interrupted
 from server.sse import ReplyEvent
 from storage import Database
@@ -40,7 +40,7 @@ class FinalReply:
 
 
 class ReplyWriter:
-    def __init__(self, database: Database, flush_s: float, heartbeat_s: float, store_timeout_s: float) -> None:
+    def __init__(self, database: Database, *, flush_s: float, heartbeat_s: float, store_timeout_s: float) -> None:
         self.database = database
         self.flush_s = flush_s
         self.heartbeat_s = heartbeat_s

@@ -79,7 +79,7 @@ class FairShare:
     """Counts each tenant's generations in flight on this replica and turns them into engine priorities; with
     `engine_slots` known, keeps `reserve` of them free of any one tenant (see the module's docstring)."""
 
-    def __init__(self, enabled: bool, engine_slots: int | None = None, reserve_fraction: float = 0.0) -> None:
+    def __init__(self, enabled: bool, *, engine_slots: int | None = None, reserve_fraction: float = 0.0) -> None:
         self.enabled = enabled
         self.in_flight: Counter[str] = Counter()
         reserve = max(1, round((engine_slots or 0) * reserve_fraction))

@@ -63,7 +63,7 @@ class Admission:
     together). One tenant (a user, over all its keys) may hold at most `max_per_tenant` of them, so that no user
     fills admission for the others; unauthenticated callers (auth off) are not capped."""
 
-    def __init__(self, engine: ChatEngine, limits: RateLimits, max_inflight: int,
+    def __init__(self, engine: ChatEngine, limits: RateLimits, *, max_inflight: int,
                  max_per_tenant: int | None = None) -> None:
         self.engine = engine
         self.limits = limits

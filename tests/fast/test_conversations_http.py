@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from loadtests.sse import iter_events
-from server.conversations.runs import EVICT_EVERY_S
+from server.conversations.run import EVICT_EVERY_S
 
 from fast.fake_engine import TEMPLATE_REFUSES, FakeEngine
 

@@ -12,6 +12,7 @@ from msgspec import Meta
 
 from server.apis.decode import NO_NUL
 from server.apis.openai.sampling import GenerationFields
+from server.conversations.service import ReplyRequest
 from server.exceptions import InvalidRequest
 from storage.models import Conversation, Message
 
@@ -45,10 +46,8 @@ class NewMessage(GenerationFields, frozen=True, kw_only=True, forbid_unknown_fie
                                      param=name)
         super().__post_init__()
 
-    def engine_fields_for_reply(self, default_max_tokens: int) -> dict[str, Any]:
-        fields = self.engine_fields(frozenset({"content", "stream"}))
-        fields.setdefault("max_tokens", default_max_tokens)
-        return fields
+    def reply_request(self) -> ReplyRequest:
+        return ReplyRequest(self.content, self.engine_fields(frozenset({"content", "stream"})))
 
 
 class SeedChat(msgspec.Struct, forbid_unknown_fields=True):

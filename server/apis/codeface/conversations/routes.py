@@ -80,7 +80,8 @@ async def reply(request: Request, conversation_id: uuid.UUID, spec: NewMessage, 
                 created: int = CREATED) -> RouteResponse:
     """Start the reply; stream its events, or wait for it and answer with both stored messages."""
     conversations = services(request).conversations
-    started = await conversations.post(principal_of(request), conversation_id, spec, request_state(request))
+    started = await conversations.post(principal_of(request), conversation_id, spec.reply_request(),
+                                      request_state(request))
     headers = reply_headers(conversation_id, started)
     if spec.stream:
         following = conversations.listen(principal_of(request), started.run, framing)
