@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -13,28 +12,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server.state import PRINCIPAL
 from server.telemetry.logs import request_id_var
 from server.telemetry.metrics import http_duration, http_in_flight, http_requests
+from server.telemetry.request_ids import incoming_request_id
 from server.telemetry.tracing import tracer
 
 access_logger = logging.getLogger("codeface.access")
-MAX_REQUEST_ID_LENGTH = 128
-
-
-def client_request_id(scope: Scope) -> str | None:
-    """The client's X-Request-ID when it sent a sane token (printable ASCII, at most 128 characters)."""
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            text: str = value.decode("latin-1")
-            if 0 < len(value) <= MAX_REQUEST_ID_LENGTH and value.isascii() and text.isprintable():
-                return text
-            break
-    return None
-
-
-def incoming_request_id(scope: Scope) -> str:
-    """The client's X-Request-ID when it is a sane token; a new one otherwise."""
-    return client_request_id(scope) or uuid.uuid4().hex
-
-
 def route_template(scope: Scope) -> str:
     # Starlette's router leaves the matched route in the scope; unmatched paths share one label so that
     # scanners cannot explode the metrics' cardinality.

@@ -18,11 +18,11 @@ from server.apis.openai.chat_completions.protocol import ChatCompletionRequest
 from server.apis.openai.completions.protocol import CompletionRequest
 from server.apis.openai.tokenize.protocol import DetokenizeRequest, TokenizeRequest
 from server.apis.params import json_response
-from server.middleware.observability import client_request_id
 from server.sse import EventStream
 from server.state import principal_of, request_state, services
 from server.streaming import EventStreamResponse, RouteResponse, cancel_on_disconnect
 from server.telemetry.metrics import AbortReason, aborted_requests
+from server.telemetry.request_ids import client_request_id
 
 STARTED_AT = int(time.time())
 MODEL_PERMISSION_ID = uuid.uuid4().hex
