@@ -228,5 +228,5 @@ def parse_override(item: str) -> tuple[str, str]:
     if not separator or not key:
         raise SettingsError(f"--set takes KEY=VALUE (e.g. --set max_model_len=4096), not {item!r}")
     if key not in Settings.model_fields:
-        raise SettingsError(f"--set {key}: no such setting (the keys are the lower-case names in the README)")
+        raise SettingsError(f"--set {key}: no such setting (the keys are the lower-case names in docs/operations.md)")
     return key, value

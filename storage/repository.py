@@ -1,4 +1,5 @@
-"""Repositories: the queries the server needs, scoped by owner, so that route code holds no SQL."""
+"""Repositories: the queries the server needs, so that route code holds no SQL. Conversations and keys are read
+by owner; messages by conversation, which the service has loaded by owner first."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The chat page at / in real Chromium against the real server and engine: sign in, send and watch the reply grow,
 stop a reply, reload and see the history, cut the network mid-stream and see the reply resume without gap or
-duplicate, model output rendered inert, a 429 shown as a message, and the README's vanilla JavaScript example."""
+duplicate, model output rendered inert, a 429 shown as a message, and the vanilla JavaScript example of
+docs/conversations.md."""
 
 from __future__ import annotations
 

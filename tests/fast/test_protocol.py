@@ -65,18 +65,18 @@ def test_set_keeps_everything_after_the_first_equals() -> None:
     assert parse_override("database_url=sqlite:///a=b.db") == ("database_url", "sqlite:///a=b.db")
 
 
-def test_the_readme_carries_the_field_tables() -> None:
+def test_the_api_docs_carry_the_field_tables() -> None:
     from pathlib import Path
 
     from server.apis.openai.fields import CHAT_FIELDS, markdown_table
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert markdown_table(CHAT_FIELDS) in readme, "run python -m server.apis.openai.fields and paste the tables"
+    api_docs = (Path(__file__).resolve().parents[2] / "docs/api.md").read_text()
+    assert markdown_table(CHAT_FIELDS) in api_docs, "run python -m server.apis.openai.fields and paste the tables"
 
 
-def test_the_readme_carries_the_javascript_example_the_browser_test_runs() -> None:
+def test_the_conversation_docs_carry_the_javascript_example_the_browser_test_runs() -> None:
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
     example = (root / "server/static/chat/example.js").read_text()
-    assert f"```js\n{example}```" in (root / "README.md").read_text()
+    assert f"```js\n{example}```" in (root / "docs/conversations.md").read_text()

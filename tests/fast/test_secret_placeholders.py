@@ -12,9 +12,10 @@ from server.app import check_settings
 from server.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-# Where an operator copies a configuration from.
-SHIPPED = [*ROOT.glob("deploy/**/*"), *ROOT.glob("configs/*"), *ROOT.glob("docs/**/*"), *ROOT.glob(".env*"),
-           ROOT / "README.md", ROOT / "Dockerfile.cuda", ROOT / "Makefile"]
+# Where an operator copies a configuration from: the reference moved from the README to docs/*.md.
+DOCS_PAGES = sorted(ROOT.glob("docs/*.md"))
+SHIPPED = [*ROOT.glob("deploy/**/*"), *ROOT.glob("configs/*"), *ROOT.glob("docs/**/*"), *DOCS_PAGES,
+           *ROOT.glob(".env*"), ROOT / "README.md", ROOT / "Dockerfile.cuda", ROOT / "Makefile"]
 # SECRET_KEY=value, SECRET_KEY: value, secret-key: value, secret_key: value (shell substitutions are not values).
 ASSIGNMENT = re.compile(r"(?i)secret[-_]key\s*[:=]\s*['\"]?(?!\$)([^\s'\"`]+)")
 RANDOM = "Zq3x9T1vL0pB7yHc2mWd8sKf5gJr4nAe6uQi"
@@ -33,6 +34,11 @@ def settings_with(secret: str) -> Settings:
 def test_the_repository_ships_example_secrets() -> None:
     # The scan itself works: the k8s Secret's example and the docs' elision are found.
     assert {"replace-with-at-least-32-random-characters", "..."} <= set(shipped_secret_values())
+
+
+def test_the_scan_reads_every_docs_page() -> None:
+    # The pages an operator copies settings from (auth.md, operations.md) are among them.
+    assert {ROOT / "docs/auth.md", ROOT / "docs/operations.md"} <= set(DOCS_PAGES) <= set(SHIPPED)
 
 
 @pytest.mark.parametrize("secret", shipped_secret_values())

@@ -1,5 +1,5 @@
 """What CodeFace does with every field of vLLM's request schemas: honoured (with vLLM's semantics) or refused with a
-400 that names it. The schemas refuse from this table, the README's table is this table, and a test checks that
+400 that names it. The schemas refuse from this table, docs/api.md's table is this table, and a test checks that
 every field of vLLM's own ChatCompletionRequest and CompletionRequest is in it."""
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def refusal(fields: dict[str, Field], name: str, value: Any) -> str | None:
 
 
 def markdown_table(fields: dict[str, Field]) -> str:
-    """The README's table (a test keeps the README equal to it): `python -m server.apis.openai.fields` prints it."""
+    """docs/api.md's table (a test keeps the page equal to it): `python -m server.apis.openai.fields` prints it."""
     rows = ["| field | support | notes |", "|---|---|---|"]
     rows += [f"| `{name}` | {field.support} | {field.note} |" for name, field in sorted(fields.items())]
     return "\n".join(rows)
