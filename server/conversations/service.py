@@ -17,7 +17,6 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from engine import ChatEngine, InvalidRequestError, PromptTooLongError
 from server.apis.codeface.conversations.protocol import NewMessage
-from server.apis.openai.chat_completions.serving import engine_refusal
 from server.conversations.history import assemble, visible_turns
 from server.conversations.listeners import Listener, Wake
 from server.conversations.runs import Registry, Run
@@ -25,6 +24,7 @@ from server.conversations.store import ConversationLimits, ConversationStore
 from server.conversations.writer import ReplyWriter
 from server.exceptions import Conflict, ConversationBusy, NotFound, Unavailable
 from server.generation.generator import Generator
+from server.generation.refusals import engine_refusal
 from server.security.auth import Principal
 from server.security.cache_salt import CacheSalter
 from server.sse import HEARTBEAT, RECONNECT, EventStream, Framing, ReplyEvent, frame_reply_event

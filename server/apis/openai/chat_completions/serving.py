@@ -10,7 +10,6 @@ from typing import Any
 
 from engine import (
     ChatEngine,
-    ChatTemplateError,
     EngineUnavailableError,
     GenerationFailedError,
     InvalidRequestError,
@@ -20,8 +19,9 @@ from engine import (
 from server.apis.openai.chat_completions.protocol import ChatCompletionRequest
 from server.apis.openai.chunks import COMPLETION_ID_PREFIX, ChunkWriter, MessageBuilder, usage
 from server.errors import error_body, status_of
-from server.exceptions import InvalidRequest, NotFound
+from server.exceptions import NotFound
 from server.generation.generator import Generation, Generator, Interrupted
+from server.generation.refusals import engine_refusal
 from server.security.auth import Principal
 from server.security.cache_salt import CacheSalter
 from server.sse import DONE, HEARTBEAT, EventStream, frame
@@ -44,13 +44,6 @@ class ChatCompletion:
 
     async def close(self) -> None:
         await self.generation.close()
-
-
-def engine_refusal(exc: PromptTooLongError | InvalidRequestError, param: str) -> InvalidRequest:
-    """The engine's refusal of a request as the domain error. `param` is what the messages (or prompt) are called
-    in this request; it is named unless the engine named a sampling field."""
-    named = exc.param if isinstance(exc, InvalidRequestError) and not isinstance(exc, ChatTemplateError) else None
-    return InvalidRequest(str(exc), param=named or param)
 
 
 class ChatCompletions:
