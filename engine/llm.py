@@ -7,13 +7,14 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.chat import ChatFeatures, ChatPreparer, PreparedRequest
 from engine.completion import CompletionPreparer
 from engine.config import EngineConfig, build_engine_args
 from engine.errors import ENGINE_DEAD, Stage, vllm_errors
 from engine.frontends import EngineClientSlot
+from engine.protocol import EngineClient
 from engine.stats import SchedulerStatsRecorder
 from engine.types import (
     ChatInput,
@@ -45,6 +46,10 @@ class ChatEngine:
     @property
     def model_name(self) -> str:
         return self.config.served_model_name
+
+    @property
+    def model_path(self) -> str:
+        return self.config.model
 
     @property
     def max_model_len(self) -> int:
@@ -202,3 +207,7 @@ class ChatEngine:
             raise EngineUnavailableError("the engine is not running")
         if self._llm.errored:
             raise EngineUnavailableError(ENGINE_DEAD)
+
+
+if TYPE_CHECKING:
+    _implements: type[EngineClient] = ChatEngine  # mypy proves ChatEngine is an EngineClient

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from engine import ChatEngine, InvalidRequestError, PromptTooLongError
+from engine import EngineClient, InvalidRequestError, PromptTooLongError
 from server.apis.codeface.conversations.protocol import NewMessage
 from server.conversations.history import assemble, visible_turns
 from server.conversations.listeners import Listener, Wake
@@ -62,7 +62,7 @@ class Following:
 
 
 class ConversationService(ConversationStore):
-    def __init__(self, engine: ChatEngine, database: Database, registry: Registry, generator: Generator,
+    def __init__(self, engine: EngineClient, database: Database, registry: Registry, generator: Generator,
                  writer: ReplyWriter, default_max_tokens: int, stale_after_s: float, salter: CacheSalter,
                  limits: ConversationLimits | None = None) -> None:
         super().__init__(database, limits or ConversationLimits())

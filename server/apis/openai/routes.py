@@ -89,7 +89,7 @@ async def list_models(request: Request) -> RouteResponse:
             "object": "model",
             "created": STARTED_AT,
             "owned_by": "codeface",
-            "root": engine.config.model,
+            "root": engine.model_path,
             "parent": None,
             "max_model_len": engine.max_model_len,
             "permission": [{

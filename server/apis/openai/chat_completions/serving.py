@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import (
-    ChatEngine,
+    EngineClient,
     EngineUnavailableError,
     GenerationFailedError,
     InvalidRequestError,
@@ -47,7 +47,7 @@ class ChatCompletion:
 
 
 class ChatCompletions:
-    def __init__(self, engine: ChatEngine, generator: Generator, heartbeat_s: float, salter: CacheSalter) -> None:
+    def __init__(self, engine: EngineClient, generator: Generator, heartbeat_s: float, salter: CacheSalter) -> None:
         self.engine = engine
         self.generator = generator
         self.heartbeat_s = heartbeat_s

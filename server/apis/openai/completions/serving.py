@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine import ChatEngine, InvalidRequestError, PromptTooLongError, StepOutput, TokenLogprob
+from engine import EngineClient, InvalidRequestError, PromptTooLongError, StepOutput, TokenLogprob
 from server.apis.openai.chat_completions.serving import STREAM_ERRORS
 from server.apis.openai.chunks import ABORTED, STOP, usage
 from server.apis.openai.completions.protocol import CompletionRequest
@@ -77,7 +77,7 @@ class CompletionLogprobs:
 
 
 class Completions:
-    def __init__(self, engine: ChatEngine, generator: Generator, salter: CacheSalter) -> None:
+    def __init__(self, engine: EngineClient, generator: Generator, salter: CacheSalter) -> None:
         self.engine = engine
         self.generator = generator
         self.salter = salter
