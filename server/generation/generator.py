@@ -10,7 +10,14 @@ from typing import Any
 
 import anyio
 
-from engine import EngineClient, PreparedRequest, StepOutput
+from engine import (
+    EngineClient,
+    EngineUnavailableError,
+    GenerationFailedError,
+    InvalidRequestError,
+    PreparedRequest,
+    StepOutput,
+)
 from server.exceptions import InvalidRequest, Overloaded, Unavailable
 from server.generation.fairness import ANONYMOUS, FairShare, Place
 from server.security.auth import Principal
@@ -177,6 +184,10 @@ class Tally:
 
 class Interrupted(Unavailable):
     """The server stopped this generation (it is shutting down); the client should retry elsewhere."""
+
+
+# What can end a stream after its first byte (then reported in-band): the engine's failures, and the server's stop.
+STREAM_ERRORS = (InvalidRequestError, EngineUnavailableError, GenerationFailedError, Interrupted)
 
 
 class Generation:

@@ -8,29 +8,23 @@ from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from engine import (
-    EngineClient,
-    EngineUnavailableError,
-    GenerationFailedError,
-    InvalidRequestError,
-    PromptTooLongError,
-    StepOutput,
-)
+from engine import EngineClient, InvalidRequestError, PromptTooLongError, StepOutput
 from server.apis.openai.chat_completions.protocol import ChatCompletionRequest
-from server.apis.openai.chunks import COMPLETION_ID_PREFIX, ChunkWriter, MessageBuilder, usage
-from server.errors import error_body, status_of
+from server.apis.openai.chunks import (
+    COMPLETION_ID_PREFIX,
+    ChunkWriter,
+    MessageBuilder,
+    StreamErrorFraming,
+    usage,
+)
 from server.exceptions import NotFound
-from server.generation.generator import Generation, Generator, Interrupted
+from server.generation.generator import STREAM_ERRORS, Generation, Generator
 from server.generation.refusals import engine_refusal
 from server.security.auth import Principal
 from server.security.cache_salt import CacheSalter
-from server.sse import DONE, HEARTBEAT, EventStream, frame
+from server.sse import DONE, HEARTBEAT, EventStream
 from server.telemetry.metrics import AbortReason, aborted_requests, sse_streams_active
 from server.telemetry.tracing import tracer
-
-CHAT_PATH = "/v1/chat/completions"
-# What can end a stream after its first byte: reported in-band, then [DONE].
-STREAM_ERRORS = (InvalidRequestError, EngineUnavailableError, GenerationFailedError, Interrupted)
 
 
 @dataclass(slots=True)
@@ -102,10 +96,10 @@ class ChatCompletions:
             body["prompt_token_ids"] = prepared.prompt.token_ids
         return body
 
-    async def events(self, completion: ChatCompletion) -> EventStream:
+    async def events(self, completion: ChatCompletion, error_event: StreamErrorFraming) -> EventStream:
         """The reply as chat.completion.chunk events, ending with [DONE]. While the request waits in the engine's
-        queue, keep-alive comments; an engine error after the first byte is reported in-band, as OpenAI and vLLM
-        do, and the stream still ends with [DONE]."""
+        queue, keep-alive comments; an engine error after the first byte is reported in-band (`error_event`), as
+        OpenAI and vLLM do, and the stream still ends with [DONE]."""
         generation, request = completion.generation, completion.request
         tally = generation.tally
         writer = ChunkWriter(completion.completion_id, completion.model, self.engine.fingerprint,
@@ -132,7 +126,7 @@ class ChatCompletions:
                     else:
                         yield writer.chunk(choices, so_far)
             except STREAM_ERRORS as exc:
-                yield frame(error_body(status_of(exc), str(exc), path=CHAT_PATH))
+                yield error_event(exc)
             else:
                 if role:
                     yield writer.chunk(role, usage(tally.prompt_tokens, 0))
