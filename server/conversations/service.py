@@ -11,12 +11,11 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from engine import EngineClient, InvalidRequestError, PromptTooLongError
-from server.apis.codeface.conversations.protocol import NewMessage
 from server.conversations.history import assemble, visible_turns
 from server.conversations.listeners import Listener, Wake
 from server.conversations.runs import Registry, Run
@@ -43,6 +42,15 @@ REMOTE_STORE_WAIT_S = 10.0
 REMOTE_STORE_POLL_S = 0.1
 # Resuming on a replica that mirrors the reply: how long it may take to receive the events the client saw.
 MIRROR_CATCH_UP_S = 2.0
+
+
+class NewTurn(Protocol):
+    """A user message and how to generate its reply, as a dialect decoded them (the conversation routes' NewMessage)."""
+
+    @property
+    def content(self) -> str: ...
+
+    def engine_fields_for_reply(self, default_max_tokens: int) -> dict[str, Any]: ...
 
 
 @dataclass(slots=True)
@@ -101,7 +109,7 @@ class ConversationService(ConversationStore):
 
     # --- replies ------------------------------------------------------------------------------------------------
 
-    async def post(self, principal: Principal, conversation_id: uuid.UUID, spec: NewMessage,
+    async def post(self, principal: Principal, conversation_id: uuid.UUID, spec: NewTurn,
                    usage_sink: MutableMapping[str, Any]) -> Started:
         """Commit the user's message and an in-progress reply, then start generating. 409 while a reply runs."""
         # Owner first: another user's conversation does not exist, whether a reply runs in it or not.
@@ -116,7 +124,7 @@ class ConversationService(ConversationStore):
         finally:
             self._posting.discard(conversation_id)
 
-    async def _post(self, principal: Principal, conversation: Conversation, spec: NewMessage,
+    async def _post(self, principal: Principal, conversation: Conversation, spec: NewTurn,
                     usage_sink: MutableMapping[str, Any]) -> Started:
         owner_id = principal.user_id
         conversation_id = conversation.id
