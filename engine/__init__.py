@@ -4,6 +4,7 @@ builds."""
 from engine.chat import PreparedRequest
 from engine.config import EngineConfig, EngineOptions
 from engine.llm import ChatEngine
+from engine.protocol import EngineClient
 from engine.types import (
     ChatInput,
     ChatTemplateError,
@@ -22,7 +23,7 @@ from engine.types import (
 )
 
 __all__ = [
-    "ChatEngine", "ChatInput", "ChatTemplateError", "ChoiceDelta", "CompletionInput", "EngineConfig",
+    "ChatEngine", "ChatInput", "ChatTemplateError", "ChoiceDelta", "CompletionInput", "EngineClient", "EngineConfig",
     "EngineOptions", "EngineStats", "EngineUnavailableError", "GenerationFailedError", "InvalidRequestError",
     "PreparedRequest", "Prompt", "PromptTooLongError", "StepOutput", "TokenLogprob", "ToolCallDelta", "ToolChoice",
 ]

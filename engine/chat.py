@@ -9,20 +9,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from engine.errors import Stage, vllm_errors
 from engine.output import OutputShaper, choice_parsers_factory
-from engine.types import (
-    ChatInput,
-    ChatTemplateError,
-    InvalidRequestError,
-    Prompt,
-    PromptTooLongError,
-    ToolChoice,
-)
+from engine.types import ChatInput, InvalidRequestError, Prompt, PromptTooLongError, ToolChoice
 
 logger = logging.getLogger(__name__)
 
-# vLLM names these parameters when a prompt does not fit the context.
-CONTEXT_PARAMETERS = frozenset({"input_tokens", "input_text"})
 RESPONSE_ROLE = "assistant"
 
 
@@ -65,11 +57,6 @@ class PreparedRequest:
         return value if isinstance(value, int) else None
 
 
-def vllm_error_param(exc: BaseException) -> str | None:
-    parameter = getattr(exc, "parameter", None)
-    return parameter if isinstance(parameter, str) else None
-
-
 class ChatPreparer:
     """Built once the engine is up: the model's config, renderer, tokenizer, defaults and parser classes."""
 
@@ -91,18 +78,11 @@ class ChatPreparer:
         self.has_reasoning_parser = features.reasoning_parser is not None
 
     def request(self, chat: ChatInput) -> Any:
-        from pydantic import ValidationError
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
-        from vllm.exceptions import VLLMValidationError
 
-        try:
-            return ChatCompletionRequest.model_validate({"messages": chat.messages, **chat.fields})
-        except VLLMValidationError as exc:
-            raise InvalidRequestError(str(exc), vllm_error_param(exc)) from None
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            location = ".".join(str(part) for part in first["loc"])
-            raise InvalidRequestError(f"{first['msg']} (at {location})", location or None) from None
+        with vllm_errors(Stage.CHAT_SCHEMA):
+            vreq = ChatCompletionRequest.model_validate({"messages": chat.messages, **chat.fields})
+        return vreq
 
     async def prepare(self, chat: ChatInput, request_id: str) -> PreparedRequest:
         """Raises InvalidRequestError, ChatTemplateError or PromptTooLongError; nothing reaches the engine here."""
@@ -157,26 +137,16 @@ class ChatPreparer:
         return prompt
 
     async def _render(self, vreq: Any) -> tuple[Prompt, Any]:
-        from vllm.exceptions import VLLMValidationError
-
         tool_dicts = [tool.model_dump() for tool in vreq.tools] if vreq.tools else None
         # The output length is checked by output_budget, with CodeFace's message; vLLM checks the prompt alone.
         unbounded = vreq.model_copy(update={"max_tokens": None, "max_completion_tokens": None})
-        try:
+        with vllm_errors(Stage.PARAMS):  # e.g. truncate_prompt_tokens past the context
             chat_params = vreq.build_chat_params(self.chat_template, "auto").with_defaults({"tools": tool_dicts})
             tok_params = unbounded.build_tok_params(self.model_config)
-        except VLLMValidationError as exc:  # e.g. truncate_prompt_tokens past the context
-            raise InvalidRequestError(str(exc), vllm_error_param(exc)) from None
         extras = {"cache_salt": vreq.cache_salt} if vreq.cache_salt else None
-        try:
+        with vllm_errors(Stage.CHAT_TEMPLATE):
             _, (engine_input,) = await self.renderer.render_chat_async([vreq.messages], chat_params, tok_params,
                                                                        prompt_extras=extras)
-        except VLLMValidationError as exc:
-            if vllm_error_param(exc) in CONTEXT_PARAMETERS:
-                raise PromptTooLongError(str(exc)) from None
-            raise ChatTemplateError(str(exc), "messages") from None
-        except (ValueError, TypeError) as exc:
-            raise ChatTemplateError(f"the model's chat template rejected these messages: {exc}", "messages") from None
         return Prompt(list(engine_input["prompt_token_ids"]), engine_input.get("prompt")), engine_input
 
     def _parser_for(self, vreq: Any, tool_choice: ToolChoice) -> Any:
@@ -192,15 +162,10 @@ class ChatPreparer:
         return self.parser_cls if self.has_reasoning_parser else None
 
     def _sampling_params(self, vreq: Any, max_tokens: int) -> Any:
-        from vllm.exceptions import VLLMValidationError
         from vllm.sampling_params import RequestOutputKind
 
-        try:
+        with vllm_errors(Stage.PARAMS):
             params = vreq.to_sampling_params(max_tokens, self.default_sampling)
-        except VLLMValidationError as exc:
-            raise InvalidRequestError(str(exc), vllm_error_param(exc)) from None
-        except (ValueError, TypeError) as exc:
-            raise InvalidRequestError(str(exc)) from None
         # Streamed internally either way: a non-stream client that leaves still stops the engine at once.
         params.output_kind = RequestOutputKind.DELTA
         return params

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.chat import CONTEXT_PARAMETERS, ChatPreparer, PreparedRequest, vllm_error_param
+from engine.chat import ChatPreparer, PreparedRequest
+from engine.errors import Stage, vllm_errors
 from engine.output import OutputShaper
-from engine.types import CompletionInput, InvalidRequestError, Prompt, PromptTooLongError, ToolChoice
+from engine.types import CompletionInput, Prompt, ToolChoice
 
 
 class CompletionPreparer:
@@ -16,40 +17,23 @@ class CompletionPreparer:
         self.chat = chat  # shares the model config, renderer, defaults and the output budget
 
     async def prepare(self, completion: CompletionInput, request_id: str) -> PreparedRequest:
-        from pydantic import ValidationError
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
-        from vllm.exceptions import VLLMValidationError
         from vllm.renderers.inputs.preprocess import parse_model_prompt
 
         chat = self.chat
-        try:
+        with vllm_errors(Stage.COMPLETION_SCHEMA):
             vreq = CompletionRequest.model_validate({"prompt": completion.prompt, **completion.fields})
-        except VLLMValidationError as exc:
-            raise InvalidRequestError(str(exc), vllm_error_param(exc)) from None
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise InvalidRequestError(first["msg"], ".".join(str(p) for p in first["loc"]) or None) from None
         chat.check_priority(vreq.priority)
-        try:
+        with vllm_errors(Stage.PARAMS):  # e.g. truncate_prompt_tokens past the context
             tok_params = vreq.build_tok_params(chat.model_config)
-        except VLLMValidationError as exc:  # e.g. truncate_prompt_tokens past the context
-            raise InvalidRequestError(str(exc), vllm_error_param(exc)) from None
         extras = {"cache_salt": vreq.cache_salt} if vreq.cache_salt else None
-        try:
+        with vllm_errors(Stage.PROMPT):
             (engine_input,) = await chat.renderer.render_cmpl_async(
                 [parse_model_prompt(chat.model_config, completion.prompt)], tok_params, prompt_extras=extras)
-        except VLLMValidationError as exc:
-            if vllm_error_param(exc) in CONTEXT_PARAMETERS:
-                raise PromptTooLongError(str(exc)) from None
-            raise InvalidRequestError(str(exc), vllm_error_param(exc) or "prompt") from None
         prompt = Prompt(list(engine_input["prompt_token_ids"]), engine_input.get("prompt"))
         max_tokens = chat.output_budget(prompt, completion.fields.get("max_tokens", vreq.max_tokens))
-        try:
+        with vllm_errors(Stage.PARAMS):
             params = vreq.to_sampling_params(max_tokens, chat.default_sampling)
-        except VLLMValidationError as exc:
-            raise InvalidRequestError(str(exc), vllm_error_param(exc)) from None
-        except (ValueError, TypeError) as exc:
-            raise InvalidRequestError(str(exc)) from None
         from vllm.sampling_params import RequestOutputKind
 
         params.output_kind = RequestOutputKind.DELTA

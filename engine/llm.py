@@ -7,12 +7,14 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine.chat import ChatFeatures, ChatPreparer, PreparedRequest, vllm_error_param
+from engine.chat import ChatFeatures, ChatPreparer, PreparedRequest
 from engine.completion import CompletionPreparer
 from engine.config import EngineConfig, build_engine_args
+from engine.errors import ENGINE_DEAD, Stage, vllm_errors
 from engine.frontends import EngineClientSlot
+from engine.protocol import EngineClient
 from engine.stats import SchedulerStatsRecorder
 from engine.types import (
     ChatInput,
@@ -44,6 +46,10 @@ class ChatEngine:
     @property
     def model_name(self) -> str:
         return self.config.served_model_name
+
+    @property
+    def model_path(self) -> str:
+        return self.config.model
 
     @property
     def max_model_len(self) -> int:
@@ -156,43 +162,27 @@ class ChatEngine:
     async def submit(self, prepared: PreparedRequest) -> AsyncIterator[StepOutput]:
         """Hand the request to the engine and return its steps. vLLM's own checks run here, before anything is
         streamed, so a refusal is still a plain 4xx. Closing the stream early aborts the request in the engine."""
-        from vllm.exceptions import VLLMClientError
-        from vllm.v1.engine.exceptions import EngineDeadError
-
         self._require_running()
-        try:
+        with vllm_errors(Stage.PARAMS):
             queue = await self._llm.add_request(prepared.request_id, prepared.engine_input, prepared.params,
                                                 **prepared.submit_kwargs)
-        except EngineDeadError:
-            raise EngineUnavailableError("the engine has stopped after an error") from None
-        except VLLMClientError as exc:
-            raise InvalidRequestError(str(exc), vllm_error_param(exc)) from None
-        except ValueError as exc:
-            raise InvalidRequestError(str(exc)) from None
         return self._stream(queue, prepared)
 
     async def _stream(self, queue: Any, prepared: PreparedRequest) -> AsyncIterator[StepOutput]:
         """vLLM's AsyncLLM.generate loop over an already added request, with its errors mapped to plain ones."""
-        from vllm.exceptions import VLLMClientError
         from vllm.outputs import STREAM_FINISHED
-        from vllm.v1.engine.exceptions import EngineDeadError
 
         finished = False
         try:
-            while not finished:
-                output = queue.get_nowait() or await queue.get()
-                finished = output.finished
-                if output is not STREAM_FINISHED:
-                    yield prepared.shaper.shape(output)
-        except EngineDeadError:
-            raise EngineUnavailableError("the engine has stopped after an error") from None
-        except VLLMClientError as exc:
-            raise InvalidRequestError(str(exc), vllm_error_param(exc)) from None
-        except (asyncio.CancelledError, GeneratorExit):
-            raise
-        except Exception as exc:
+            with vllm_errors(Stage.STREAM):
+                while not finished:
+                    output = queue.get_nowait() or await queue.get()
+                    finished = output.finished
+                    if output is not STREAM_FINISHED:
+                        yield prepared.shaper.shape(output)
+        except GenerationFailedError:
             logger.exception("request %s failed in the engine", prepared.request_id)
-            raise GenerationFailedError(f"generation failed: {type(exc).__name__}") from exc
+            raise
         finally:
             if not finished:
                 # A cancelled consumer (client gone) may have every await here interrupted again (anyio delivers
@@ -216,4 +206,8 @@ class ChatEngine:
         if self._llm is None:
             raise EngineUnavailableError("the engine is not running")
         if self._llm.errored:
-            raise EngineUnavailableError("the engine has stopped after an error")
+            raise EngineUnavailableError(ENGINE_DEAD)
+
+
+if TYPE_CHECKING:
+    _implements: type[EngineClient] = ChatEngine  # mypy proves ChatEngine is an EngineClient

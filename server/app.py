@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
-from engine import ChatEngine
+from engine import ChatEngine, EngineClient
 from server.apis.codeface.identity.routes import TOKEN_PATH
 from server.apis.openai.chat_completions.serving import ChatCompletions
 from server.apis.openai.completions.serving import Completions
@@ -113,7 +113,7 @@ def check_settings(settings: Settings) -> None:
                        "for a fair share of the engine between tenants")
 
 
-def build_services(settings: Settings, engine: ChatEngine, database: Database, tokens: TokenService,
+def build_services(settings: Settings, engine: EngineClient, database: Database, tokens: TokenService,
                    authenticator: Authenticator | None, limits: RateLimits, policy: AccessPolicy) -> AppServices:
     retention = Retention(seconds=settings.reply_retention_s, reply_bytes=settings.reply_buffer_bytes,
                           total_bytes=settings.reply_buffers_total_bytes)
@@ -155,7 +155,7 @@ def build_services(settings: Settings, engine: ChatEngine, database: Database, t
 
 
 def create_app(settings: Settings, model_path: str, *, tracing: bool | None = None,
-               engine: ChatEngine | None = None) -> Starlette:
+               engine: EngineClient | None = None) -> Starlette:
     """`model_path` is a local model folder, already prepared (see server.cli). `tracing` defaults to whether
     settings name a trace exporter; the process's tracer provider is set up by the caller (server.telemetry.tracing).
     `engine`: a ready-made engine (the fast test tier passes a fake one); by default vLLM's, started in the

@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from engine import ChatEngine
+from engine import EngineClient
 from server.apis.openai.chat_completions.serving import ChatCompletions
 from server.apis.openai.completions.serving import Completions
 from server.apis.openai.tokenize.serving import Tokenization
@@ -29,7 +29,7 @@ PRINCIPAL = "principal"
 @dataclass(frozen=True, slots=True)
 class AppServices:
     settings: Settings
-    engine: ChatEngine
+    engine: EngineClient
     database: Database
     limits: RateLimits
     registry: Registry

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from engine import ChatEngine, ChatInput, PreparedRequest, PromptTooLongError
+from engine import ChatInput, EngineClient, PreparedRequest, PromptTooLongError
 from storage.models import Message, MessageRole, MessageStatus
 
 # Replies that ended in error carry nothing the model should see; cancelled ones were shown to the user: kept.
@@ -43,7 +43,7 @@ def cut_points(rest: list[dict[str, str]]) -> list[int]:
     return cuts
 
 
-async def assemble(engine: ChatEngine, turns: list[dict[str, str]], fields: dict[str, Any], request_id: str
+async def assemble(engine: EngineClient, turns: list[dict[str, str]], fields: dict[str, Any], request_id: str
                    ) -> AssembledPrompt:
     """Prepare `turns` (ending with the new user message), dropping the fewest oldest exchanges that let the reply
     fit. The prompt's length falls as exchanges are dropped, so the fewest is found by bisection: a handful of

@@ -15,8 +15,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from engine import ChatEngine, InvalidRequestError, PromptTooLongError
-from server.apis.openai.chat_completions.serving import engine_refusal
+from engine import EngineClient, InvalidRequestError, PromptTooLongError
 from server.conversations.history import assemble, visible_turns
 from server.conversations.listeners import Listener, Wake
 from server.conversations.registry import Registry
@@ -25,6 +24,7 @@ from server.conversations.store import ConversationLimits, ConversationStore
 from server.conversations.writer import ReplyWriter
 from server.exceptions import Conflict, ConversationBusy, NotFound, Unavailable
 from server.generation.generator import Generator
+from server.generation.refusals import engine_refusal
 from server.security.auth import Principal
 from server.security.cache_salt import CacheSalter
 from server.sse import HEARTBEAT, RECONNECT, EventStream, Framing, ReplyEvent, frame_reply_event
@@ -71,7 +71,7 @@ class Following:
 
 
 class ConversationService(ConversationStore):
-    def __init__(self, *, engine: ChatEngine, database: Database, registry: Registry, generator: Generator,
+    def __init__(self, *, engine: EngineClient, database: Database, registry: Registry, generator: Generator,
                  writer: ReplyWriter, default_max_tokens: int, stale_after_s: float, salter: CacheSalter,
                  limits: ConversationLimits | None = None) -> None:
         super().__init__(database, limits or ConversationLimits())

@@ -10,7 +10,14 @@ from typing import Any
 
 import anyio
 
-from engine import ChatEngine, PreparedRequest, StepOutput
+from engine import (
+    EngineClient,
+    EngineUnavailableError,
+    GenerationFailedError,
+    InvalidRequestError,
+    PreparedRequest,
+    StepOutput,
+)
 from server.exceptions import InvalidRequest, Overloaded, Unavailable
 from server.generation.fairness import ANONYMOUS, FairShare, Place
 from server.security.auth import Principal
@@ -63,7 +70,7 @@ class Admission:
     together). One tenant (a user, over all its keys) may hold at most `max_per_tenant` of them, so that no user
     fills admission for the others; unauthenticated callers (auth off) are not capped."""
 
-    def __init__(self, engine: ChatEngine, limits: RateLimits, *, max_inflight: int,
+    def __init__(self, engine: EngineClient, limits: RateLimits, *, max_inflight: int,
                  max_per_tenant: int | None = None) -> None:
         self.engine = engine
         self.limits = limits
@@ -179,6 +186,10 @@ class Interrupted(Unavailable):
     """The server stopped this generation (it is shutting down); the client should retry elsewhere."""
 
 
+# What can end a stream after its first byte (then reported in-band): the engine's failures, and the server's stop.
+STREAM_ERRORS = (InvalidRequestError, EngineUnavailableError, GenerationFailedError, Interrupted)
+
+
 class Generation:
     """One admitted generation. Iterate it for the engine's steps (tallied as they pass); `close` ends it in the
     engine if it is still running and settles its budget, once. `interrupt` stops it from outside: the engine
@@ -219,7 +230,7 @@ class Generator:
     """Starts generations of prepared (rendered, checked) requests: admission and limits let one in, then the
     engine takes it."""
 
-    def __init__(self, engine: ChatEngine, admission: Admission, fair: FairShare) -> None:
+    def __init__(self, engine: EngineClient, admission: Admission, fair: FairShare) -> None:
         self.engine = engine
         self.admission = admission
         self.fair = fair

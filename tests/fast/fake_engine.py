@@ -1,4 +1,5 @@
-"""FakeEngine: a named test double for the fast tier. It stands in for vLLM behind ChatEngine's interface so that
+"""FakeEngine: a named test double (a fake) for the fast tier. It implements the server's EngineClient protocol, as
+ChatEngine does over vLLM, without vLLM (it does not subclass ChatEngine: nothing of the real engine runs), so that
 the HTTP layer (routes, schemas, errors, SSE framing, history trimming, the reply registry) can be tested in
 seconds. Its "model": a chat template that tags each message with its role, one token per character of the
 prompt, and a reply of numbered words, one word per token. It reads the fields a request hands the engine
@@ -8,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine import (
-    ChatEngine,
     ChatInput,
     CompletionInput,
-    EngineConfig,
+    EngineClient,
     GenerationFailedError,
     PreparedRequest,
     Prompt,
@@ -22,9 +22,20 @@ from engine import (
     StepOutput,
     ToolChoice,
 )
-from engine.types import ChatTemplateError, ChoiceDelta, EngineStats, TokenLogprob
+from engine.output import OutputShaper
+from engine.types import (
+    ChatTemplateError,
+    ChoiceDelta,
+    EngineStats,
+    FinishReason,
+    InvalidRequestError,
+    TokenLogprob,
+)
 
 FAKE_MODEL = "fake-model"
+FAKE_MODEL_PATH = "/fake"
+# One token per character: its code point, below this.
+FAKE_VOCABULARY = 0x110000
 # A message with this content makes the fake template refuse the chat, as strict templates refuse some orders.
 TEMPLATE_REFUSES = "<refuse>"
 # A prompt that ends with this makes the fake engine fail after one token, as a failing engine does.
@@ -33,12 +44,23 @@ ENGINE_FAILS = "<fail>"
 SENTENCE_WORDS = 12
 
 
-class FakeEngine(ChatEngine):
+class FakeEngine:
+    """A fake EngineClient (see the module's docstring): records what it prepared and what it was asked to abort."""
+
     def __init__(self, max_model_len: int = 2048, token_delay_s: float = 0.0) -> None:
-        super().__init__(EngineConfig(model="/fake", served_model_name=FAKE_MODEL, max_model_len=max_model_len))
+        self.max_model_len = max_model_len
         self.token_delay_s = token_delay_s
         self.in_flight = 0
         self.prepared: list[tuple[Prompt, dict[str, Any]]] = []
+        self.aborted: list[str] = []
+
+    @property
+    def model_name(self) -> str:
+        return FAKE_MODEL
+
+    @property
+    def model_path(self) -> str:
+        return FAKE_MODEL_PATH
 
     @property
     def is_running(self) -> bool:
@@ -47,6 +69,10 @@ class FakeEngine(ChatEngine):
     @property
     def fingerprint(self) -> str:
         return "fp_fake"
+
+    @property
+    def vllm_version(self) -> str:
+        return "fake"
 
     def load_backend(self) -> None:
         pass
@@ -66,6 +92,21 @@ class FakeEngine(ChatEngine):
 
     def stats(self) -> EngineStats:
         return EngineStats(requests_in_flight=self.in_flight, running=self.in_flight, waiting=0)
+
+    async def tokenize(self, text: str, add_special_tokens: bool) -> list[int]:
+        return [ord(c) for c in text]
+
+    def token_strings(self, token_ids: list[int]) -> list[str]:
+        return [chr(t) for t in token_ids]
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        if any(not 0 <= t < FAKE_VOCABULARY for t in token_ids):
+            raise InvalidRequestError(f"token ids must be below the vocabulary size {FAKE_VOCABULARY}", "tokens")
+        return "".join(chr(t) for t in token_ids)
+
+    async def abort(self, request_id: str) -> None:
+        """Recorded only: the fake's streams are short, and a consumer that stops reading closes them."""
+        self.aborted.append(request_id)
 
     async def render(self, chat: ChatInput) -> Prompt:
         if any(m.get("content") == TEMPLATE_REFUSES for m in chat.messages):
@@ -95,8 +136,11 @@ class FakeEngine(ChatEngine):
         logprobs = fields.get("top_logprobs", 0) if fields.get("logprobs") else None
         if isinstance(fields.get("logprobs"), int) and not isinstance(fields.get("logprobs"), bool):
             logprobs = fields["logprobs"]
-        return PreparedRequest(request_id, prompt, fields.get("n", 1), requested or room, logprobs,
-                               fields.get("priority", 0), None, ToolChoice.NONE, None, fields, None, {})
+        n = fields.get("n", 1)
+        # The fake's "params" are the fields themselves; its shaper is never used (it makes StepOutputs directly).
+        shaper = OutputShaper(n, logprobs, prompt.token_ids, None, ToolChoice.NONE, None)
+        return PreparedRequest(request_id, prompt, n, requested or room, logprobs, fields.get("priority", 0), None,
+                               ToolChoice.NONE, None, fields, shaper, {})
 
     async def submit(self, prepared: PreparedRequest) -> AsyncIterator[StepOutput]:
         return self._stream(prepared)
@@ -120,7 +164,8 @@ class FakeEngine(ChatEngine):
                     texts[index] += word
                     hit = next((s for s in stop if s in texts[index]), None)
                     last = position == length - 1
-                    finish = "stop" if hit or (last and length < prepared.max_tokens) else ("length" if last else None)
+                    finish: FinishReason | None = ("stop" if hit or (last and length < prepared.max_tokens)
+                                                   else ("length" if last else None))
                     if hit:
                         word = word[:word.index(hit)] if hit in word else ""
                     logprobs = ([TokenLogprob(word, -0.5, [(word, -0.5)] * (prepared.logprobs or 0))]
@@ -131,3 +176,7 @@ class FakeEngine(ChatEngine):
                     return
         finally:
             self.in_flight -= 1
+
+
+if TYPE_CHECKING:
+    _implements: type[EngineClient] = FakeEngine  # mypy proves the fake is an EngineClient

@@ -4,15 +4,30 @@ reasoning and tool calls framed exactly as OpenAI frames them, usage with cached
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from engine import ChoiceDelta, TokenLogprob, ToolCallDelta
+from server.errors import error_body, status_of
 from server.sse import frame
 
 COMPLETION_ID_PREFIX = "chatcmpl-"
 # vLLM's finish reason for a request stopped before its end; OpenAI's format has no such value.
 ABORTED = "abort"
 STOP = "stop"
+
+
+# How a stream reports an error after its first byte: one event, as OpenAI and vLLM send it.
+StreamErrorFraming = Callable[[Exception], bytes]
+
+
+def stream_error_framing(path: str) -> StreamErrorFraming:
+    """The in-stream error event of the route at `path`: the error envelope it would have answered with."""
+
+    def framed(error: Exception) -> bytes:
+        return frame(error_body(status_of(error), str(error), path=path))
+
+    return framed
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from starlette.routing import BaseRoute, Route
 
 from server.apis.decode import decode_body
 from server.apis.openai.chat_completions.protocol import ChatCompletionRequest
+from server.apis.openai.chunks import stream_error_framing
 from server.apis.openai.completions.protocol import CompletionRequest
 from server.apis.openai.tokenize.protocol import DetokenizeRequest, TokenizeRequest
 from server.apis.params import json_response
@@ -65,7 +66,8 @@ async def chat_completions(request: Request) -> RouteResponse:
         state["end_user"] = body.user
     completion = await chat.start(body, principal_of(request), state,
                                   generation_request_id(request, body.request_id))
-    return await respond(request, completion, chat.events(completion) if body.stream else None,
+    events = chat.events(completion, stream_error_framing(request.url.path)) if body.stream else None
+    return await respond(request, completion, events,
                          lambda: chat.collect(completion))
 
 
@@ -76,7 +78,8 @@ async def completions(request: Request) -> RouteResponse:
     if body.user is not None:
         state["end_user"] = body.user
     run = await service.start(body, principal_of(request), state, generation_request_id(request, body.request_id))
-    return await respond(request, run, service.events(run) if body.stream else None, lambda: service.collect(run))
+    events = service.events(run, stream_error_framing(request.url.path)) if body.stream else None
+    return await respond(request, run, events, lambda: service.collect(run))
 
 
 async def list_models(request: Request) -> RouteResponse:
@@ -89,7 +92,7 @@ async def list_models(request: Request) -> RouteResponse:
             "object": "model",
             "created": STARTED_AT,
             "owned_by": "codeface",
-            "root": engine.config.model,
+            "root": engine.model_path,
             "parent": None,
             "max_model_len": engine.max_model_len,
             "permission": [{

@@ -8,29 +8,23 @@ from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from engine import (
-    ChatEngine,
-    ChatTemplateError,
-    EngineUnavailableError,
-    GenerationFailedError,
-    InvalidRequestError,
-    PromptTooLongError,
-    StepOutput,
-)
+from engine import EngineClient, InvalidRequestError, PromptTooLongError, StepOutput
 from server.apis.openai.chat_completions.protocol import ChatCompletionRequest
-from server.apis.openai.chunks import COMPLETION_ID_PREFIX, ChunkWriter, MessageBuilder, usage
-from server.errors import error_body, status_of
-from server.exceptions import InvalidRequest, NotFound
-from server.generation.generator import Generation, Generator, Interrupted
+from server.apis.openai.chunks import (
+    COMPLETION_ID_PREFIX,
+    ChunkWriter,
+    MessageBuilder,
+    StreamErrorFraming,
+    usage,
+)
+from server.exceptions import NotFound
+from server.generation.generator import STREAM_ERRORS, Generation, Generator
+from server.generation.refusals import engine_refusal
 from server.security.auth import Principal
 from server.security.cache_salt import CacheSalter
-from server.sse import DONE, HEARTBEAT, EventStream, frame
+from server.sse import DONE, HEARTBEAT, EventStream
 from server.telemetry.metrics import AbortReason, aborted_requests, sse_streams_active
 from server.telemetry.tracing import tracer
-
-CHAT_PATH = "/v1/chat/completions"
-# What can end a stream after its first byte: reported in-band, then [DONE].
-STREAM_ERRORS = (InvalidRequestError, EngineUnavailableError, GenerationFailedError, Interrupted)
 
 
 @dataclass(slots=True)
@@ -46,15 +40,8 @@ class ChatCompletion:
         await self.generation.close()
 
 
-def engine_refusal(exc: PromptTooLongError | InvalidRequestError, param: str) -> InvalidRequest:
-    """The engine's refusal of a request as the domain error. `param` is what the messages (or prompt) are called
-    in this request; it is named unless the engine named a sampling field."""
-    named = exc.param if isinstance(exc, InvalidRequestError) and not isinstance(exc, ChatTemplateError) else None
-    return InvalidRequest(str(exc), param=named or param)
-
-
 class ChatCompletions:
-    def __init__(self, engine: ChatEngine, generator: Generator, heartbeat_s: float, salter: CacheSalter) -> None:
+    def __init__(self, engine: EngineClient, generator: Generator, heartbeat_s: float, salter: CacheSalter) -> None:
         self.engine = engine
         self.generator = generator
         self.heartbeat_s = heartbeat_s
@@ -109,10 +96,10 @@ class ChatCompletions:
             body["prompt_token_ids"] = prepared.prompt.token_ids
         return body
 
-    async def events(self, completion: ChatCompletion) -> EventStream:
+    async def events(self, completion: ChatCompletion, error_event: StreamErrorFraming) -> EventStream:
         """The reply as chat.completion.chunk events, ending with [DONE]. While the request waits in the engine's
-        queue, keep-alive comments; an engine error after the first byte is reported in-band, as OpenAI and vLLM
-        do, and the stream still ends with [DONE]."""
+        queue, keep-alive comments; an engine error after the first byte is reported in-band (`error_event`), as
+        OpenAI and vLLM do, and the stream still ends with [DONE]."""
         generation, request = completion.generation, completion.request
         tally = generation.tally
         writer = ChunkWriter(completion.completion_id, completion.model, self.engine.fingerprint,
@@ -139,7 +126,7 @@ class ChatCompletions:
                     else:
                         yield writer.chunk(choices, so_far)
             except STREAM_ERRORS as exc:
-                yield frame(error_body(status_of(exc), str(exc), path=CHAT_PATH))
+                yield error_event(exc)
             else:
                 if role:
                     yield writer.chunk(role, usage(tally.prompt_tokens, 0))

@@ -9,20 +9,18 @@ from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine import ChatEngine, InvalidRequestError, PromptTooLongError, StepOutput, TokenLogprob
-from server.apis.openai.chat_completions.serving import STREAM_ERRORS, engine_refusal
-from server.apis.openai.chunks import ABORTED, STOP, usage
+from engine import EngineClient, InvalidRequestError, PromptTooLongError, StepOutput, TokenLogprob
+from server.apis.openai.chunks import ABORTED, STOP, StreamErrorFraming, usage
 from server.apis.openai.completions.protocol import CompletionRequest
-from server.errors import error_body, status_of
 from server.exceptions import NotFound
-from server.generation.generator import Generation, Generator, LogprobBudget
+from server.generation.generator import STREAM_ERRORS, Generation, Generator, LogprobBudget
+from server.generation.refusals import engine_refusal
 from server.security.auth import Principal
 from server.security.cache_salt import CacheSalter
 from server.sse import DONE, EventStream, frame
 from server.telemetry.metrics import AbortReason, aborted_requests, sse_streams_active
 
 COMPLETION_ID_PREFIX = "cmpl-"
-COMPLETIONS_PATH = "/v1/completions"
 TEXT_COMPLETION = "text_completion"
 
 
@@ -76,7 +74,7 @@ class CompletionLogprobs:
 
 
 class Completions:
-    def __init__(self, engine: ChatEngine, generator: Generator, salter: CacheSalter) -> None:
+    def __init__(self, engine: EngineClient, generator: Generator, salter: CacheSalter) -> None:
         self.engine = engine
         self.generator = generator
         self.salter = salter
@@ -142,7 +140,9 @@ class Completions:
                 "system_fingerprint": self.engine.fingerprint, "choices": choices,
                 "usage": usage(run.prompt_tokens, run.completion_tokens, run.cached_tokens)}
 
-    async def events(self, run: CompletionRun) -> EventStream:
+    async def events(self, run: CompletionRun, error_event: StreamErrorFraming) -> EventStream:
+        """The completions as text_completion chunks, ending with [DONE]; an engine error after the first byte is
+        reported in-band (`error_event`)."""
         request = run.request
         head = {"id": run.completion_id, "object": TEXT_COMPLETION, "created": run.created, "model": run.model,
                 "system_fingerprint": self.engine.fingerprint}
@@ -177,7 +177,7 @@ class Completions:
                                               if request.continuous_usage else None)
                         yield frame(chunk)
             except STREAM_ERRORS as exc:
-                yield frame(error_body(status_of(exc), str(exc), path=COMPLETIONS_PATH))
+                yield error_event(exc)
             else:
                 if request.include_usage:
                     yield frame({**head, "choices": [],

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine import ChatEngine, InvalidRequestError, PromptTooLongError
-from server.apis.openai.chat_completions.serving import engine_refusal
+from engine import EngineClient, InvalidRequestError, PromptTooLongError
 from server.apis.openai.tokenize.protocol import DetokenizeRequest, TokenizeRequest
 from server.exceptions import NotFound
+from server.generation.refusals import engine_refusal
 
 
 class Tokenization:
-    def __init__(self, engine: ChatEngine) -> None:
+    def __init__(self, engine: EngineClient) -> None:
         self.engine = engine
 
     def check_model(self, model: str | None) -> None:
