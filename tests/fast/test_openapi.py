@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import httpx
 import msgspec
+import pytest
 from starlette.routing import Route
 
+from server.apis.endpoint import Link, Method, Operation
 from server.apis.routing import ENDPOINTS
 from server.openapi import schemas as responses
 from server.openapi.document import openapi_document
@@ -66,3 +68,24 @@ def test_a_streamed_post_and_its_links_are_documented() -> None:
         links = post["responses"][status]["links"]
         assert links["Cancel"]["parameters"]["message_id"] == "$response.header.X-Message-ID"
         assert links["Resume"]["operationId"] == "get__api_v1_conversations_conversation_id_stream"
+
+
+async def test_the_documented_limits_are_the_enforced_ones(client: httpx.AsyncClient) -> None:
+    """A query limit is declared once: the route refuses just past the maximum the document states."""
+    paths = openapi_document("0.0.0", ENDPOINTS)["paths"]
+    conversation = (await client.post("/api/v1/conversations", json={})).json()["id"]
+    for template, path in (("/api/v1/conversations", "/api/v1/conversations"),
+                           ("/api/v1/conversations/{conversation_id}", f"/api/v1/conversations/{conversation}")):
+        limit = next(p["schema"] for p in paths[template]["get"]["parameters"] if p["name"] == "limit")
+        assert (await client.get(path, params={"limit": limit["maximum"]})).status_code == 200
+        assert (await client.get(path, params={"limit": limit["minimum"]})).status_code == 200
+        too_many = await client.get(path, params={"limit": limit["maximum"] + 1})
+        assert too_many.status_code == 400 and too_many.json()["param"] == "limit", too_many.text
+        assert (await client.get(path, params={"limit": limit["minimum"] - 1})).status_code == 400
+
+
+def test_a_link_that_leads_nowhere_is_refused() -> None:
+    stray = Operation(Method.GET, "/stray", "A route linking to nothing", "test",
+                      links=(Link("Nowhere", Method.GET, "/nowhere"),))
+    with pytest.raises(ValueError, match="Nowhere"):
+        openapi_document("0.0.0", [*ENDPOINTS, stray(ENDPOINTS[0].handler)])
