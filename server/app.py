@@ -18,7 +18,7 @@ from server.apis.codeface.identity.routes import TOKEN_PATH
 from server.apis.openai.chat_completions.serving import ChatCompletions
 from server.apis.openai.completions.serving import Completions
 from server.apis.openai.tokenize.serving import Tokenization
-from server.apis.pages import DOCS_PATH, STATIC_PREFIX
+from server.apis.pages import DOCS_PATH, OPENAPI_PATH, STATIC_PREFIX
 from server.apis.routing import all_routes
 from server.conversations.bus import ReplyBus
 from server.conversations.listeners import Listeners
@@ -61,7 +61,7 @@ PLACEHOLDER_SECRETS = frozenset({DEFAULT_SECRET, "replace-with-at-least-32-rando
 PLACEHOLDER_WORDS = ("change-me", "changeme", "replace-with", "replace-me", "placeholder", "your-secret",
                      "example", "random-characters", "xxxxxxxx")
 # Pages anyone may load (the API they describe or drive still needs credentials).
-PUBLIC_PAGES = frozenset({"/", DOCS_PATH, "/openapi.json"})
+PUBLIC_PAGES = frozenset({"/", DOCS_PATH, OPENAPI_PATH})
 TOO_MANY_FAILURES = "too many requests with invalid credentials from this address; retry later"
 CORS_HEADERS = ["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"]
 CORS_EXPOSED = ["X-Request-ID", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Retry-After"]

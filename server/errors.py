@@ -5,6 +5,7 @@ well: code, message and path (with type and param) at the top level, beside the 
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 
 import msgspec
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -32,47 +33,48 @@ logger = logging.getLogger(__name__)
 DATABASE_BUSY = "the database is busy; retry shortly"
 DATABASE_BUSY_RETRY_AFTER_S = 2
 
-STATUS_OF: dict[type[Exception], int] = {
-    InvalidRequest: 400,
-    AuthenticationFailed: 401,
-    Forbidden: 403,
-    NotFound: 404,
-    Conflict: 409,
-    PayloadTooLarge: 413,
-    RateLimited: 429,
-    Unavailable: 503,
+STATUS_OF: dict[type[Exception], HTTPStatus] = {
+    InvalidRequest: HTTPStatus.BAD_REQUEST,
+    AuthenticationFailed: HTTPStatus.UNAUTHORIZED,
+    Forbidden: HTTPStatus.FORBIDDEN,
+    NotFound: HTTPStatus.NOT_FOUND,
+    Conflict: HTTPStatus.CONFLICT,
+    PayloadTooLarge: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    RateLimited: HTTPStatus.TOO_MANY_REQUESTS,
+    Unavailable: HTTPStatus.SERVICE_UNAVAILABLE,
     # The engine's own errors, when a service lets one through unchanged.
-    PromptTooLongError: 400,
-    InvalidRequestError: 400,
-    EngineUnavailableError: 503,
-    GenerationFailedError: 500,
-    PoolTimeout: 503,
+    PromptTooLongError: HTTPStatus.BAD_REQUEST,
+    InvalidRequestError: HTTPStatus.BAD_REQUEST,
+    EngineUnavailableError: HTTPStatus.SERVICE_UNAVAILABLE,
+    GenerationFailedError: HTTPStatus.INTERNAL_SERVER_ERROR,
+    PoolTimeout: HTTPStatus.SERVICE_UNAVAILABLE,
 }
 
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    409: "conflict_error",
-    413: "invalid_request_error",
-    415: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-    503: "service_unavailable",
+ERROR_TYPES: dict[int, str] = {
+    HTTPStatus.BAD_REQUEST: "invalid_request_error",
+    HTTPStatus.UNAUTHORIZED: "authentication_error",
+    HTTPStatus.FORBIDDEN: "permission_error",
+    HTTPStatus.NOT_FOUND: "not_found_error",
+    HTTPStatus.METHOD_NOT_ALLOWED: "invalid_request_error",
+    HTTPStatus.CONFLICT: "conflict_error",
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "invalid_request_error",
+    HTTPStatus.UNSUPPORTED_MEDIA_TYPE: "invalid_request_error",
+    HTTPStatus.UNPROCESSABLE_ENTITY: "invalid_request_error",
+    HTTPStatus.TOO_MANY_REQUESTS: "rate_limit_error",
+    HTTPStatus.SERVICE_UNAVAILABLE: "service_unavailable",
 }
 
 
-def status_of(error: Exception) -> int:
+def status_of(error: Exception) -> HTTPStatus:
     for cls in type(error).__mro__:
         if cls in STATUS_OF:
             return STATUS_OF[cls]
-    return 500
+    return HTTPStatus.INTERNAL_SERVER_ERROR
 
 
 def error_type(status_code: int) -> str:
-    return ERROR_TYPES.get(status_code, "server_error" if status_code >= 500 else "invalid_request_error")
+    server_side = status_code >= HTTPStatus.INTERNAL_SERVER_ERROR
+    return ERROR_TYPES.get(status_code, "server_error" if server_side else "invalid_request_error")
 
 
 SEED_PREFIX = "/api/v1/"
@@ -130,9 +132,9 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     # ServerErrorMiddleware calls this and then re-raises, so uvicorn still logs the traceback. A mapped error
     # raised in a middleware (a pool timeout while authenticating) lands here too, and keeps its status.
-    if status_of(exc) != 500:
+    if status_of(exc) != HTTPStatus.INTERNAL_SERVER_ERROR:
         return response_for(exc, request.url.path)
-    return error_response(500, "internal server error", path=request.url.path)
+    return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal server error", path=request.url.path)
 
 
 EXCEPTION_HANDLERS = {

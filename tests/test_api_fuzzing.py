@@ -21,7 +21,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from server.apis.openapi import OPERATIONS
+from server.apis.routing import ENDPOINTS
 
 # Routes whose bodies say how much to generate (the seed's /api/v1/chat uses the server's short default).
 GENERATION_PATHS = {"/v1/chat/completions", "/v1/completions", "/api/v1/conversations/{conversation_id}/messages"}
@@ -52,7 +52,7 @@ def bounded(body: Any) -> Any:
     return body
 
 
-@pytest.mark.parametrize("method, path", [(op.method.upper(), op.path) for op in OPERATIONS])
+@pytest.mark.parametrize("method, path", [(op.method.upper(), op.path) for op in ENDPOINTS])
 def test_generated_requests_never_fail(api_schema: Any, auth_headers: dict[str, str], method: str,
                                        path: str) -> None:
     operation = api_schema[path][method]

@@ -1,5 +1,6 @@
-"""Every route the app mounts: the wire dialects, one folder each, and the system routes. A handler parses the
-request, calls one service function and builds the response in its dialect's format."""
+"""Every route the app mounts: the wire dialects, one folder each, and the system routes, each declared once
+(server.apis.endpoint) for both the router and /openapi.json; then the pages. A handler parses the request, calls
+one service function and builds the response in its dialect's format."""
 
 from starlette.routing import BaseRoute
 
@@ -7,8 +8,12 @@ from server.apis import pages, system
 from server.apis.codeface import seed
 from server.apis.codeface.conversations import routes as conversations
 from server.apis.codeface.identity import routes as identity
+from server.apis.endpoint import Endpoint
 from server.apis.openai import routes as openai
+
+ENDPOINTS: tuple[Endpoint, ...] = (*openai.endpoints, *conversations.endpoints, *seed.endpoints, *identity.endpoints,
+                                   *system.endpoints)
 
 
 def all_routes() -> list[BaseRoute]:
-    return [*openai.routes, *conversations.routes, *seed.routes, *identity.routes, *system.routes, *pages.routes]
+    return [*(endpoint.route() for endpoint in ENDPOINTS), *pages.routes(ENDPOINTS)]

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+from http import HTTPStatus
 from importlib.metadata import version as package_version
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
 
+from server.apis.endpoint import Endpoint, Method, Operation
 from server.apis.params import json_response
 from server.exceptions import Unavailable
+from server.openapi.schemas import Ready, Status, Version
 from server.state import services
 from server.telemetry.metrics import registry as metrics_registry
 
 READY_RETRY_AFTER_S = 5
 CODEFACE_VERSION = package_version("codeface")
+TAG = "system"
 
 
 async def check_operator(request: Request) -> None:
@@ -25,11 +28,14 @@ async def check_operator(request: Request) -> None:
                                            client.host if client else None)
 
 
+@Operation(Method.GET, "/healthz", "The process answers", TAG, response=Status, public=True, errors=())
 async def healthz(request: Request) -> Response:
     """The process is alive and its event loop answers."""
     return json_response({"status": "ok"})
 
 
+@Operation(Method.GET, "/health", "Liveness, as vLLM's: 503 once the engine has died", TAG, response=Status,
+           public=True, errors=(HTTPStatus.SERVICE_UNAVAILABLE,))
 async def health(request: Request) -> Response:
     """vLLM's liveness probe: 200 while the engine is alive, 503 once it has died (restart this process)."""
     held = services(request)
@@ -38,11 +44,14 @@ async def health(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
+@Operation(Method.GET, "/version", "CodeFace's and vLLM's versions", TAG, response=Version, public=True, errors=())
 async def version(request: Request) -> Response:
     await check_operator(request)
     return json_response({"version": CODEFACE_VERSION, "vllm_version": services(request).engine.vllm_version})
 
 
+@Operation(Method.GET, "/readyz", "Engine and database answer: route traffic here", TAG, response=Ready, public=True,
+           errors=(HTTPStatus.SERVICE_UNAVAILABLE,))
 async def readyz(request: Request) -> Response:
     """The engine and the database both answer: safe to route traffic here."""
     held = services(request)
@@ -57,16 +66,12 @@ async def readyz(request: Request) -> Response:
                           "engine": dataclasses.asdict(held.engine.stats())})
 
 
+@Operation(Method.GET, "/metrics", "Prometheus metrics (CodeFace's and vLLM's)", TAG, text="Prometheus text",
+           public=True, errors=())
 async def metrics(request: Request) -> Response:
     """CodeFace's metrics and vLLM's (vllm:*), in Prometheus text format."""
     await check_operator(request)
     return Response(generate_latest(metrics_registry()), media_type=CONTENT_TYPE_LATEST)
 
 
-routes: list[BaseRoute] = [
-    Route("/health", health, methods=["GET"]),
-    Route("/healthz", healthz, methods=["GET"]),
-    Route("/version", version, methods=["GET"]),
-    Route("/readyz", readyz, methods=["GET"]),
-    Route("/metrics", metrics, methods=["GET"]),
-]
+endpoints: tuple[Endpoint, ...] = (health, healthz, version, readyz, metrics)

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import httpx
 import msgspec
+import pytest
 from starlette.routing import Route
 
-from server.apis import schemas as responses
-from server.apis.openapi import OPERATIONS, openapi_document
+from server.apis.endpoint import Link, Method, Operation
+from server.apis.routing import ENDPOINTS
+from server.openapi import schemas as responses
+from server.openapi.document import openapi_document
 
 
 async def test_every_route_is_documented(client: httpx.AsyncClient) -> None:
     app = client._transport.app  # type: ignore[attr-defined]
-    documented = {(op.path, op.method.upper()) for op in OPERATIONS}
+    documented = {(op.path, op.method.upper()) for op in ENDPOINTS}
     undocumented = {(route.path, method) for route in app.routes if isinstance(route, Route)
                     for method in route.methods or () if method != "HEAD"
                     and route.path not in ("/openapi.json", "/docs", "/")} - documented
@@ -23,7 +26,7 @@ async def test_every_route_is_documented(client: httpx.AsyncClient) -> None:
 def test_the_document_is_valid_openapi() -> None:
     from openapi_spec_validator import validate
 
-    validate(openapi_document("0.0.0"))
+    validate(openapi_document("0.0.0", ENDPOINTS))
 
 
 async def test_answers_conform_to_the_documented_types(client: httpx.AsyncClient) -> None:
@@ -58,10 +61,31 @@ async def test_docs_page_is_self_hosted(client: httpx.AsyncClient) -> None:
 def test_a_streamed_post_and_its_links_are_documented() -> None:
     """A message posted with stream: true answers 200 (the stateful fuzzing found it undocumented), and both answers
     link to the reply's resume and cancel by its X-Message-ID."""
-    post = openapi_document("0.0.0")["paths"]["/api/v1/conversations/{conversation_id}/messages"]["post"]
+    post = openapi_document("0.0.0", ENDPOINTS)["paths"]["/api/v1/conversations/{conversation_id}/messages"]["post"]
     assert list(post["responses"]["200"]["content"]) == ["text/event-stream"]
     assert list(post["responses"]["201"]["content"]) == ["application/json"]
     for status in ("200", "201"):
         links = post["responses"][status]["links"]
         assert links["Cancel"]["parameters"]["message_id"] == "$response.header.X-Message-ID"
         assert links["Resume"]["operationId"] == "get__api_v1_conversations_conversation_id_stream"
+
+
+async def test_the_documented_limits_are_the_enforced_ones(client: httpx.AsyncClient) -> None:
+    """A query limit is declared once: the route refuses just past the maximum the document states."""
+    paths = openapi_document("0.0.0", ENDPOINTS)["paths"]
+    conversation = (await client.post("/api/v1/conversations", json={})).json()["id"]
+    for template, path in (("/api/v1/conversations", "/api/v1/conversations"),
+                           ("/api/v1/conversations/{conversation_id}", f"/api/v1/conversations/{conversation}")):
+        limit = next(p["schema"] for p in paths[template]["get"]["parameters"] if p["name"] == "limit")
+        assert (await client.get(path, params={"limit": limit["maximum"]})).status_code == 200
+        assert (await client.get(path, params={"limit": limit["minimum"]})).status_code == 200
+        too_many = await client.get(path, params={"limit": limit["maximum"] + 1})
+        assert too_many.status_code == 400 and too_many.json()["param"] == "limit", too_many.text
+        assert (await client.get(path, params={"limit": limit["minimum"] - 1})).status_code == 400
+
+
+def test_a_link_that_leads_nowhere_is_refused() -> None:
+    stray = Operation(Method.GET, "/stray", "A route linking to nothing", "test",
+                      links=(Link("Nowhere", Method.GET, "/nowhere"),))
+    with pytest.raises(ValueError, match="Nowhere"):
+        openapi_document("0.0.0", [*ENDPOINTS, stray(ENDPOINTS[0].handler)])

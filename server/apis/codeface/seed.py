@@ -4,21 +4,28 @@ browser's EventSource.onmessage."""
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 import msgspec
 from starlette.requests import Request
-from starlette.routing import BaseRoute, Route
 
 from server.apis.codeface.conversations.protocol import NewMessage, SeedChat
 from server.apis.codeface.conversations.routes import owner, reply
 from server.apis.decode import EMPTY_OBJECT, decode_body
-from server.apis.params import last_event_id, parse_uuid, path_uuid
+from server.apis.endpoint import GENERATION_ERRORS, Endpoint, Method, Operation, Streams
+from server.apis.params import LAST_EVENT_ID_PARAMS, Param, last_event_id, parse_uuid, path_uuid
 from server.exceptions import NotFound
+from server.openapi.schemas import ReplyResult
 from server.sse import Framing
 from server.state import principal_of, services
 from server.streaming import EventStreamResponse, RouteResponse
 
-OK = 200
-QUERY_FIELDS = ("message", "conversation_id", "stream")
+TAG = "seed"
+# The message as query parameters, as the seed's FastAPI signature took them.
+QUERY_PARAMS = (Param("message", {"type": "string", "minLength": 1}), Param("conversation_id", {"type": "string"}),
+                Param("stream", {"type": "string", "enum": ["true", "false"]}))
+QUERY_FIELDS = tuple(param.name for param in QUERY_PARAMS)
+TRUE_WORDS = ("1", "true", "yes")
 
 
 def seed_body(request: Request, body: bytes) -> SeedChat:
@@ -28,10 +35,13 @@ def seed_body(request: Request, body: bytes) -> SeedChat:
     query = request.query_params
     fields: dict[str, object] = {name: query[name] for name in ("message", "conversation_id") if name in query}
     if "stream" in query:
-        fields["stream"] = query["stream"].lower() in ("1", "true", "yes")
+        fields["stream"] = query["stream"].lower() in TRUE_WORDS
     return decode_body(msgspec.json.encode(fields) if fields else EMPTY_OBJECT, SeedChat)
 
 
+@Operation(Method.POST, "/api/v1/chat", "The seed's chat: start or continue a conversation with one message", TAG,
+           response=ReplyResult, request=SeedChat, streams=Streams.ON_REQUEST, body_optional=True,
+           errors=GENERATION_ERRORS, parameters=QUERY_PARAMS)
 async def seed_chat(request: Request) -> RouteResponse:
     """Start or continue a conversation with one message; 200 with the reply, as the seed answered."""
     spec = seed_body(request, await request.body())
@@ -41,9 +51,13 @@ async def seed_chat(request: Request) -> RouteResponse:
     conversation_id = await services(request).conversations.conversation_for_seed(owner(request), existing,
                                                                                   spec.message)
     return await reply(request, conversation_id, NewMessage(content=spec.message, stream=spec.stream),
-                       framing=Framing.PLAIN, created=OK)
+                       ok=seed_chat.ok, framing=Framing.PLAIN)
 
 
+@Operation(Method.GET, "/api/v1/stream/{conversation_id}",
+           "The seed's stream: the reply in progress, the latest, or the next (EventSource.onmessage)", TAG,
+           streams=Streams.ALWAYS, errors=(HTTPStatus.BAD_REQUEST, HTTPStatus.NOT_FOUND),
+           parameters=LAST_EVENT_ID_PARAMS)
 async def seed_stream(request: Request) -> RouteResponse:
     """The reply in progress, the latest one if it has finished, or else the next one."""
     conversation_id = path_uuid(request, "conversation_id")
@@ -53,7 +67,4 @@ async def seed_stream(request: Request) -> RouteResponse:
     return EventStreamResponse(following.events, headers=headers, finalize=following.close)
 
 
-routes: list[BaseRoute] = [
-    Route("/api/v1/chat", seed_chat, methods=["POST"]),
-    Route("/api/v1/stream/{conversation_id}", seed_stream, methods=["GET"]),
-]
+endpoints: tuple[Endpoint, ...] = (seed_chat, seed_stream)

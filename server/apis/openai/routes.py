@@ -6,19 +6,21 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any, Protocol
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
 
 from server.apis.decode import decode_body
+from server.apis.endpoint import GENERATION_ERRORS, Endpoint, Method, Operation, Streams
 from server.apis.openai.chat_completions.protocol import ChatCompletionRequest
 from server.apis.openai.chunks import stream_error_framing
 from server.apis.openai.completions.protocol import CompletionRequest
 from server.apis.openai.tokenize.protocol import DetokenizeRequest, TokenizeRequest
-from server.apis.params import json_response
+from server.apis.params import CLIENT_CLOSED_REQUEST, json_response
+from server.openapi.schemas import ChatCompletion, Completion, DetokenizeResponse, ModelList, TokenizeResponse
 from server.sse import EventStream
 from server.state import principal_of, request_state, services
 from server.streaming import EventStreamResponse, RouteResponse, cancel_on_disconnect
@@ -27,7 +29,7 @@ from server.telemetry.request_ids import client_request_id
 
 STARTED_AT = int(time.time())
 MODEL_PERMISSION_ID = uuid.uuid4().hex
-CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left; nobody reads it
+TOKENIZE_ERRORS = (HTTPStatus.BAD_REQUEST, HTTPStatus.NOT_FOUND)
 
 
 def generation_request_id(request: Request, body_request_id: str | None) -> str:
@@ -58,6 +60,9 @@ async def respond(request: Request, started: Started, events: EventStream | None
     return Response(msgspec.json.encode(result), media_type="application/json")
 
 
+@Operation(Method.POST, "/v1/chat/completions", "Create a chat completion (OpenAI's API, as vllm serve extends it)",
+           "openai", response=ChatCompletion, request=ChatCompletionRequest, streams=Streams.ON_REQUEST,
+           errors=GENERATION_ERRORS)
 async def chat_completions(request: Request) -> RouteResponse:
     body = decode_body(await request.body(), ChatCompletionRequest, empty_means=None)
     chat = services(request).chat
@@ -71,6 +76,8 @@ async def chat_completions(request: Request) -> RouteResponse:
                          lambda: chat.collect(completion))
 
 
+@Operation(Method.POST, "/v1/completions", "Create a completion (OpenAI's API, as vllm serve extends it)", "openai",
+           response=Completion, request=CompletionRequest, streams=Streams.ON_REQUEST, errors=GENERATION_ERRORS)
 async def completions(request: Request) -> RouteResponse:
     body = decode_body(await request.body(), CompletionRequest, empty_means=None)
     service = services(request).completions
@@ -82,6 +89,7 @@ async def completions(request: Request) -> RouteResponse:
     return await respond(request, run, events, lambda: service.collect(run))
 
 
+@Operation(Method.GET, "/v1/models", "List the served model", "openai", response=ModelList, errors=())
 async def list_models(request: Request) -> RouteResponse:
     """vLLM's model card: id, root (the model folder), max_model_len and a permission entry."""
     engine = services(request).engine
@@ -105,20 +113,18 @@ async def list_models(request: Request) -> RouteResponse:
     })
 
 
+@Operation(Method.POST, "/tokenize", "Tokenize a prompt or a chat (vLLM's shapes)", "vllm", response=TokenizeResponse,
+           request=TokenizeRequest, errors=TOKENIZE_ERRORS)
 async def tokenize(request: Request) -> RouteResponse:
     body = decode_body(await request.body(), TokenizeRequest, empty_means=None)
     return json_response(await services(request).tokenization.tokenize(body))
 
 
+@Operation(Method.POST, "/detokenize", "Turn token ids back into text (vLLM's shapes)", "vllm",
+           response=DetokenizeResponse, request=DetokenizeRequest, errors=TOKENIZE_ERRORS)
 async def detokenize(request: Request) -> RouteResponse:
     body = decode_body(await request.body(), DetokenizeRequest, empty_means=None)
     return json_response(await services(request).tokenization.detokenize(body))
 
 
-routes: list[BaseRoute] = [
-    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-    Route("/v1/completions", completions, methods=["POST"]),
-    Route("/v1/models", list_models, methods=["GET"]),
-    Route("/tokenize", tokenize, methods=["POST"]),
-    Route("/detokenize", detokenize, methods=["POST"]),
-]
+endpoints: tuple[Endpoint, ...] = (chat_completions, completions, list_models, tokenize, detokenize)
