@@ -16,7 +16,6 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from engine import ChatEngine, InvalidRequestError, PromptTooLongError
-from server.apis.openai.chat_completions.serving import engine_refusal
 from server.conversations.history import assemble, visible_turns
 from server.conversations.listeners import Listener, Wake
 from server.conversations.registry import Registry
@@ -24,6 +23,7 @@ from server.conversations.run import Run
 from server.conversations.store import ConversationLimits, ConversationStore
 from server.conversations.writer import ReplyWriter
 from server.exceptions import Conflict, ConversationBusy, NotFound, Unavailable
+from server.generation.chat_start import engine_refusal
 from server.generation.generator import Generator
 from server.security.auth import Principal
 from server.security.cache_salt import CacheSalter

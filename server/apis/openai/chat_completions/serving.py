@@ -8,25 +8,17 @@ from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from engine import (
-    ChatEngine,
-    ChatTemplateError,
-    EngineUnavailableError,
-    GenerationFailedError,
-    InvalidRequestError,
-    PromptTooLongError,
-    StepOutput,
-)
+from engine import ChatEngine, EngineUnavailableError, GenerationFailedError, InvalidRequestError, StepOutput
 from server.apis.openai.chat_completions.protocol import ChatCompletionRequest
 from server.apis.openai.chunks import COMPLETION_ID_PREFIX, ChunkWriter, MessageBuilder, usage
 from server.errors import error_body, status_of
-from server.exceptions import InvalidRequest, NotFound
+from server.exceptions import NotFound
+from server.generation.chat_start import engine_refusal, start_chat
 from server.generation.generator import Generation, Generator, Interrupted
 from server.security.auth import Principal
 from server.security.cache_salt import CacheSalter
 from server.sse import DONE, HEARTBEAT, EventStream, frame
 from server.telemetry.metrics import AbortReason, aborted_requests, sse_streams_active
-from server.telemetry.tracing import tracer
 
 CHAT_PATH = "/v1/chat/completions"
 # What can end a stream after its first byte: reported in-band, then [DONE].
@@ -46,13 +38,6 @@ class ChatCompletion:
         await self.generation.close()
 
 
-def engine_refusal(exc: PromptTooLongError | InvalidRequestError, param: str) -> InvalidRequest:
-    """The engine's refusal of a request as the domain error. `param` is what the messages (or prompt) are called
-    in this request; it is named unless the engine named a sampling field."""
-    named = exc.param if isinstance(exc, InvalidRequestError) and not isinstance(exc, ChatTemplateError) else None
-    return InvalidRequest(str(exc), param=named or param)
-
-
 class ChatCompletions:
     def __init__(self, engine: ChatEngine, generator: Generator, heartbeat_s: float, salter: CacheSalter) -> None:
         self.engine = engine
@@ -69,16 +54,10 @@ class ChatCompletions:
                            param="model")
         completion_id = COMPLETION_ID_PREFIX + request_id
         choices = request.n or 1
-        await self.generator.precheck(principal, choices=choices, priority=request.priority or 0,
-                                      min_tokens=(request.max_completion_tokens or request.max_tokens or 0) * choices)
-        chat = request.chat_input()
-        self.salter.apply(chat.fields, principal)
-        try:
-            with tracer.start_as_current_span("prompt.build"):
-                prepared = await self.engine.prepare_chat(chat, completion_id)
-            generation = await self.generator.start(principal, prepared, usage_sink=usage_sink)
-        except (PromptTooLongError, InvalidRequestError) as exc:
-            raise engine_refusal(exc, "messages") from None
+        generation = await start_chat(
+            self.engine, self.generator, self.salter, principal, request.chat_input(), request_id=completion_id,
+            choices=choices, priority=request.priority or 0,
+            min_tokens=(request.max_completion_tokens or request.max_tokens or 0) * choices, usage_sink=usage_sink)
         return ChatCompletion(generation, request, completion_id, model)
 
     async def collect(self, completion: ChatCompletion) -> dict[str, Any]:

@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine import ChatEngine, InvalidRequestError, PromptTooLongError, StepOutput, TokenLogprob
-from server.apis.openai.chat_completions.serving import STREAM_ERRORS, engine_refusal
+from server.apis.openai.chat_completions.serving import STREAM_ERRORS
 from server.apis.openai.chunks import ABORTED, STOP, usage
 from server.apis.openai.completions.protocol import CompletionRequest
 from server.errors import error_body, status_of
 from server.exceptions import NotFound
+from server.generation.chat_start import engine_refusal
 from server.generation.generator import Generation, Generator, LogprobBudget
 from server.security.auth import Principal
 from server.security.cache_salt import CacheSalter

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from engine import ChatEngine, InvalidRequestError, PromptTooLongError
-from server.apis.openai.chat_completions.serving import engine_refusal
 from server.apis.openai.tokenize.protocol import DetokenizeRequest, TokenizeRequest
 from server.exceptions import NotFound
+from server.generation.chat_start import engine_refusal
 
 
 class Tokenization:
