@@ -10,6 +10,8 @@ from typing import Any
 
 import msgspec
 
+from server.apis.anthropic.protocol import CountTokensRequest, MessagesRequest
+from server.apis.anthropic.schemas import AnthropicErrorEnvelope, MessageResponse, TokenCount
 from server.apis.codeface.conversations.protocol import NewConversation, NewMessage, Rename, SeedChat
 from server.apis.codeface.identity.protocol import NewKey, NewUser
 from server.apis.decode import INT32_MAX
@@ -38,12 +40,12 @@ from server.apis.schemas import (
     UserView,
     Version,
 )
+from server.errors import ANTHROPIC_OVERLOADED, Dialect, dialect_of
 
 JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
 FORM = "application/x-www-form-urlencoded"
 REF = "#/components/schemas/{name}"
-SEED_PREFIX = "/api/v1/"
 STREAM_OK = 200
 
 # Errors any authenticated route may answer: no or bad credentials, a spent request budget, a limiter that is down
@@ -121,6 +123,11 @@ OPERATIONS: tuple[Operation, ...] = (
               errors=GENERATION_ERRORS),
     Operation("post", "/v1/completions", "Create a completion (OpenAI's API, as vllm serve extends it)", "openai",
               response=Completion, request=CompletionRequest, streams=True, errors=GENERATION_ERRORS),
+    Operation("post", "/v1/messages", "Create a message (Anthropic's Messages API, as vllm serve serves it)",
+              "anthropic", response=MessageResponse, request=MessagesRequest, streams=True,
+              errors=(*GENERATION_ERRORS, ANTHROPIC_OVERLOADED)),
+    Operation("post", "/v1/messages/count_tokens", "Count a message's prompt tokens (Anthropic's API)", "anthropic",
+              response=TokenCount, request=CountTokensRequest, errors=(400, 404)),
     Operation("get", "/v1/models", "List the served model", "openai", response=ModelList, errors=()),
     Operation("post", "/tokenize", "Tokenize a prompt or a chat (vLLM's shapes)", "vllm", response=TokenizeResponse,
               request=TokenizeRequest, errors=(400, 404)),
@@ -192,7 +199,9 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("get", "/metrics", "Prometheus metrics (CodeFace's and vLLM's)", "system", public=True, errors=()),
 )
 
-RESPONSE_TYPES = (ErrorEnvelope, SeedErrorEnvelope)
+ERROR_ENVELOPES = {Dialect.OPENAI: ErrorEnvelope, Dialect.SEED: SeedErrorEnvelope,
+                   Dialect.ANTHROPIC: AnthropicErrorEnvelope}
+RESPONSE_TYPES = (ErrorEnvelope, SeedErrorEnvelope, AnthropicErrorEnvelope)
 
 
 # One server-sent event, as a client parses it: JSON text in `data` ([DONE] ends OpenAI streams), an optional
@@ -209,7 +218,7 @@ def _content(schema: dict[str, Any], streams: bool, always_streams: bool) -> dic
 
 
 def _operation(op: Operation, schemas: dict[type, dict[str, Any]]) -> dict[str, Any]:
-    error_schema = schemas[SeedErrorEnvelope if op.path.startswith(SEED_PREFIX) else ErrorEnvelope]
+    error_schema = schemas[ERROR_ENVELOPES[dialect_of(op.path)]]
     errors = set(op.errors) | set(GUARD_ERRORS) | (set() if op.public else set(AUTH_ERRORS))
     if op.request is not None or op.form is not None:
         errors |= {400, 413}
