@@ -122,7 +122,7 @@ def test_a_tool_round_trip(client: anthropic.Anthropic, model_name: str) -> None
                                 tool_choice={"type": "any"}, temperature=0) as stream:
         streamed = [block for block in stream.get_final_message().content if block.type == "tool_use"]
     assert streamed[0].name == calls[0].name and streamed[0].input == calls[0].input
-    messages += [{"role": "assistant", "content": [block.model_dump() for block in first.content]},
+    messages += [{"role": "assistant", "content": first.content},  # the SDK's blocks, sent back as they came
                  {"role": "user", "content": [{"type": "tool_result", "tool_use_id": calls[0].id,
                                                "content": "25 C, clear sky"}]}]
     final = client.messages.create(model=model_name, max_tokens=30, messages=messages, tools=[WEATHER],

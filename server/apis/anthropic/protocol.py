@@ -60,7 +60,7 @@ BLOCKS_OF = {
 
 class ContentBlock(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """One block of a message, any type: checked by type in MessagesRequest (a block's place in the request names
-    it). cache_control and citations are accepted and have no effect (vLLM's prefix cache is automatic)."""
+    it). cache_control, citations and caller are accepted and have no effect (vLLM's prefix cache is automatic)."""
 
     type: Annotated[str, Meta(max_length=64)]
     text: str | None = None
@@ -75,6 +75,7 @@ class ContentBlock(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit
     data: str | None = None
     cache_control: Any = None
     citations: Any = None
+    caller: Any = None  # who called a tool: Anthropic's answers carry it, and clients send their blocks back
     # Of the blocks refused by type (image, document): declared so that the refusal names the block, not a field.
     source: Any = None
     title: Any = None
