@@ -6,6 +6,7 @@ request, vllm serve started with the same engine arguments (the test server's pr
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,9 @@ def test_bad_input_is_refused_in_anthropics_shape(server_url: str, admin_key: st
 
 
 def generated_tokens(server_url: str) -> float:
-    """vLLM's count of prompt tokens the engine has taken (any generation moves it)."""
+    """vLLM's count of prompt tokens the engine has taken (any generation moves it), once the last generation's
+    iteration stats are recorded (vLLM records them right after its last output)."""
+    time.sleep(0.5)
     metrics = httpx.get(f"{server_url}/metrics", timeout=30).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                if line.startswith("vllm:prompt_tokens_total"))
