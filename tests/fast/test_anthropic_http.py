@@ -286,3 +286,42 @@ def test_the_start_of_a_generation_is_core_free_of_dialects() -> None:
     found = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
                            env={"PYTHONPATH": str(root), "PATH": ""})
     assert found.stdout.strip() == "[]", found.stdout
+
+
+def test_blocks_of_a_stream_thinking_text_tool_use_and_text_held_after_the_call() -> None:
+    from engine import ChoiceDelta, ToolCallDelta
+    from server.apis.anthropic.serving import BlockFramer
+
+    blocks = BlockFramer()
+    framed = b"".join([
+        blocks.add(ChoiceDelta(0, "", 1, reasoning="Hmm.")),
+        blocks.add(ChoiceDelta(0, "", 1, content="Let me check.")),
+        blocks.add(ChoiceDelta(0, "", 1, tool_calls=[ToolCallDelta(0, "call_1", "get_weather", '{"city": ')])),
+        blocks.add(ChoiceDelta(0, "", 1, tool_calls=[ToolCallDelta(0, arguments='"Rome"}')], content="Done.")),
+        blocks.flush(),
+    ])
+    events = [data for _, data in events_of(framed.decode())]
+    assert [(e["type"], e.get("index"), (e.get("delta") or e.get("content_block") or {}).get("type"))
+            for e in events] == [
+        ("content_block_start", 0, "thinking"), ("content_block_delta", 0, "thinking_delta"),
+        ("content_block_delta", 0, "signature_delta"), ("content_block_stop", 0, None),
+        ("content_block_start", 1, "text"), ("content_block_delta", 1, "text_delta"), ("content_block_stop", 1, None),
+        ("content_block_start", 2, "tool_use"), ("content_block_delta", 2, "input_json_delta"),
+        ("content_block_delta", 2, "input_json_delta"), ("content_block_stop", 2, None),
+        ("content_block_start", 3, "text"), ("content_block_delta", 3, "text_delta"), ("content_block_stop", 3, None),
+    ]
+    assert "".join(e["delta"].get("partial_json", "") for e in events if e["type"] == "content_block_delta") == (
+        '{"city": "Rome"}')
+    assert events[7]["content_block"] == {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {}}
+    assert events[-2]["delta"]["text"] == "Done."
+
+
+async def test_thinking_is_mapped_when_a_reasoning_parser_is_configured(
+        client_for: Callable[..., httpx.AsyncClient]) -> None:
+    engine = FakeEngine()
+    engine.config = engine.config.model_copy(update={"reasoning_parser": "deepseek_r1"})
+    async with client_for(engine) as http:
+        body = {**HI, "max_tokens": 1500, "thinking": {"type": "enabled", "budget_tokens": 1024}}
+        response = await http.post(MESSAGES, json=body)
+        assert response.status_code == 200, response.text
+    assert engine.prepared[0][1]["thinking_token_budget"] == 1024
