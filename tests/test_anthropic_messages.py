@@ -21,6 +21,8 @@ WEATHER = {"name": "get_weather", "description": "Get the current weather in a c
                                                               "unit": {"type": "string", "enum": ["C", "F"]}},
                             "required": ["city"]}}
 QUESTION = [{"role": "user", "content": "Write one sentence about the sea."}]
+# The SDK no longer has a temperature argument (Claude's newer models take none); the API still reads the field.
+GREEDY: dict[str, Any] = {"extra_body": {"temperature": 0}}
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +74,8 @@ def streamed_text(events: list[tuple[str, dict[str, Any]]]) -> str:
 # --- the SDK ---------------------------------------------------------------------------------------------------------
 
 def test_create(client: anthropic.Anthropic, model_name: str) -> None:
-    message = client.messages.create(model=model_name, max_tokens=24, messages=QUESTION, temperature=0,
-                                     system="You are brief.", metadata={"user_id": "end-user-1"})
+    message = client.messages.create(model=model_name, max_tokens=24, messages=QUESTION,
+                                     system="You are brief.", metadata={"user_id": "end-user-1"}, **GREEDY)
     assert message.type == "message" and message.role == "assistant" and message.model == model_name
     assert message.id.startswith("msg_")
     assert message.content[0].type == "text" and message.content[0].text.strip()
@@ -82,7 +84,7 @@ def test_create(client: anthropic.Anthropic, model_name: str) -> None:
 
 
 def test_create_streamed_is_the_same_text(client: anthropic.Anthropic, model_name: str) -> None:
-    request = {"model": model_name, "max_tokens": 24, "messages": QUESTION, "temperature": 0}
+    request = {"model": model_name, "max_tokens": 24, "messages": QUESTION, **GREEDY}
     whole = client.messages.create(**request)
     kinds, text = [], ""
     for event in client.messages.create(**request, stream=True):
@@ -95,7 +97,7 @@ def test_create_streamed_is_the_same_text(client: anthropic.Anthropic, model_nam
 
 
 def test_the_stream_helper(client: anthropic.Anthropic, model_name: str) -> None:
-    with client.messages.stream(model=model_name, max_tokens=24, messages=QUESTION, temperature=0) as stream:
+    with client.messages.stream(model=model_name, max_tokens=24, messages=QUESTION, **GREEDY) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text.strip() and final.content[0].text == text
@@ -103,10 +105,10 @@ def test_the_stream_helper(client: anthropic.Anthropic, model_name: str) -> None
 
 
 def test_stop_sequence(client: anthropic.Anthropic, model_name: str) -> None:
-    text = client.messages.create(model=model_name, max_tokens=24, messages=QUESTION, temperature=0).content[0].text
+    text = client.messages.create(model=model_name, max_tokens=24, messages=QUESTION, **GREEDY).content[0].text
     word = text.split()[2]
-    stopped = client.messages.create(model=model_name, max_tokens=24, messages=QUESTION, temperature=0,
-                                     stop_sequences=[word])
+    stopped = client.messages.create(model=model_name, max_tokens=24, messages=QUESTION, stop_sequences=[word],
+                                     **GREEDY)
     assert stopped.stop_reason == "stop_sequence" and stopped.stop_sequence == word
     assert word not in stopped.content[0].text and text.startswith(stopped.content[0].text)
 
@@ -115,19 +117,19 @@ def test_a_tool_round_trip(client: anthropic.Anthropic, model_name: str) -> None
     """tool_use out (the hermes parser of the test profile), tool_result back, text at the end."""
     messages: list[Any] = [{"role": "user", "content": "What is the weather in Rome?"}]
     first = client.messages.create(model=model_name, max_tokens=80, messages=messages, tools=[WEATHER],
-                                   tool_choice={"type": "any"}, temperature=0)
+                                   tool_choice={"type": "any"}, **GREEDY)
     calls = [block for block in first.content if block.type == "tool_use"]
     assert first.stop_reason == "tool_use" and calls, first
     assert calls[0].name == "get_weather" and isinstance(calls[0].input, dict) and calls[0].input.get("city")
     with client.messages.stream(model=model_name, max_tokens=80, messages=messages, tools=[WEATHER],
-                                tool_choice={"type": "any"}, temperature=0) as stream:
+                                tool_choice={"type": "any"}, **GREEDY) as stream:
         streamed = [block for block in stream.get_final_message().content if block.type == "tool_use"]
     assert streamed[0].name == calls[0].name and streamed[0].input == calls[0].input
     messages += [{"role": "assistant", "content": first.content},  # the SDK's blocks, sent back as they came
                  {"role": "user", "content": [{"type": "tool_result", "tool_use_id": calls[0].id,
                                                "content": "25 C, clear sky"}]}]
     final = client.messages.create(model=model_name, max_tokens=30, messages=messages, tools=[WEATHER],
-                                   tool_choice={"type": "none"}, temperature=0)
+                                   tool_choice={"type": "none"}, **GREEDY)
     assert final.stop_reason in ("end_turn", "max_tokens")
     assert [block.type for block in final.content] == ["text"] and final.content[0].text.strip()
 

@@ -33,6 +33,11 @@ MESSAGES_FIELDS: dict[str, Field] = {
     "kv_transfer_params": refused("no disaggregated prefill is configured"),
     "ec_transfer_params": refused("no disaggregated encoding is configured"),
 }
+# Fields of Anthropic's API that vLLM's model lacks and that clients send unasked: accepted, as the table says.
+ANTHROPIC_ONLY: dict[str, Field] = {
+    "cache_control": honoured("accepted, no effect: vLLM's prefix cache is automatic"),
+}
+MESSAGES_FIELDS.update(ANTHROPIC_ONLY)
 
 
 if __name__ == "__main__":

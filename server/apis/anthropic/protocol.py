@@ -146,6 +146,7 @@ class Conversation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     thinking: Thinking | None = None
     output_config: OutputConfig | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    cache_control: Any = None
 
     def __post_init__(self) -> None:
         if not self.messages:
