@@ -16,10 +16,12 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-WEATHER = {"name": "get_weather", "description": "Get the current weather in a city",
-           "input_schema": {"type": "object", "properties": {"city": {"type": "string"},
-                                                              "unit": {"type": "string", "enum": ["C", "F"]}},
-                            "required": ["city"]}}
+# As tests/test_chat_api.py declares it: strict, both fields required, so that a forced call is short and closed.
+WEATHER = {"name": "get_weather", "description": "Current weather for a city", "strict": True,
+           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["C", "F"]}},
+                            "required": ["city", "unit"], "additionalProperties": False}}
+# One call (vLLM's schema for a forced call then takes one item): the 135M model would go on calling.
+ONE_CALL = {"type": "any", "disable_parallel_tool_use": True}
 QUESTION = [{"role": "user", "content": "Write one sentence about the sea."}]
 # The SDK no longer has a temperature argument (Claude's newer models take none); the API still reads the field.
 GREEDY: dict[str, Any] = {"extra_body": {"temperature": 0}}
@@ -117,12 +119,12 @@ def test_a_tool_round_trip(client: anthropic.Anthropic, model_name: str) -> None
     """tool_use out (the hermes parser of the test profile), tool_result back, text at the end."""
     messages: list[Any] = [{"role": "user", "content": "What is the weather in Rome?"}]
     first = client.messages.create(model=model_name, max_tokens=80, messages=messages, tools=[WEATHER],
-                                   tool_choice={"type": "any"}, **GREEDY)
+                                   tool_choice=ONE_CALL, **GREEDY)
     calls = [block for block in first.content if block.type == "tool_use"]
     assert first.stop_reason == "tool_use" and calls, first
     assert calls[0].name == "get_weather" and isinstance(calls[0].input, dict) and calls[0].input.get("city")
     with client.messages.stream(model=model_name, max_tokens=80, messages=messages, tools=[WEATHER],
-                                tool_choice={"type": "any"}, **GREEDY) as stream:
+                                tool_choice=ONE_CALL, **GREEDY) as stream:
         streamed = [block for block in stream.get_final_message().content if block.type == "tool_use"]
     assert streamed[0].name == calls[0].name and streamed[0].input == calls[0].input
     messages += [{"role": "assistant", "content": first.content},  # the SDK's blocks, sent back as they came
