@@ -325,3 +325,12 @@ async def test_thinking_is_mapped_when_a_reasoning_parser_is_configured(
         response = await http.post(MESSAGES, json=body)
         assert response.status_code == 200, response.text
     assert engine.prepared[0][1]["thinking_token_budget"] == 1024
+
+
+async def test_a_spent_request_budget_is_429_in_anthropics_shape_with_retry_after(auth_client: Any) -> None:  # noqa: F811
+    client, headers = await auth_client(FakeEngine(), {"ann": {**UNLIMITED, "requests_per_minute": 1}})
+    async with client as http:
+        assert (await http.post(MESSAGES, json=HI, headers=headers["ann"])).status_code == 200
+        refused = await http.post(MESSAGES, json=HI, headers=headers["ann"])
+        anthropic_error(refused, 429, "rate_limit_error")
+        assert int(refused.headers["retry-after"]) > 0
