@@ -52,6 +52,10 @@ class ChatEngine:
         return self.config.model
 
     @property
+    def reasoning_parser(self) -> str | None:
+        return self.config.reasoning_parser
+
+    @property
     def max_model_len(self) -> int:
         return self.config.max_model_len
 

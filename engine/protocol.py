@@ -23,6 +23,11 @@ class EngineClient(Protocol):
         ...
 
     @property
+    def reasoning_parser(self) -> str | None:
+        """vLLM's reasoning parser of the profile, if any (a dialect's thinking options need one)."""
+        ...
+
+    @property
     def max_model_len(self) -> int: ...
 
     @property

@@ -14,6 +14,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from engine import ChatEngine, EngineClient
+from server.apis.anthropic.serving import Messages
 from server.apis.codeface.identity.routes import TOKEN_PATH
 from server.apis.openai.chat_completions.serving import ChatCompletions
 from server.apis.openai.completions.serving import Completions
@@ -144,6 +145,7 @@ def build_services(settings: Settings, engine: EngineClient, database: Database,
     return AppServices(settings=settings, engine=engine, database=database, limits=limits, registry=registry,
                        generator=generator, lifecycle=Lifecycle(settings.drain_timeout_s),
                        chat=ChatCompletions(engine, generator, settings.sse_heartbeat_s, salter),
+                       messages=Messages(engine, generator, settings.sse_heartbeat_s, salter),
                        completions=Completions(engine, generator, salter), tokenization=Tokenization(engine),
                        conversations=conversations,
                        identity=IdentityService(

@@ -1,10 +1,14 @@
-"""The one mapping from domain errors to HTTP: status, headers, and the JSON error body. On the OpenAI routes the
-envelope the openai SDK reads, {"error": {message, type, code, param, path}}; on /api/v1/ the seed's contract as
-well: code, message and path (with type and param) at the top level, beside the same "error" object."""
+"""The one mapping from domain errors to HTTP: status, headers, and the JSON error body, in the dialect of the path
+(Dialect, by DIALECT_PREFIXES). On the OpenAI routes the envelope the openai SDK reads, {"error": {message, type,
+code, param, path}}; on /api/v1/ the seed's contract as well: code, message and path (with type and param) at the
+top level, beside the same "error" object; under /v1/messages Anthropic's, {"type": "error", "error": {type,
+message}}, with Anthropic's types and its 529 for an overloaded server."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from enum import StrEnum
 from http import HTTPStatus
 
 import msgspec
@@ -21,6 +25,7 @@ from server.exceptions import (
     Forbidden,
     InvalidRequest,
     NotFound,
+    Overloaded,
     PayloadTooLarge,
     RateLimited,
     ServiceError,
@@ -65,7 +70,41 @@ ERROR_TYPES: dict[int, str] = {
 }
 
 
-def status_of(error: Exception) -> HTTPStatus:
+class Dialect(StrEnum):
+    OPENAI = "openai"
+    SEED = "seed"
+    ANTHROPIC = "anthropic"
+
+
+SEED_PREFIX = "/api/v1/"
+ANTHROPIC_PATH = "/v1/messages"
+# A path's dialect: the first prefix that holds it (a prefix ending in "/" holds what is under it; one that does not
+# holds itself and what is under it), else OpenAI's.
+DIALECT_PREFIXES = ((SEED_PREFIX, Dialect.SEED), (ANTHROPIC_PATH, Dialect.ANTHROPIC))
+
+# Anthropic's status for an overloaded API: its SDK retries it, and a client tells it from a failing replica (503).
+ANTHROPIC_OVERLOADED = 529
+ANTHROPIC_ERROR_TYPES: dict[int, str] = {
+    HTTPStatus.BAD_REQUEST: "invalid_request_error",
+    HTTPStatus.UNAUTHORIZED: "authentication_error",
+    HTTPStatus.FORBIDDEN: "permission_error",
+    HTTPStatus.NOT_FOUND: "not_found_error",
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "request_too_large",
+    HTTPStatus.TOO_MANY_REQUESTS: "rate_limit_error",
+    ANTHROPIC_OVERLOADED: "overloaded_error",
+}
+
+
+def dialect_of(path: str) -> Dialect:
+    for prefix, dialect in DIALECT_PREFIXES:
+        if path.startswith(prefix) and (prefix.endswith("/") or path == prefix or path[len(prefix)] == "/"):
+            return dialect
+    return Dialect.OPENAI
+
+
+def status_of(error: Exception, dialect: Dialect = Dialect.OPENAI) -> int:
+    if dialect == Dialect.ANTHROPIC and isinstance(error, Overloaded):
+        return ANTHROPIC_OVERLOADED
     for cls in type(error).__mro__:
         if cls in STATUS_OF:
             return STATUS_OF[cls]
@@ -77,14 +116,36 @@ def error_type(status_code: int) -> str:
     return ERROR_TYPES.get(status_code, "server_error" if server_side else "invalid_request_error")
 
 
-SEED_PREFIX = "/api/v1/"
+def anthropic_error_type(status_code: int) -> str:
+    server_side = status_code >= HTTPStatus.INTERNAL_SERVER_ERROR
+    return ANTHROPIC_ERROR_TYPES.get(status_code, "api_error" if server_side else "invalid_request_error")
+
+
+def openai_body(status_code: int, message: str, path: str, param: str | None) -> dict[str, object]:
+    return {"error": {"message": message, "type": error_type(status_code), "code": status_code, "param": param,
+                      "path": path}}
+
+
+def seed_body(status_code: int, message: str, path: str, param: str | None) -> dict[str, object]:
+    error = {"message": message, "type": error_type(status_code), "code": status_code, "param": param, "path": path}
+    return {**error, "error": error}
+
+
+def anthropic_body(status_code: int, message: str, _path: str, param: str | None) -> dict[str, object]:
+    """Anthropic's envelope has no param: the field is named in the message."""
+    named = f"{param}: {message}" if param and param not in message else message
+    return {"type": "error", "error": {"type": anthropic_error_type(status_code), "message": named}}
+
+
+ERROR_BODIES: dict[Dialect, Callable[[int, str, str, str | None], dict[str, object]]] = {
+    Dialect.OPENAI: openai_body,
+    Dialect.SEED: seed_body,
+    Dialect.ANTHROPIC: anthropic_body,
+}
 
 
 def error_body(status_code: int, message: str, *, path: str, param: str | None = None) -> dict[str, object]:
-    error = {"message": message, "type": error_type(status_code), "code": status_code, "param": param, "path": path}
-    if path.startswith(SEED_PREFIX):
-        return {**error, "error": error}
-    return {"error": error}
+    return ERROR_BODIES[dialect_of(path)](status_code, message, path, param)
 
 
 def error_response(status_code: int, message: str, *, path: str, param: str | None = None,
@@ -111,7 +172,8 @@ def response_for(error: Exception, path: str) -> Response:
     """The response for a domain (or engine) error."""
     param = error.param if isinstance(error, ServiceError) else None
     message = DATABASE_BUSY if isinstance(error, PoolTimeout) else str(error)
-    return error_response(status_of(error), message, path=path, param=param, headers=error_headers(error))
+    return error_response(status_of(error, dialect_of(path)), message, path=path, param=param,
+                          headers=error_headers(error))
 
 
 def response_for_scope(scope: Scope, error: Exception) -> Response:

@@ -8,6 +8,7 @@ from typing import Any
 from starlette.requests import Request
 
 from engine import EngineClient
+from server.apis.anthropic.serving import Messages
 from server.apis.openai.chat_completions.serving import ChatCompletions
 from server.apis.openai.completions.serving import Completions
 from server.apis.openai.tokenize.serving import Tokenization
@@ -36,6 +37,7 @@ class AppServices:
     generator: Generator
     lifecycle: Lifecycle
     chat: ChatCompletions
+    messages: Messages
     completions: Completions
     tokenization: Tokenization
     conversations: ConversationService

@@ -24,7 +24,8 @@ from schemathesis.specs.openapi.checks import (
 from server.apis.routing import ENDPOINTS
 
 # Routes whose bodies say how much to generate (the seed's /api/v1/chat uses the server's short default).
-GENERATION_PATHS = {"/v1/chat/completions", "/v1/completions", "/api/v1/conversations/{conversation_id}/messages"}
+GENERATION_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/messages",
+                    "/api/v1/conversations/{conversation_id}/messages"}
 CONVERSATIONS = "/api/v1/conversations/{conversation_id}"
 MESSAGES = f"{CONVERSATIONS}/messages"
 MAX_TOKENS = 4

@@ -13,7 +13,7 @@ from server.exceptions import InvalidRequest
 
 T = TypeVar("T")
 _PATH_IN_ERROR = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
-_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `(?P<name>[^`]*)`")
+_UNKNOWN_FIELD = re.compile(r"^Object (?:contains unknown|missing required) field `(?P<name>[^`]*)`")
 
 # Bounds that the engine's wire format (int64 seeds) and the database (32-bit integers) can hold: anything
 # larger is a 400 here instead of an error deep in vLLM or the database.
@@ -28,7 +28,8 @@ EMPTY_OBJECT = b"{}"
 
 
 def error_param(message: str) -> str | None:
-    """The field a msgspec validation message names: its path, and the unknown field's name if that is the fault."""
+    """The field a msgspec validation message names: its path, and the unknown or missing field's name if that is the
+    fault."""
     at = _PATH_IN_ERROR.search(message)
     path = at.group("path") if at else ""
     unknown = _UNKNOWN_FIELD.match(message)

@@ -82,7 +82,7 @@ class Operation:
     body_optional: bool = False
     streams: Streams = Streams.NEVER
     public: bool = False
-    errors: tuple[HTTPStatus, ...] = (HTTPStatus.BAD_REQUEST,)
+    errors: tuple[int, ...] = (HTTPStatus.BAD_REQUEST,)  # HTTPStatus, or a dialect's own (Anthropic's 529)
     parameters: tuple[Param | IntQuery, ...] = ()
     links: tuple[Link, ...] = ()
 

@@ -5,14 +5,15 @@ one service function and builds the response in its dialect's format."""
 from starlette.routing import BaseRoute
 
 from server.apis import pages, system
+from server.apis.anthropic import routes as anthropic
 from server.apis.codeface import seed
 from server.apis.codeface.conversations import routes as conversations
 from server.apis.codeface.identity import routes as identity
 from server.apis.endpoint import Endpoint
 from server.apis.openai import routes as openai
 
-ENDPOINTS: tuple[Endpoint, ...] = (*openai.endpoints, *conversations.endpoints, *seed.endpoints, *identity.endpoints,
-                                   *system.endpoints)
+ENDPOINTS: tuple[Endpoint, ...] = (*openai.endpoints, *anthropic.endpoints, *conversations.endpoints,
+                                   *seed.endpoints, *identity.endpoints, *system.endpoints)
 
 
 def all_routes() -> list[BaseRoute]:

@@ -13,6 +13,17 @@ from server.state import PRINCIPAL
 from server.telemetry.logs import user_id_var
 from server.telemetry.metrics import rate_limit_rejections
 
+API_KEY_HEADER = b"x-api-key"
+
+
+def credentials(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The Authorization header; else Anthropic's clients' x-api-key, read as the bearer token it carries."""
+    authorization = next((value for name, value in headers if name == b"authorization"), None)
+    if authorization is not None:
+        return authorization
+    api_key = next((value.strip() for name, value in headers if name == API_KEY_HEADER), b"")
+    return b"Bearer " + api_key if api_key else None
+
 
 class AccessControlMiddleware:
     def __init__(self, app: ASGIApp, *, policy: AccessPolicy, limits: RateLimits, open_paths: set[str],
@@ -28,7 +39,7 @@ class AccessControlMiddleware:
         if scope["type"] != "http" or scope["path"] in self.open_paths or scope["path"].startswith(self.open_prefixes):
             await self.app(scope, receive, send)
             return
-        authorization = next((value for name, value in scope["headers"] if name == b"authorization"), None)
+        authorization = credentials(scope["headers"])
         try:
             client = scope.get("client")
             principal = await self.policy.identify(authorization, client[0] if client else None)

@@ -12,8 +12,9 @@ from typing import Any
 
 import msgspec
 
+from server.apis.anthropic.schemas import AnthropicErrorEnvelope
 from server.apis.endpoint import Endpoint, Method, Operation, Streams
-from server.errors import SEED_PREFIX
+from server.errors import Dialect, dialect_of
 from server.openapi.schemas import ErrorEnvelope, SeedErrorEnvelope
 
 JSON = "application/json"
@@ -33,7 +34,9 @@ AUTH_ERRORS = (HTTPStatus.UNAUTHORIZED, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, HTT
 GUARD_ERRORS = (HTTPStatus.BAD_REQUEST, HTTPStatus.FORBIDDEN)
 BODY_ERRORS = (HTTPStatus.BAD_REQUEST, HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
 BODY_METHODS = frozenset({Method.POST, Method.PATCH, Method.DELETE})
-ERROR_TYPES = (ErrorEnvelope, SeedErrorEnvelope)
+# Each dialect's error body (server.errors writes them).
+ERROR_ENVELOPES: dict[Dialect, type] = {Dialect.OPENAI: ErrorEnvelope, Dialect.SEED: SeedErrorEnvelope,
+                                        Dialect.ANTHROPIC: AnthropicErrorEnvelope}
 UUID_PATH = {"type": "string", "format": "uuid"}
 
 # One server-sent event, as a client parses it: JSON text in `data` ([DONE] ends OpenAI streams), an optional
@@ -42,7 +45,7 @@ SSE_EVENT = {"type": "object", "properties": {"data": {"type": "string"}, "event
                                               "id": {"type": "string"}}}
 
 
-def status_key(status: HTTPStatus) -> str:
+def status_key(status: int) -> str:
     return str(int(status))
 
 
@@ -75,7 +78,7 @@ def _successes(op: Operation, schemas: dict[type, dict[str, Any]]) -> dict[str, 
 
 
 def _operation(op: Operation, schemas: dict[type, dict[str, Any]]) -> dict[str, Any]:
-    error_schema = schemas[SeedErrorEnvelope if op.path.startswith(SEED_PREFIX) else ErrorEnvelope]
+    error_schema = schemas[ERROR_ENVELOPES[dialect_of(op.path)]]
     errors = set(op.errors) | set(GUARD_ERRORS) | (set() if op.public else set(AUTH_ERRORS))
     if op.request is not None or op.form is not None:
         errors |= set(BODY_ERRORS)
@@ -113,7 +116,7 @@ def openapi_document(version: str, endpoints: Iterable[Endpoint]) -> dict[str, A
     operations = [endpoint.operation for endpoint in endpoints]
     check_links(operations)
     types = sorted({t for op in operations for t in (op.request, op.form, op.response) if t is not None}
-                   | set(ERROR_TYPES), key=lambda t: t.__name__)
+                   | set(ERROR_ENVELOPES.values()), key=lambda t: t.__name__)
     schema_list, components = msgspec.json.schema_components(types, ref_template=REF)
     schemas = dict(zip(types, schema_list))
     paths: dict[str, dict[str, Any]] = {}

@@ -58,7 +58,8 @@ class Principal:
 
 def bearer_token(authorization: bytes | None) -> str:
     if not authorization:
-        raise AuthenticationFailed("missing Authorization header: send 'Authorization: Bearer <API key or token>'")
+        raise AuthenticationFailed("missing credentials: send 'Authorization: Bearer <API key or token>' (or "
+                                   "'x-api-key: <API key>')")
     scheme, _, token = authorization.decode("latin-1").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationFailed("the Authorization header must be 'Bearer <API key or token>'")

@@ -49,6 +49,7 @@ class FakeEngine:
 
     def __init__(self, max_model_len: int = 2048, token_delay_s: float = 0.0) -> None:
         self.max_model_len = max_model_len
+        self.reasoning_parser: str | None = None
         self.token_delay_s = token_delay_s
         self.in_flight = 0
         self.prepared: list[tuple[Prompt, dict[str, Any]]] = []

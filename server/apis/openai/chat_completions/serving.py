@@ -3,12 +3,11 @@ collect it into a chat.completion body or frame it as chat.completion.chunk even
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from engine import EngineClient, InvalidRequestError, PromptTooLongError, StepOutput
+from engine import EngineClient, InvalidRequestError
 from server.apis.openai.chat_completions.protocol import ChatCompletionRequest
 from server.apis.openai.chunks import (
     COMPLETION_ID_PREFIX,
@@ -18,13 +17,14 @@ from server.apis.openai.chunks import (
     usage,
 )
 from server.exceptions import NotFound
+from server.generation.chat_start import start_chat
 from server.generation.generator import STREAM_ERRORS, Generation, Generator
+from server.generation.heartbeats import with_heartbeats
 from server.generation.refusals import engine_refusal
 from server.security.auth import Principal
 from server.security.cache_salt import CacheSalter
 from server.sse import DONE, HEARTBEAT, EventStream
 from server.telemetry.metrics import AbortReason, aborted_requests, sse_streams_active
-from server.telemetry.tracing import tracer
 
 
 @dataclass(slots=True)
@@ -56,16 +56,10 @@ class ChatCompletions:
                            param="model")
         completion_id = COMPLETION_ID_PREFIX + request_id
         choices = request.n or 1
-        await self.generator.precheck(principal, choices=choices, priority=request.priority or 0,
-                                      min_tokens=(request.max_completion_tokens or request.max_tokens or 0) * choices)
-        chat = request.chat_input()
-        self.salter.apply(chat.fields, principal)
-        try:
-            with tracer.start_as_current_span("prompt.build"):
-                prepared = await self.engine.prepare_chat(chat, completion_id)
-            generation = await self.generator.start(principal, prepared, usage_sink=usage_sink)
-        except (PromptTooLongError, InvalidRequestError) as exc:
-            raise engine_refusal(exc, "messages") from None
+        generation = await start_chat(
+            self.engine, self.generator, self.salter, principal, request.chat_input(), request_id=completion_id,
+            choices=choices, priority=request.priority or 0,
+            min_tokens=(request.max_completion_tokens or request.max_tokens or 0) * choices, usage_sink=usage_sink)
         return ChatCompletion(generation, request, completion_id, model)
 
     async def collect(self, completion: ChatCompletion) -> dict[str, Any]:
@@ -112,7 +106,7 @@ class ChatCompletions:
         role = writer.role(generation.prepared.n, generation.prepared.echo)
         try:
             try:
-                async for step in _with_heartbeats(generation, self.heartbeat_s):
+                async for step in with_heartbeats(generation, self.heartbeat_s):
                     if step is None:
                         yield HEARTBEAT
                         continue
@@ -139,25 +133,3 @@ class ChatCompletions:
             if not finished:
                 aborted_requests.labels(completion.model, AbortReason.CLIENT_DISCONNECT).inc()
             await completion.close()
-
-
-async def _with_heartbeats(steps: Generation, interval_s: float) -> AsyncIterator[StepOutput | None]:
-    """The steps, with a None every `interval_s` while the first one has not come (the request is queued)."""
-    iterator = steps.__aiter__()
-    first = asyncio.ensure_future(anext(iterator))
-    try:
-        while True:
-            done, _ = await asyncio.wait({first}, timeout=interval_s)
-            if done:
-                break
-            yield None
-        try:
-            yield first.result()
-        except StopAsyncIteration:
-            return
-    finally:
-        if not first.done():
-            first.cancel()
-            await asyncio.gather(first, return_exceptions=True)
-    async for step in iterator:
-        yield step
