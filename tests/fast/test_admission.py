@@ -21,7 +21,7 @@ from storage.repository import Messages
 
 from fast.conftest import SECRET, make_app
 from fast.fake_engine import FakeEngine
-from fast.test_openai_http import CHAT, HELLO, assert_envelope
+from support.openai_envelope import CHAT, HELLO, assert_envelope
 
 COMPLETIONS = "/v1/completions"
 UNLIMITED = {"requests_per_minute": 0, "tokens_per_minute": 0, "max_concurrent_streams": 0}
