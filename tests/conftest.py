@@ -305,21 +305,6 @@ def new_postgres_database() -> Iterator[Callable[[str], str]]:
 
 
 @pytest.fixture(scope="session")
-def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'codeface.db'}"
-
-
-@pytest.fixture(scope="session", params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest) -> str:
-    """Each storage test runs against both databases, each migrated once by Alembic."""
-    from storage import upgrade_database
-
-    url = request.getfixturevalue(f"{request.param}_url")
-    upgrade_database(url)
-    return url
-
-
-@pytest.fixture(scope="session")
 def start_replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """Starts extra app instances on real uvicorn servers without the engine (lifespan off): enough for every
     route that does not generate (auth, keys, /v1/models). Stopped at the end of the session."""

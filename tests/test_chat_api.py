@@ -144,15 +144,6 @@ def test_every_refused_field_is_a_400_naming_it(http: httpx.Client, name: str) -
     assert response.json()["error"]["param"] == name
 
 
-def test_every_field_of_vllms_chat_schema_is_classified() -> None:
-    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest as VllmChatRequest
-
-    from server.protocol.chat import ChatCompletionRequest
-
-    assert set(VllmChatRequest.model_fields) == set(CHAT_FIELDS)
-    assert set(CHAT_FIELDS) <= set(ChatCompletionRequest.__struct_fields__), "a field not declared is ignored"
-
-
 # --- usage, ids, fingerprints, streams -----------------------------------------------------------------------------
 
 def test_cached_tokens_and_fingerprint(client: openai.OpenAI, model_name: str) -> None:

@@ -1,5 +1,8 @@
-"""The fast tier: the real app, settings, database (SQLite in a temp folder) and limits (memory), driven through
-httpx's ASGI transport, with FakeEngine (a named test double) in place of vLLM. No Postgres, Redis or vLLM."""
+"""The fast tier (`make test-fast`). The rule: every test that needs no real engine (no model), no Postgres and no
+Redis lives in tests/fast, and every test outside it needs at least one of them. HTTP tests here drive the real app,
+settings, database (SQLite in a temp folder) and limits (memory) through httpx's ASGI transport, with FakeEngine (a
+named test double) in place of vLLM. A test run against both a real and a local part (Redis and memory, Postgres and
+SQLite) takes its body from tests/support and runs here on the local part."""
 
 from __future__ import annotations
 
