@@ -123,8 +123,7 @@ async def test_async_client_non_stream(async_client: openai.AsyncOpenAI, model_n
     assert completion.choices[0].message.content
 
 
-
-# --- structured output and tools (tests/test_chat_api.py) ---
+# --- structured output and tools (tests/test_chat_api.py) ------------------------------------------------------------
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather for a city", "strict": True,
