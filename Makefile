@@ -30,7 +30,7 @@ serve: install model ## start CodeFace on 127.0.0.1:8000 with the CPU profile
 test: lint model ## lint and types, then the whole test suite (real engine, Postgres, Redis)
 	$(PY) -m pytest
 
-test-fast: install-test ## the HTTP layer against a fake engine: no vLLM, Postgres or Redis (seconds)
+test-fast: install-test ## every test that needs no engine, model, Postgres or Redis (tests/fast; seconds)
 	$(PY) -m pytest tests/fast
 
 lint: install-test ## ruff and mypy (strict; exceptions in pyproject.toml)

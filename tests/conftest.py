@@ -26,6 +26,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 SERVER_START_TIMEOUT_S = 300
+CONVERSATION_MAX_TOKENS = 48  # the test server's replies that do not say: short, so that the suite stays fast
 
 
 def unavailable(reason: str) -> None:
@@ -129,7 +130,7 @@ def server_settings(database_url: str, redis_url: str, **overrides: object):
     from server.settings import load_settings
 
     values = {"max_body_bytes": 65536, "database_url": database_url, "auth_enabled": True,
-              "conversation_max_tokens": 48,  # replies that do not say: short, so that the suite stays fast
+              "conversation_max_tokens": CONVERSATION_MAX_TOKENS,
               # Tools with tool_choice auto: vLLM's hermes parser and a Hermes-style template that renders what the
               # model's own template renders for chats without tools.
               "tool_call_parser": "hermes", "enable_auto_tool_choice": True,
@@ -298,21 +299,6 @@ def new_postgres_database() -> Iterator[Callable[[str], str]]:
     yield make
     for name in made:
         _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(scope="session")
-def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'codeface.db'}"
-
-
-@pytest.fixture(scope="session", params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest) -> str:
-    """Each storage test runs against both databases, each migrated once by Alembic."""
-    from storage import upgrade_database
-
-    url = request.getfixturevalue(f"{request.param}_url")
-    upgrade_database(url)
-    return url
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs the suite's order up to one test, N times, and says how each run ended: a flaky test is proven fixed by
-# repeating it under the conditions that the tests before it leave (here: server A's Postgres outages, with the
-# servers of later modules starting meanwhile, as in CI).
+# repeating it under the conditions that the tests before it leave (here: the Postgres outages of
+# tests/faults/test_services_down_load_and_drain.py, with the servers of later modules starting meanwhile, as in CI).
 # usage: tests/repeat.sh N TEST_NAME [pytest arguments that select the run, in CI order]
-# e.g.:  tests/repeat.sh 10 test_redis_restart_mid_stream_leaves_no_slot_behind tests/faults/test_server_a.py \
-#          tests/faults/test_server_b.py tests/test_fairness.py tests/test_scale_out.py \
-#          -k "outage or redis_restart or test_server_b or test_scale_out or test_fairness"
+# e.g.:  tests/repeat.sh 10 test_redis_restart_mid_stream_leaves_no_slot_behind \
+#          tests/faults/test_services_down_load_and_drain.py tests/faults/test_sigkill_and_engine_kill.py \
+#          tests/test_fairness.py tests/test_scale_out.py \
+#          -k "outage or redis_restart or test_sigkill_and_engine_kill or test_scale_out or test_fairness"
 # (the later modules are selected so that their servers are planned and launched early, as in a full run; the
 # session stops after TEST_NAME). Run nothing else meanwhile: two such sessions exceed a 24 GiB machine.
 set -u

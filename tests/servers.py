@@ -122,10 +122,10 @@ Plan = Callable[[pytest.FixtureRequest], SpawnedServer]
 
 class EarlyStarts:
     """Servers that later modules need, launched ahead of them while the fault group's Postgres outages leave the
-    machine mostly idle (tests/faults/test_server_a.py calls launch_all). A server takes half a minute to start
-    (three processes importing torch and vLLM, the engine's warm-up): launched early, the wait overlaps those
-    outages instead of adding to the run. Each plan is named after the fixture that takes its server; a fixture
-    whose server was not launched early (a run of one file, or -k) starts it there and then."""
+    machine mostly idle (tests/faults/test_services_down_load_and_drain.py calls launch_all). A server takes half a
+    minute to start (three processes importing torch and vLLM, the engine's warm-up): launched early, the wait
+    overlaps those outages instead of adding to the run. Each plan is named after the fixture that takes its server;
+    a fixture whose server was not launched early (a run of one file, or -k) starts it there and then."""
 
     def __init__(self) -> None:
         self.plans: dict[str, Plan] = {}

@@ -7,13 +7,10 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from typing import Literal
 
 import httpx
-import jsonschema
 import openai
 import pytest
-from pydantic import BaseModel
 
 from loadtests.sse import iter_events
 from server.apis.openai.fields import CHAT_FIELDS, Support
@@ -21,12 +18,15 @@ from server.apis.openai.fields import CHAT_FIELDS, Support
 from conftest import RunningServer
 from engine_faults import engine_fails
 
+# The openai SDK tests every deployment must pass (tests/test_scale_out.py runs them against two API processes).
+from support.sdk_contract import (  # noqa: F401
+    ask,
+    test_auto_with_the_hermes_parser_and_a_tool_loop,
+    test_forced_tool_call_validates_and_streams_the_same,
+    test_parse_with_a_pydantic_model,
+)
+
 CHAT = "/v1/chat/completions"
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather for a city", "strict": True,
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["C", "F"]}},
-                   "required": ["city", "unit"], "additionalProperties": False}}}
-WEATHER_SCHEMA = WEATHER["function"]["parameters"]
 
 
 @pytest.fixture(scope="module")
@@ -39,23 +39,7 @@ def http(server_url: str, auth_headers: dict[str, str]) -> httpx.Client:
     return httpx.Client(base_url=server_url, headers=auth_headers, timeout=120)
 
 
-def ask(text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": text}]
-
-
 # --- structured output ---------------------------------------------------------------------------------------------
-
-class Verdict(BaseModel):
-    answer: Literal["yes", "no"]
-    sure: bool
-
-
-def test_parse_with_a_pydantic_model(client: openai.OpenAI, model_name: str) -> None:
-    completion = client.chat.completions.parse(model=model_name, messages=ask("Is the sky blue? Answer in JSON."),
-                                               response_format=Verdict, max_tokens=60, temperature=0)
-    parsed = completion.choices[0].message.parsed
-    assert isinstance(parsed, Verdict)
-
 
 def test_json_object_is_parseable(client: openai.OpenAI, model_name: str) -> None:
     completion = client.chat.completions.create(
@@ -86,66 +70,6 @@ def test_regex_and_choice_hold_on_20_replies(client: openai.OpenAI, model_name: 
 
 
 # --- tools -----------------------------------------------------------------------------------------------------------
-
-def reassemble(chunks: list) -> dict[int, dict[str, str]]:
-    calls: dict[int, dict[str, str]] = {}
-    for chunk in chunks:
-        for delta in chunk.choices[0].delta.tool_calls or []:
-            call = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
-            if delta.id:
-                assert not call["id"], "the id comes once, with the first piece"
-                call["id"] = delta.id
-                assert delta.function.name, "the name comes with the first piece"
-            call["name"] += (delta.function.name or "") if delta.function else ""
-            call["arguments"] += (delta.function.arguments or "") if delta.function else ""
-    return calls
-
-
-@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
-def test_forced_tool_call_validates_and_streams_the_same(client: openai.OpenAI, model_name: str,
-                                                         tool_choice: object) -> None:
-    request = {"model": model_name, "messages": ask("What is the weather in Rome?"), "tools": [WEATHER],
-               "tool_choice": tool_choice, "max_tokens": 80, "temperature": 0}
-    completion = client.chat.completions.create(**request)
-    choice = completion.choices[0]
-    assert choice.message.tool_calls, choice
-    call = choice.message.tool_calls[0]
-    assert call.function.name == "get_weather" and call.id and call.type == "function"
-    jsonschema.validate(json.loads(call.function.arguments), WEATHER_SCHEMA)
-    assert choice.finish_reason == ("tool_calls" if tool_choice == "required" else "stop")
-    chunks = list(client.chat.completions.create(**request, stream=True))
-    streamed = reassemble(chunks)[0]
-    assert streamed["name"] == call.function.name
-    assert json.loads(streamed["arguments"]) == json.loads(call.function.arguments)
-    assert chunks[-1].choices[0].finish_reason == choice.finish_reason
-
-
-def weather_call(call_id: str, city: str) -> dict[str, object]:
-    return {"role": "assistant", "content": "", "tool_calls": [{"id": call_id, "type": "function", "function": {
-        "name": "get_weather", "arguments": json.dumps({"city": city, "unit": "C"})}}]}
-
-
-# Two questions answered by calls: enough for a 135M model to answer the third the same way of its own accord.
-FEW_SHOT = [{"role": "user", "content": "Weather in Paris?"}, weather_call("call_1", "Paris"),
-            {"role": "user", "content": "Weather in Oslo?"}, weather_call("call_2", "Oslo")]
-
-
-def test_auto_with_the_hermes_parser_and_a_tool_loop(client: openai.OpenAI, model_name: str) -> None:
-    """The test server runs tool_call_parser hermes with a Hermes-style template (configs/templates)."""
-    messages = [*FEW_SHOT, {"role": "user", "content": "What is the weather in Rome?"}]
-    first = client.chat.completions.create(model=model_name, messages=messages, tools=[WEATHER], tool_choice="auto",
-                                           max_tokens=60, temperature=0)
-    choice = first.choices[0]
-    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls, choice
-    call = choice.message.tool_calls[0]
-    assert call.function.name == "get_weather" and "Rome" in call.function.arguments
-    # The tool's result goes back; the model answers in words.
-    messages += [choice.message.model_dump(exclude_none=True),
-                 {"role": "tool", "tool_call_id": call.id, "content": "25, clear"}]
-    final = client.chat.completions.create(model=model_name, messages=messages, tools=[WEATHER], max_tokens=30,
-                                           temperature=0)
-    assert final.choices[0].message.content and not final.choices[0].message.tool_calls
-
 
 # --- every sampling field reaches the engine ----------------------------------------------------------------------
 
@@ -218,15 +142,6 @@ def test_every_refused_field_is_a_400_naming_it(http: httpx.Client, name: str) -
     response = http.post(CHAT, json={"messages": ask("Hi"), name: value})
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == name
-
-
-def test_every_field_of_vllms_chat_schema_is_classified() -> None:
-    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest as VllmChatRequest
-
-    from server.apis.openai.chat_completions.protocol import ChatCompletionRequest
-
-    assert set(VllmChatRequest.model_fields) == set(CHAT_FIELDS)
-    assert set(CHAT_FIELDS) <= set(ChatCompletionRequest.__struct_fields__), "a field not declared is ignored"
 
 
 # --- usage, ids, fingerprints, streams -----------------------------------------------------------------------------

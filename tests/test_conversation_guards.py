@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from test_conversations import SSEReader, messages_of, new_conversation
+from support.conversation_client import SSEReader, messages_of, new_conversation
 
 API = "/api/v1/conversations"
 # SmolLM2's token for the byte 0x00: a reply made only of it is text full of NUL.

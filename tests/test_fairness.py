@@ -11,19 +11,10 @@ import httpx
 
 from conftest import PriorityServer
 from servers import SlotHolder
+from support.first_token import first_token_at
 
 CHAT = "/v1/chat/completions"
 QUEUED = {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 20, "ignore_eos": True}
-
-
-async def first_token_at(http: httpx.AsyncClient, key: str, body: dict[str, object], started: float) -> float:
-    headers = {"Authorization": f"Bearer {key}"}
-    async with http.stream("POST", CHAT, json={**body, "stream": True}, headers=headers) as response:
-        assert response.status_code == 200, await response.aread()
-        async for line in response.aiter_lines():
-            if line.startswith("data:") and '"content"' in line and '"content":""' not in line:
-                return time.monotonic() - started
-    raise AssertionError("no token")
 
 
 async def test_a_light_tenant_overtakes_a_heavy_tenants_queue(priority_server: PriorityServer) -> None:

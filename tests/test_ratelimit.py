@@ -1,4 +1,4 @@
-"""Rate limits with both storages, budgets shared by replicas through Redis, Redis down under both policies,
+"""Rate limits on Redis, budgets shared by replicas through Redis, Redis down under both policies,
 and global admission control."""
 
 from __future__ import annotations
@@ -9,91 +9,24 @@ import uuid
 import httpx
 import pytest
 
-from server.security.ratelimit import LimiterUnavailable, LimitExceeded, Quota, RateLimits
+from server.security.ratelimit import RateLimits
+
+from support.rate_limit_contract import (  # noqa: F401
+    test_check_tokens_holds_nothing,
+    test_concurrent_streams,
+    test_requests_per_minute,
+    test_tokens_per_minute_reserve_and_settle,
+    test_unlimited_quota_costs_nothing,
+)
 
 DEAD_REDIS = "redis://127.0.0.1:1"
 CHAT = "/v1/chat/completions"
 
 
-@pytest.fixture(params=["memory", "redis"])
-def limits(request: pytest.FixtureRequest) -> RateLimits:
-    uri = "memory://" if request.param == "memory" else request.getfixturevalue("redis_url")
-    return RateLimits(uri, fail_open=False, key_prefix=f"test-{uuid.uuid4().hex[:8]}")
-
-
-def subject() -> str:
-    return f"key:{uuid.uuid4()}"
-
-
-async def test_requests_per_minute(limits: RateLimits) -> None:
-    who, quota = subject(), Quota(3, None, None)
-    windows = [await limits.hit_request(who, quota) for _ in range(3)]
-    assert [w.remaining for w in windows] == [2, 1, 0] and all(w.limit == 3 for w in windows)
-    with pytest.raises(LimitExceeded) as refused:
-        await limits.hit_request(who, quota)
-    assert refused.value.limit == "requests_per_minute" and 1 <= refused.value.retry_after_s <= 60
-    assert await limits.hit_request(subject(), quota) is not None  # another key has its own budget
-
-
-async def test_tokens_per_minute_reserve_and_settle(limits: RateLimits) -> None:
-    who, quota = subject(), Quota(None, 100, None)
-    first = await limits.reserve(who, quota, 60)
-    with pytest.raises(LimitExceeded):
-        await limits.reserve(who, quota, 50)  # 60 + 50 > 100
-    await first.settle(20)  # used 20 of the 60 reserved: 40 come back
-    second = await limits.reserve(who, quota, 50)  # 20 + 50 <= 100
-    await second.settle(50)
-    await second.settle(50)  # settling twice gives nothing back twice
-    with pytest.raises(LimitExceeded):
-        await limits.reserve(who, quota, 40)  # 20 + 50 + 40 > 100
-    with pytest.raises(LimitExceeded, match="lower max_tokens"):
-        await limits.reserve(subject(), quota, 101)  # can never fit
-
-
-async def test_check_tokens_holds_nothing(limits: RateLimits) -> None:
-    """The check before rendering: refuses what cannot fit now, and takes nothing from the budget."""
-    from server.security.ratelimit import Budget
-
-    who, quota = subject(), Quota(None, 100, None)
-    await limits.check_tokens([Budget(who, quota)], 100)
-    await limits.check_tokens([Budget(who, quota)], 100)  # twice: the first took nothing
-    with pytest.raises(LimitExceeded, match="at least 101 tokens"):
-        await limits.check_tokens([Budget(who, quota)], 101)
-    await (await limits.reserve(who, quota, 60)).settle(60)
-    with pytest.raises(LimitExceeded) as refused:
-        await limits.check_tokens([Budget(who, quota)], 50)  # 60 + 50 > 100
-    assert refused.value.limit == "tokens_per_minute" and 1 <= refused.value.retry_after_s <= 60
-
-
-async def test_concurrent_streams(limits: RateLimits) -> None:
-    who, quota = subject(), Quota(None, None, 2)
-    held = [await limits.reserve(who, quota, 1) for _ in range(2)]
-    with pytest.raises(LimitExceeded) as refused:
-        await limits.reserve(who, quota, 1)
-    assert refused.value.limit == "max_concurrent_streams"
-    await held[0].settle(1)
-    await (await limits.reserve(who, quota, 1)).settle(1)
-
-
-async def test_unlimited_quota_costs_nothing(limits: RateLimits) -> None:
-    unlimited = Quota(None, None, None)
-    assert await limits.hit_request(subject(), unlimited) is None
-    await (await limits.reserve(subject(), unlimited, 10 ** 9)).settle(0)
-
-
-async def test_redis_down_fail_open_lets_requests_through() -> None:
-    limits = RateLimits(DEAD_REDIS, fail_open=True)
-    assert await limits.hit_request(subject(), Quota(1, 1, 1)) is None
-    reservation = await limits.reserve(subject(), Quota(1, 10, 1), 5)
-    await reservation.settle(5)
-
-
-async def test_redis_down_fail_closed_refuses() -> None:
-    limits = RateLimits(DEAD_REDIS, fail_open=False)
-    with pytest.raises(LimiterUnavailable):
-        await limits.hit_request(subject(), Quota(1, None, None))
-    with pytest.raises(LimiterUnavailable):
-        await limits.reserve(subject(), Quota(None, 10, None), 5)
+@pytest.fixture
+def limits(redis_url: str) -> RateLimits:
+    """The limiter on Redis (the same tests on memory: tests/fast/test_rate_limits_in_memory.py)."""
+    return RateLimits(redis_url, fail_open=False, key_prefix=f"test-{uuid.uuid4().hex[:8]}")
 
 
 # --- over HTTP ------------------------------------------------------------------------------------------------

@@ -22,34 +22,31 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import psutil
 import pytest
 
-# The openai SDK tests, run again here against the two API processes (their fixtures resolve to this module's).
-from test_chat import (  # noqa: F401
-    async_client,
-    client,
+from conftest import ROOT, free_port, server_settings, unavailable, user_with_key
+from servers import EARLY, SpawnedServer
+from support.conversation_client import API, SeedListener, SSEReader, new_conversation, wait_for_status
+
+# The openai SDK tests, run again here against the two API processes (`client` and `async_client` below).
+from support.sdk_contract import (  # noqa: F401
     test_async_client_non_stream,
     test_async_client_sixteen_concurrent_streams,
+    test_auto_with_the_hermes_parser_and_a_tool_loop,
+    test_forced_tool_call_validates_and_streams_the_same,
     test_greedy_is_deterministic,
     test_ignore_eos_produces_exactly_max_tokens,
     test_max_tokens_gives_length,
     test_n_choices_and_logprobs,
     test_non_stream,
+    test_parse_with_a_pydantic_model,
     test_seed_makes_sampling_repeatable,
     test_stop_sequence,
     test_stream_with_usage,
     test_stream_without_usage_has_no_usage_chunk,
 )
-from test_chat_api import (  # noqa: F401
-    test_auto_with_the_hermes_parser_and_a_tool_loop,
-    test_forced_tool_call_validates_and_streams_the_same,
-    test_parse_with_a_pydantic_model,
-)
-
-from conftest import ROOT, free_port, server_settings, unavailable, user_with_key
-from servers import EARLY, SpawnedServer
-from test_conversations import API, SeedListener, SSEReader, new_conversation, wait_for_status
 
 SECRET = "test-secret-key-with-enough-entropy-0123456789"
 UPSTREAM = "x-upstream"  # set by nginx: the replica that answered
@@ -151,6 +148,16 @@ def server_url(api_processes: SpawnedServer) -> str:
 @pytest.fixture(scope="module")
 def model_name(server_url: str, auth_headers: dict[str, str]) -> str:
     return str(httpx.get(f"{server_url}/v1/models", headers=auth_headers).json()["data"][0]["id"])
+
+
+@pytest.fixture(scope="module")
+def client(server_url: str, admin_key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server_url}/v1", api_key=admin_key, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def async_client(server_url: str, admin_key: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{server_url}/v1", api_key=admin_key, max_retries=0, timeout=120)
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import httpx
 import jsonschema
-from test_fairness import first_token_at
 
 from conftest import PriorityServer
 from servers import SlotHolder
+from support.first_token import first_token_at
 
 CHAT = "/v1/chat/completions"
 SHORT = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 20, "ignore_eos": True}

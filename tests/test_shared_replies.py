@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from test_conversations import API, SeedListener, SSEReader, new_conversation, wait_for_status
+from support.conversation_client import API, SeedListener, SSEReader, new_conversation, wait_for_status
 
 GRACE_S = 3.0  # the suite server's conversation_grace_s
 LONG = {"stream": True, "max_tokens": 1500, "ignore_eos": True}

@@ -1,201 +1,29 @@
-"""The repository layer against real SQLite and real Postgres, on a schema made only by Alembic migrations."""
+"""The repository layer on Postgres, on a schema made only by Alembic migrations (the same tests on SQLite:
+tests/fast/test_storage_on_sqlite.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-from collections.abc import AsyncIterator
-
 import pytest
-from sqlalchemy.exc import IntegrityError
 
-from storage import Database
-from storage.models import MessageRole, MessageStatus
-from storage.repository import ApiKeys, Conversations, Messages, Users
-
-
-@pytest.fixture
-async def database(database_url: str) -> AsyncIterator[Database]:
-    db = Database(database_url)
-    yield db
-    await db.close()
-
-
-async def test_ping(database: Database) -> None:
-    assert await database.ping()
-
-
-async def test_migrated_schema_matches_models(database: Database) -> None:
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-
-    from storage.models import Base
-
-    def diff(connection: object) -> list[object]:
-        return compare_metadata(MigrationContext.configure(connection), Base.metadata)
-
-    async with database.engine.connect() as connection:
-        differences = await connection.run_sync(diff)
-    assert differences == []
+from support.storage_contract import (  # noqa: F401
+    database,
+    test_a_refused_final_write_is_stored_failed_at_once,
+    test_api_keys_store_only_hashes_and_revoke,
+    test_conversation_with_messages_round_trip,
+    test_delete_cascades_to_messages,
+    test_list_pages_newest_first_with_cursor,
+    test_migrated_schema_matches_models,
+    test_other_owner_sees_nothing,
+    test_ping,
+    test_recent_reads_newest_first_up_to_a_budget_and_size_counts_bytes,
+    test_two_writers_cannot_take_the_same_position,
+    test_users_get_or_create_is_idempotent,
+)
 
 
-async def test_users_get_or_create_is_idempotent(database: Database) -> None:
-    name = f"user-{uuid.uuid4().hex[:8]}"
-    async with database.session() as session:
-        first = await Users(session).get_or_create(name)
-        second = await Users(session).get_or_create(name)
-        await session.commit()
-    assert first.id == second.id
-    async with database.session() as session:
-        assert (await Users(session).by_username(name)).id == first.id
+@pytest.fixture(scope="module")
+def database_url(postgres_url: str) -> str:
+    from storage import upgrade_database
 
-
-async def make_user(database: Database) -> uuid.UUID:
-    async with database.session() as session:
-        user = await Users(session).create(f"user-{uuid.uuid4().hex[:8]}")
-        await session.commit()
-        return user.id
-
-
-async def test_conversation_with_messages_round_trip(database: Database) -> None:
-    owner = await make_user(database)
-    async with database.session() as session:
-        conversation = await Conversations(session).create(owner, "greetings")
-        messages = Messages(session)
-        await messages.append(conversation.id, "user", "hello", prompt_tokens=3)
-        reply = await messages.append(conversation.id, "assistant", "", status="in_progress")
-        await session.commit()
-    async with database.session() as session:
-        await Messages(session).finish(reply.id, content="hi there", status="completed", finish_reason="stop",
-                                       completion_tokens=2)
-        await session.commit()
-    async with database.session() as session:
-        history = await Messages(session).history(conversation.id)
-    assert [(m.seq, m.role, m.content, m.status) for m in history] == [
-        (1, "user", "hello", "completed"), (2, "assistant", "hi there", "completed")]
-    assert history[1].finish_reason == "stop" and history[1].completion_tokens == 2
-
-
-async def test_other_owner_sees_nothing(database: Database) -> None:
-    owner, stranger = await make_user(database), await make_user(database)
-    async with database.session() as session:
-        conversation = await Conversations(session).create(owner, "private")
-        await session.commit()
-    async with database.session() as session:
-        conversations = Conversations(session)
-        assert await conversations.get(stranger, conversation.id) is None
-        assert await conversations.rename(stranger, conversation.id, "stolen") is None
-        assert not await conversations.delete(stranger, conversation.id)
-        assert await conversations.list_for(stranger) == []
-        await session.commit()
-    async with database.session() as session:
-        assert (await Conversations(session).get(owner, conversation.id)).title == "private"
-
-
-async def test_list_pages_newest_first_with_cursor(database: Database) -> None:
-    owner = await make_user(database)
-    async with database.session() as session:
-        created = [await Conversations(session).create(owner, f"c{i}") for i in range(5)]
-        await session.commit()
-    async with database.session() as session:
-        conversations = Conversations(session)
-        first = await conversations.list_for(owner, limit=2)
-        last = first[-1]
-        rest = await conversations.list_for(owner, limit=10, before=(last.created_at, last.id))
-    titles = [c.title for c in first + rest]
-    assert sorted(titles) == sorted(c.title for c in created)
-    assert len(set(titles)) == 5
-    stamps = [(c.created_at, c.id) for c in first + rest]
-    assert stamps == sorted(stamps, reverse=True)
-
-
-async def test_delete_cascades_to_messages(database: Database) -> None:
-    owner = await make_user(database)
-    async with database.session() as session:
-        conversation = await Conversations(session).create(owner)
-        await Messages(session).append(conversation.id, "user", "bye")
-        await session.commit()
-    async with database.session() as session:
-        assert await Conversations(session).delete(owner, conversation.id)
-        await session.commit()
-    async with database.session() as session:
-        assert await Messages(session).history(conversation.id) == []
-
-
-async def test_two_writers_cannot_take_the_same_position(database: Database) -> None:
-    owner = await make_user(database)
-    async with database.session() as session:
-        conversation = await Conversations(session).create(owner)
-        await Messages(session).append(conversation.id, "user", "first")
-        await session.commit()
-    async with database.session() as session:
-        from storage.models import Message
-
-        session.add(Message(conversation_id=conversation.id, seq=1, role="user", content="clash"))
-        with pytest.raises(IntegrityError):
-            await session.commit()
-
-
-async def test_api_keys_store_only_hashes_and_revoke(database: Database) -> None:
-    owner = await make_user(database)
-    async with database.session() as session:
-        keys = ApiKeys(session)
-        key = await keys.create(owner, key_hash=uuid.uuid4().hex, prefix="cf_abcd", name="ci")
-        await session.commit()
-    async with database.session() as session:
-        keys = ApiKeys(session)
-        assert (await keys.by_hash(key.key_hash)).id == key.id
-        assert await keys.revoke(owner, key.id)
-        assert not await keys.revoke(owner, key.id)
-        await session.commit()
-        assert (await keys.list_for(owner))[0].revoked_at is not None
-
-
-async def test_recent_reads_newest_first_up_to_a_budget_and_size_counts_bytes(database: Database) -> None:
-    """On both databases (the byte length is compiled per dialect): 500 messages of 10 bytes, pages of 64."""
-    owner = await make_user(database)
-    async with database.session() as session:
-        conversation = await Conversations(session).create(owner)
-        for _ in range(500):
-            await Messages(session).append(conversation.id, MessageRole.USER, "é" * 5)  # 10 bytes
-        await session.commit()
-    async with database.session() as session:
-        messages = Messages(session)
-        assert await messages.size(conversation.id) == (500, 5000)
-        by_bytes = await messages.recent(conversation.id, max_bytes=1000, max_messages=10_000, page=64)
-        by_count = await messages.recent(conversation.id, max_bytes=10**9, max_messages=7, page=64)
-        everything = await messages.recent(conversation.id, max_bytes=10**9, max_messages=10_000, page=64)
-    assert [m.seq for m in by_bytes] == list(range(401, 501))
-    assert [m.seq for m in by_count] == list(range(494, 501))
-    assert len(everything) == 500
-
-
-async def test_a_refused_final_write_is_stored_failed_at_once(database_url: str) -> None:
-    """A reply text Postgres refuses (NUL, SQLSTATE 22021) is a data error, not an outage: not retried for
-    store_timeout_s (600 s here) but stored failed at once. SQLite takes NUL: stored as given."""
-    import time
-
-    from server.conversations.writer import FinalReply, ReplyWriter
-
-    database = Database(database_url)
-    try:
-        owner = await make_user(database)
-        async with database.session() as session:
-            conversation = await Conversations(session).create(owner)
-            reply = await Messages(session).append(conversation.id, MessageRole.ASSISTANT, "flushed",
-                                                   status=MessageStatus.IN_PROGRESS)
-            await session.commit()
-        writer = ReplyWriter(database, flush_s=1.0, heartbeat_s=5.0, store_timeout_s=600.0)
-        began = time.monotonic()
-        await asyncio.wait_for(writer.store_final(FinalReply(reply.id, "a\x00b", MessageStatus.COMPLETED, "stop", 2)),
-                               30)
-        took = time.monotonic() - began
-        async with database.session() as session:
-            stored = await Messages(session).get(conversation.id, reply.id)
-    finally:
-        await database.close()
-    assert took < 5, took
-    if database_url.startswith("postgresql"):
-        assert (stored.status, stored.content, stored.completion_tokens) == ("failed", "flushed", 2)
-    else:
-        assert (stored.status, stored.content) == ("completed", "a\x00b")
+    upgrade_database(postgres_url)
+    return postgres_url

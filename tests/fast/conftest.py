@@ -1,5 +1,8 @@
-"""The fast tier: the real app, settings, database (SQLite in a temp folder) and limits (memory), driven through
-httpx's ASGI transport, with FakeEngine (a named test double) in place of vLLM. No Postgres, Redis or vLLM."""
+"""The fast tier (`make test-fast`). The rule: every test that needs no real engine (no model), no Postgres and no
+Redis lives in tests/fast, and every test outside it needs at least one of them. HTTP tests here drive the real app,
+settings, database (SQLite in a temp folder) and limits (memory) through httpx's ASGI transport, with FakeEngine (a
+named test double) in place of vLLM. A test run against both a real and a local part (Redis and memory, Postgres and
+SQLite) takes its body from tests/support and runs here on the local part."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -60,3 +64,37 @@ def client_for(migrated_database: Path, tmp_path: Path) -> Callable[..., httpx.A
 async def client(client_for: Callable[..., httpx.AsyncClient], engine: FakeEngine) -> AsyncIterator[httpx.AsyncClient]:
     async with client_for(engine) as http:
         yield http
+
+
+# A key without limits of its own (0: none), for tests that set the limit they test elsewhere.
+UNLIMITED = {"requests_per_minute": 0, "tokens_per_minute": 0, "max_concurrent_streams": 0}
+
+
+async def database_with_users(template: Path, tmp_path: Path,
+                              limits: dict[str, dict[str, int]]) -> tuple[str, dict[str, str]]:
+    """A copy of the migrated database with a user and an API key per entry of `limits` (the key's limits), made
+    with the admin CLI's functions."""
+    from server import admin
+    from server.settings import load_settings
+
+    path = tmp_path / f"auth-{uuid.uuid4().hex[:8]}.db"
+    shutil.copyfile(template, path)
+    url = f"sqlite+aiosqlite:///{path}"
+    settings = load_settings(None, database_url=url, secret_key=SECRET)
+    keys = {}
+    for name, key_limits in limits.items():
+        await admin.create_user(settings, name, f"{name}-password-1", False)
+        keys[name] = await admin.create_key(settings, name, "tests", None, dict(key_limits))
+    return url, keys
+
+
+@pytest.fixture
+def auth_client(migrated_database: Path, tmp_path: Path) -> Callable[..., Any]:
+    """An app with auth on; returns a client and each user's Authorization header."""
+    async def make(engine: FakeEngine, limits: dict[str, dict[str, int]], **overrides: object) -> tuple[Any, dict]:
+        url, keys = await database_with_users(migrated_database, tmp_path, limits)
+        app = make_app(migrated_database, tmp_path, engine, auth_enabled=True, database_url=url, **overrides)
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fast.test", timeout=10)
+        return client, {name: {"Authorization": f"Bearer {key}"} for name, key in keys.items()}
+
+    return make

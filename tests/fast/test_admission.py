@@ -5,7 +5,6 @@ engine sees its reply."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,44 +18,13 @@ from server.generation.generator import MAX_LOGPROB_ENTRIES
 from storage.models import MessageStatus
 from storage.repository import Messages
 
-from fast.conftest import SECRET, make_app
+from fast.conftest import UNLIMITED, make_app
 from fast.fake_engine import FakeEngine
-from fast.test_openai_http import CHAT, HELLO, assert_envelope
+from support.openai_envelope import CHAT, HELLO, assert_envelope
 
 COMPLETIONS = "/v1/completions"
-UNLIMITED = {"requests_per_minute": 0, "tokens_per_minute": 0, "max_concurrent_streams": 0}
 # A generation that stays in flight for a second or so: 50 tokens at 20 ms each.
 HELD = {"messages": HELLO, "max_tokens": 50, "ignore_eos": True}
-
-
-async def database_with_users(template: Path, tmp_path: Path,
-                              limits: dict[str, dict[str, int]]) -> tuple[str, dict[str, str]]:
-    """A copy of the migrated database with a user and an API key per entry of `limits` (the key's limits), made
-    with the admin CLI's functions."""
-    from server import admin
-    from server.settings import load_settings
-
-    path = tmp_path / f"auth-{uuid.uuid4().hex[:8]}.db"
-    shutil.copyfile(template, path)
-    url = f"sqlite+aiosqlite:///{path}"
-    settings = load_settings(None, database_url=url, secret_key=SECRET)
-    keys = {}
-    for name, key_limits in limits.items():
-        await admin.create_user(settings, name, f"{name}-password-1", False)
-        keys[name] = await admin.create_key(settings, name, "tests", None, dict(key_limits))
-    return url, keys
-
-
-@pytest.fixture
-def auth_client(migrated_database: Path, tmp_path: Path) -> Callable[..., Any]:
-    """An app with auth on; returns a client and each user's Authorization header."""
-    async def make(engine: FakeEngine, limits: dict[str, dict[str, int]], **overrides: object) -> tuple[Any, dict]:
-        url, keys = await database_with_users(migrated_database, tmp_path, limits)
-        app = make_app(migrated_database, tmp_path, engine, auth_enabled=True, database_url=url, **overrides)
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fast.test", timeout=10)
-        return client, {name: {"Authorization": f"Bearer {key}"} for name, key in keys.items()}
-
-    return make
 
 
 async def until(condition: Callable[[], bool]) -> None:

@@ -21,8 +21,8 @@ from server.apis.openai.fields import markdown_table
 from server.errors import dialect_of, response_for
 from server.exceptions import InvalidRequest, Overloaded
 
+from fast.conftest import UNLIMITED
 from fast.fake_engine import FAKE_MODEL, FakeEngine
-from fast.test_admission import UNLIMITED, auth_client  # noqa: F401 (a fixture)
 
 MESSAGES = "/v1/messages"
 COUNT = "/v1/messages/count_tokens"
@@ -209,7 +209,7 @@ async def test_bad_input_is_a_4xx_in_anthropics_shape_and_nothing_is_generated(
         assert engine.prepared == []
 
 
-async def test_credentials_as_anthropic_clients_send_them(auth_client: Any) -> None:  # noqa: F811
+async def test_credentials_as_anthropic_clients_send_them(auth_client: Any) -> None:
     client, headers = await auth_client(FakeEngine(), {"ann": UNLIMITED})
     key = headers["ann"]["Authorization"].removeprefix("Bearer ")
     async with client as http:
@@ -327,7 +327,7 @@ async def test_thinking_is_mapped_when_a_reasoning_parser_is_configured(
     assert engine.prepared[0][1]["thinking_token_budget"] == 1024
 
 
-async def test_a_spent_request_budget_is_429_in_anthropics_shape_with_retry_after(auth_client: Any) -> None:  # noqa: F811
+async def test_a_spent_request_budget_is_429_in_anthropics_shape_with_retry_after(auth_client: Any) -> None:
     client, headers = await auth_client(FakeEngine(), {"ann": {**UNLIMITED, "requests_per_minute": 1}})
     async with client as http:
         assert (await http.post(MESSAGES, json=HI, headers=headers["ann"])).status_code == 200

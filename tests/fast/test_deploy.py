@@ -31,8 +31,13 @@ def documents(path: Path) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda path: path.name)
 def test_manifest_validates_against_the_kubernetes_schema(path: Path) -> None:
-    for document in documents(path):
-        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+    manifests = documents(path)
+    assert manifests, f"{path.name} holds no manifest"
+    for document in manifests:
+        assert kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True) == "1.37"
+        # Strict: the same document with a field its kind does not have is refused.
+        with pytest.raises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate({**document, "unknownField": 1}, KUBERNETES_VERSION, strict=True)
 
 
 def test_probes_and_drain_match_the_server() -> None:

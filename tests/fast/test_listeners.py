@@ -1,16 +1,19 @@
 """SSE listeners: one shared heartbeat clock (no timer per listener), caps per key and in all, idle close with a
-reconnect event; over the ASGI transport with FakeEngine, and the Listeners class alone."""
+reconnect event; over the ASGI transport with FakeEngine, and the Listeners class alone; and the OS limits that many
+open streams need (open files, listen backlog)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
 
 from server.conversations.listeners import Listeners, Signal, Wake
 from server.exceptions import RateLimited, Unavailable
+from server.os_limits import RESERVED_FDS
 
 from fast.fake_engine import FakeEngine
 
@@ -89,16 +92,64 @@ async def test_listeners_past_the_key_cap_get_429(client_for: Callable[..., http
         assert (await http.get(f"/api/v1/stream/{conversation_id}")).status_code == 200  # the slot came back
 
 
-def test_os_limits_are_checked_with_clear_warnings(caplog: pytest.LogCaptureFixture) -> None:
+def test_the_open_file_limit_is_raised_to_the_hard_one() -> None:
+    """In a process of its own whose soft limit starts below the hard one (and below what 100 connections need)."""
+    import resource
+    import subprocess
+    import sys
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    lowered = 64
+    assert hard == resource.RLIM_INFINITY or hard > lowered, "the hard limit leaves nothing to raise"
+    script = ("import resource\n"
+              "from server.os_limits import raise_open_file_limit\n"
+              "_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+              f"resource.setrlimit(resource.RLIMIT_NOFILE, ({lowered}, hard))\n"
+              "returned = raise_open_file_limit(100)\n"
+              "print(returned, resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True)
+    returned, now = (int(value) for value in result.stdout.split())
+    expected = max(lowered, 100 + RESERVED_FDS) if hard == resource.RLIM_INFINITY else hard
+    assert (returned, now) == (expected, expected)
+
+
+def test_os_limits_that_stay_short_are_warned_about(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
     import resource
 
-    from server.os_limits import check_listen_backlog, raise_open_file_limit
+    from server import os_limits
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    assert raise_open_file_limit(100) >= min(soft, 100)
-    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard or hard == resource.RLIM_INFINITY
+    limits = {"soft": 256, "hard": 512}
+    monkeypatch.setattr(os_limits.resource, "getrlimit", lambda _: (limits["soft"], limits["hard"]))
+
+    def setrlimit(_: int, values: tuple[int, int]) -> None:
+        limits["soft"] = values[0]
+
+    monkeypatch.setattr(os_limits.resource, "setrlimit", setrlimit)
     with caplog.at_level("WARNING"):
-        raise_open_file_limit(10**12)
-        check_listen_backlog(10**9)
-    assert "open-file limit" in caplog.text
-    assert "somaxconn" in caplog.text or check_listen_backlog(1) is None
+        assert os_limits.raise_open_file_limit(100) == 512  # raised to the hard limit, still short of 1124
+    assert "the open-file limit is 512, below the 1124 that 100 event streams and connections need" in caplog.text
+
+    def refused(_: int, values: tuple[int, int]) -> None:
+        raise ValueError("not allowed")
+
+    limits.update(soft=256, hard=resource.RLIM_INFINITY)
+    monkeypatch.setattr(os_limits.resource, "setrlimit", refused)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert os_limits.raise_open_file_limit(100) == 256
+    assert "could not raise the open-file limit from 256: not allowed" in caplog.text
+
+    somaxconn = tmp_path / "somaxconn"
+    somaxconn.write_text("128\n")
+    monkeypatch.setattr(os_limits, "SOMAXCONN", somaxconn)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert os_limits.check_listen_backlog(4096) == 128
+    assert "net.core.somaxconn is 128, below the listen backlog of 4096" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert os_limits.check_listen_backlog(128) == 128
+    assert caplog.text == ""
+    monkeypatch.setattr(os_limits, "SOMAXCONN", tmp_path / "absent")
+    assert os_limits.check_listen_backlog(4096) is None

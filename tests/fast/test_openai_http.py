@@ -9,19 +9,7 @@ import pytest
 from loadtests.sse import iter_events
 
 from fast.fake_engine import FAKE_MODEL, TEMPLATE_REFUSES, FakeEngine
-
-CHAT = "/v1/chat/completions"
-HELLO = [{"role": "user", "content": "hello"}]
-
-
-def assert_envelope(response: httpx.Response, status: int, param: str | None = None) -> dict[str, object]:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "code", "param", "path"} and error["code"] == status
-    assert error["path"] == response.request.url.path
-    if param is not None:
-        assert error["param"] == param
-    return error
+from support.openai_envelope import CHAT, HELLO, assert_envelope
 
 
 async def test_models(client: httpx.AsyncClient) -> None:

@@ -45,8 +45,10 @@ def test_refused_fields_are_400_naming_them(field: str, value: object) -> None:
 
 
 def test_harmless_values_of_refused_fields_are_accepted() -> None:
-    decode_body(b'{"messages": [{"role": "user", "content": "hi"}], "use_beam_search": false, '
-                b'"length_penalty": 1.0, "mm_payload": "tensors"}', ChatCompletionRequest)
+    request = decode_body(b'{"messages": [{"role": "user", "content": "hi"}], "use_beam_search": false, '
+                          b'"length_penalty": 1.0, "mm_payload": "tensors"}', ChatCompletionRequest)
+    assert (request.use_beam_search, request.length_penalty, request.mm_payload) == (False, 1.0, "tensors")
+    assert request.chat_input().messages == [{"role": "user", "content": "hi"}]
 
 
 def test_cross_field_check_names_the_field() -> None:

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from faults.conftest import SECRET, OwnPostgres, OwnRedis, admin_key, spawn
 from servers import SpawnedServer
-from test_conversations import API, Event, SSEReader, new_conversation, wait_for_status
+from support.conversation_client import API, Event, SSEReader, new_conversation, wait_for_status
 
 RETENTION_S = 3  # the resume window of both replicas here
 TIMEOUT_S = 0.5  # reply_streams_timeout_s of both replicas here

@@ -60,7 +60,7 @@ def test_missing_profile_is_an_error(tmp_path: Path) -> None:
 
 
 def test_shipped_profiles_load() -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     assert load_settings(root / "configs/cpu.yaml").kv_cache_space_gib == 2
     assert load_settings(root / "configs/h100.yaml").gpu_memory_utilization == 0.9
     eight = load_settings(root / "configs/h100x8.yaml", secret_key=secrets.token_urlsafe(32))

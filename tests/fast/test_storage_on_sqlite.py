@@ -1,0 +1,30 @@
+"""The repository layer on SQLite (the database of a single-machine deployment), on a schema made only by Alembic
+migrations (the same tests on Postgres: tests/test_storage.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from support.storage_contract import (  # noqa: F401
+    database,
+    test_a_refused_final_write_is_stored_failed_at_once,
+    test_api_keys_store_only_hashes_and_revoke,
+    test_conversation_with_messages_round_trip,
+    test_delete_cascades_to_messages,
+    test_list_pages_newest_first_with_cursor,
+    test_migrated_schema_matches_models,
+    test_other_owner_sees_nothing,
+    test_ping,
+    test_recent_reads_newest_first_up_to_a_budget_and_size_counts_bytes,
+    test_two_writers_cannot_take_the_same_position,
+    test_users_get_or_create_is_idempotent,
+)
+
+
+@pytest.fixture(scope="module")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from storage import upgrade_database
+
+    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'codeface.db'}"
+    upgrade_database(url)
+    return url

@@ -1,0 +1,70 @@
+"""The limiter's tests that every storage must pass, against the module's `limits` fixture: memory in
+tests/fast/test_rate_limits_in_memory.py, Redis in tests/test_ratelimit.py."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from server.security.ratelimit import LimitExceeded, Quota, RateLimits
+
+
+def subject() -> str:
+    return f"key:{uuid.uuid4()}"
+
+
+async def test_requests_per_minute(limits: RateLimits) -> None:
+    who, quota = subject(), Quota(3, None, None)
+    windows = [await limits.hit_request(who, quota) for _ in range(3)]
+    assert [w.remaining for w in windows] == [2, 1, 0] and all(w.limit == 3 for w in windows)
+    with pytest.raises(LimitExceeded) as refused:
+        await limits.hit_request(who, quota)
+    assert refused.value.limit == "requests_per_minute" and 1 <= refused.value.retry_after_s <= 60
+    assert await limits.hit_request(subject(), quota) is not None  # another key has its own budget
+
+
+async def test_tokens_per_minute_reserve_and_settle(limits: RateLimits) -> None:
+    who, quota = subject(), Quota(None, 100, None)
+    first = await limits.reserve(who, quota, 60)
+    with pytest.raises(LimitExceeded):
+        await limits.reserve(who, quota, 50)  # 60 + 50 > 100
+    await first.settle(20)  # used 20 of the 60 reserved: 40 come back
+    second = await limits.reserve(who, quota, 50)  # 20 + 50 <= 100
+    await second.settle(50)
+    await second.settle(50)  # settling twice gives nothing back twice
+    with pytest.raises(LimitExceeded):
+        await limits.reserve(who, quota, 40)  # 20 + 50 + 40 > 100
+    with pytest.raises(LimitExceeded, match="lower max_tokens"):
+        await limits.reserve(subject(), quota, 101)  # can never fit
+
+
+async def test_check_tokens_holds_nothing(limits: RateLimits) -> None:
+    """The check before rendering: refuses what cannot fit now, and takes nothing from the budget."""
+    from server.security.ratelimit import Budget
+
+    who, quota = subject(), Quota(None, 100, None)
+    await limits.check_tokens([Budget(who, quota)], 100)
+    await limits.check_tokens([Budget(who, quota)], 100)  # twice: the first took nothing
+    with pytest.raises(LimitExceeded, match="at least 101 tokens"):
+        await limits.check_tokens([Budget(who, quota)], 101)
+    await (await limits.reserve(who, quota, 60)).settle(60)
+    with pytest.raises(LimitExceeded) as refused:
+        await limits.check_tokens([Budget(who, quota)], 50)  # 60 + 50 > 100
+    assert refused.value.limit == "tokens_per_minute" and 1 <= refused.value.retry_after_s <= 60
+
+
+async def test_concurrent_streams(limits: RateLimits) -> None:
+    who, quota = subject(), Quota(None, None, 2)
+    held = [await limits.reserve(who, quota, 1) for _ in range(2)]
+    with pytest.raises(LimitExceeded) as refused:
+        await limits.reserve(who, quota, 1)
+    assert refused.value.limit == "max_concurrent_streams"
+    await held[0].settle(1)
+    await (await limits.reserve(who, quota, 1)).settle(1)
+
+
+async def test_unlimited_quota_costs_nothing(limits: RateLimits) -> None:
+    unlimited = Quota(None, None, None)
+    assert await limits.hit_request(subject(), unlimited) is None
+    await (await limits.reserve(subject(), unlimited, 10 ** 9)).settle(0)

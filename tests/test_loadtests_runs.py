@@ -1,0 +1,55 @@
+"""The load tool against the real server (`python -m loadtests run`, chat and completions) and its workloads, whose
+prompts are measured with the model's own tokenizer (the engine-free figures: tests/fast/test_loadtests_metrics.py)."""
+
+from __future__ import annotations
+
+
+def test_cli_short_run_against_the_real_server(server_url: str, admin_key: str, tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "loadtests", "run", "--base-url", server_url, "--concurrency", "1,2",
+         "--num-prompts", "2", "--input-len", "32", "--output-len", "8", "--warmup", "1", "--api-key", admin_key,
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert "out tok/s" in completed.stdout
+    levels = json.loads((tmp_path / "results.json").read_text())["levels"]
+    assert sorted(levels) == ["1", "2"]
+    assert {"report.md", "throughput.png", "latency.png", "ttft_cdf.png"} <= {p.name for p in tmp_path.iterdir()}
+    for row in levels.values():
+        assert row["completed"] == 2 and row["failed"] == 0
+        assert row["mean_output_tokens"] == 8  # ignore_eos makes every reply exactly output-len tokens
+        assert row["ttft_ms"]["p50"] > 0 and row["output_throughput"] > 0
+
+
+def test_cli_completions_workload(server_url: str, admin_key: str, tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "loadtests", "run", "--api", "completions", "--base-url", server_url,
+         "--concurrency", "2", "--num-prompts", "2", "--input-len", "32", "--output-len", "8", "--warmup", "1",
+         "--api-key", admin_key, "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    level = json.loads((tmp_path / "results.json").read_text())["levels"]["2"]
+    assert level["completed"] == 2 and level["failed"] == 0 and level["mean_output_tokens"] == 8
+
+
+def test_workloads_have_the_asked_shapes() -> None:
+    from loadtests.workload import DEFAULT_TOKENIZER, PromptMaker, build_jobs, sample_lengths
+
+    fixed = build_jobs("fixed", 3, input_len=40, output_len=7)
+    maker = PromptMaker(DEFAULT_TOKENIZER)
+    assert all(len(maker.tokenizer.encode(job.turns[0], add_special_tokens=False)) == 40 for job in fixed)
+    assert all(job.output_lens == [7] for job in fixed)
+    assert len({job.turns[0] for job in fixed}) == 3
+    turns = build_jobs("multiturn", 2, input_len=10, output_len=5, turns=3)
+    assert all(len(job.turns) == 3 and job.output_lens == [5, 5, 5] for job in turns)
+    lengths = sample_lengths(500, seed=0)
+    assert all(4 <= i < 1024 and 4 <= o < 512 for i, o in lengths)
+    assert 80 < sorted(i for i, _ in lengths)[250] < 300  # the shipped histogram's median is about 150
