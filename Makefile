@@ -30,8 +30,8 @@ serve: install model ## start CodeFace on 127.0.0.1:8000 with the CPU profile
 test: lint model ## lint and types, then the whole test suite (real engine, Postgres, Redis)
 	$(PY) -m pytest
 
-test-fast: install-test ## every test that needs no engine, model, Postgres or Redis (tests/fast; seconds)
-	$(PY) -m pytest tests/fast
+test-fast: install-test ## every test that needs no engine, model, Postgres or Redis (tests/fast; under 30 s)
+	$(PY) -m pytest -n 2 tests/fast
 
 lint: install-test ## ruff and mypy (strict; exceptions in pyproject.toml)
 	$(PY) -m ruff check .

@@ -4,7 +4,6 @@ resume with Last-Event-ID, trimming at the context limit, 409s and every 4xx."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import httpx
 import pytest
@@ -122,6 +121,10 @@ async def test_bad_messages_change_nothing(client: httpx.AsyncClient, body: byte
     assert (await client.get(f"{API}/{conversation_id}")).json()["messages"] == []
 
 
+# An id no row has (fixed, so that the test ids are the same in every collection: pytest-xdist compares them).
+MISSING = "5d1c0e6a-9a7e-4c1b-8f2e-000000000404"
+
+
 @pytest.mark.parametrize("method, path, status", [
     ("GET", API + "?limit=0", 400),
     ("GET", API + "?limit=%C2%B2", 400),
@@ -131,12 +134,12 @@ async def test_bad_messages_change_nothing(client: httpx.AsyncClient, body: byte
     ("GET", API + "?cursor=MjAyNC0wNS0wMVQxMjowMDowMHwzZjBjMWI3ZS04ZDJhLTRjNTUtOWE1MS0wZDZmNWUyYjljMTE=", 400),
     ("GET", API + "?cursor=MjAyNC0wNS0wMVQxMjowMDowMCswMDowMA==", 400),
     ("GET", API + "/not-a-uuid", 404),
-    ("GET", API + f"/{uuid.uuid4()}", 404),
-    ("GET", API + f"/{uuid.uuid4()}?after_seq=2147483648", 400),
-    ("DELETE", API + f"/{uuid.uuid4()}", 404),
-    ("GET", API + f"/{uuid.uuid4()}/stream", 404),
-    ("POST", API + f"/{uuid.uuid4()}/messages/{uuid.uuid4()}/cancel", 404),
-    ("GET", f"/api/v1/stream/{uuid.uuid4()}", 404),
+    ("GET", API + f"/{MISSING}", 404),
+    ("GET", API + f"/{MISSING}?after_seq=2147483648", 400),
+    ("DELETE", API + f"/{MISSING}", 404),
+    ("GET", API + f"/{MISSING}/stream", 404),
+    ("POST", API + f"/{MISSING}/messages/{MISSING}/cancel", 404),
+    ("GET", f"/api/v1/stream/{MISSING}", 404),
 ])
 async def test_bad_requests(client: httpx.AsyncClient, method: str, path: str, status: int) -> None:
     response = await client.request(method, path)
