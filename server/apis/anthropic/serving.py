@@ -14,11 +14,11 @@ from typing import Any
 from engine import ChoiceDelta, EngineClient, InvalidRequestError, PromptTooLongError
 from server.apis.anthropic.protocol import Conversation, CountTokensRequest, MessagesRequest
 from server.apis.openai.chunks import StreamErrorFraming
-from server.exceptions import InvalidRequest, NotFound
+from server.exceptions import InvalidRequest
 from server.generation.chat_start import start_chat
 from server.generation.generator import STREAM_ERRORS, Generation, Generator
 from server.generation.heartbeats import with_heartbeats
-from server.generation.refusals import engine_refusal
+from server.generation.refusals import engine_refusal, served_model
 from server.security.auth import Principal
 from server.security.cache_salt import CacheSalter
 from server.sse import EventStream, frame
@@ -178,10 +178,7 @@ class Messages:
         self.salter = salter
 
     def check(self, request: Conversation) -> None:
-        model = self.engine.model_name
-        if request.model != model:
-            raise NotFound(f"the model {request.model!r} does not exist; this server serves {model!r}",
-                           param="model")
+        served_model(self.engine, request.model)
         if request.thinking is not None and self.engine.reasoning_parser is None:
             raise InvalidRequest("thinking is not supported: this model has no reasoning_parser in the server's "
                                  "profile", param="thinking")

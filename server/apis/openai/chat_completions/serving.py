@@ -16,11 +16,10 @@ from server.apis.openai.chunks import (
     StreamErrorFraming,
     usage,
 )
-from server.exceptions import NotFound
 from server.generation.chat_start import start_chat
 from server.generation.generator import STREAM_ERRORS, Generation, Generator
 from server.generation.heartbeats import with_heartbeats
-from server.generation.refusals import engine_refusal
+from server.generation.refusals import engine_refusal, served_model
 from server.security.auth import Principal
 from server.security.cache_salt import CacheSalter
 from server.sse import DONE, HEARTBEAT, EventStream
@@ -50,10 +49,7 @@ class ChatCompletions:
     async def start(self, request: ChatCompletionRequest, principal: Principal | None,
                     usage_sink: MutableMapping[str, Any], request_id: str) -> ChatCompletion:
         """Everything that can refuse the request happens here, before a byte of the response is sent."""
-        model = self.engine.model_name
-        if request.model is not None and request.model != model:
-            raise NotFound(f"the model {request.model!r} does not exist; this server serves {model!r}",
-                           param="model")
+        model = served_model(self.engine, request.model)
         completion_id = COMPLETION_ID_PREFIX + request_id
         choices = request.n or 1
         generation = await start_chat(

@@ -12,9 +12,8 @@ from typing import Any
 from engine import EngineClient, InvalidRequestError, PromptTooLongError, StepOutput, TokenLogprob
 from server.apis.openai.chunks import ABORTED, STOP, StreamErrorFraming, usage
 from server.apis.openai.completions.protocol import CompletionRequest
-from server.exceptions import NotFound
 from server.generation.generator import STREAM_ERRORS, Generation, Generator, LogprobBudget
-from server.generation.refusals import engine_refusal
+from server.generation.refusals import engine_refusal, served_model
 from server.security.auth import Principal
 from server.security.cache_salt import CacheSalter
 from server.sse import DONE, EventStream, frame
@@ -81,10 +80,7 @@ class Completions:
 
     async def start(self, request: CompletionRequest, principal: Principal | None,
                     usage_sink: MutableMapping[str, Any], request_id: str) -> CompletionRun:
-        model = self.engine.model_name
-        if request.model is not None and request.model != model:
-            raise NotFound(f"the model {request.model!r} does not exist; this server serves {model!r}",
-                           param="model")
+        model = served_model(self.engine, request.model)
         completion_id = COMPLETION_ID_PREFIX + request_id
         run = CompletionRun([], request, completion_id, model)
         inputs = request.completion_inputs()

@@ -7,8 +7,7 @@ from typing import Any
 
 from engine import EngineClient, InvalidRequestError, PromptTooLongError
 from server.apis.openai.tokenize.protocol import DetokenizeRequest, TokenizeRequest
-from server.exceptions import NotFound
-from server.generation.refusals import engine_refusal
+from server.generation.refusals import engine_refusal, served_model
 
 
 class Tokenization:
@@ -16,9 +15,7 @@ class Tokenization:
         self.engine = engine
 
     def check_model(self, model: str | None) -> None:
-        if model is not None and model != self.engine.model_name:
-            raise NotFound(f"the model {model!r} does not exist; this server serves {self.engine.model_name!r}",
-                           param="model")
+        served_model(self.engine, model)
 
     async def tokenize(self, request: TokenizeRequest) -> dict[str, Any]:
         self.check_model(request.model)
