@@ -46,7 +46,7 @@ def test_malformed_bodies(http: httpx.Client, body: bytes, mentions: str) -> Non
     ({}, None),
     ({"messages": "hello"}, "messages"),
     ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
-    ({"messages": [{"content": "hi"}]}, "messages[0]"),
+    ({"messages": [{"content": "hi"}]}, "messages[0].role"),  # the missing field is named
     ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
     ({"messages": HELLO, "max_tokens": 0}, "max_tokens"),
     ({"messages": HELLO, "max_tokens": "ten"}, "max_tokens"),
