@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 CONNECT_TIMEOUT_S = 5
 COMMAND_TIMEOUT_S = 10
 POOL_TIMEOUT_S = 10
+# How long a readiness answer is reused: a flood of open probes then costs one connection a second, never the pool.
+SHARED_PING_MAX_AGE_S = 1.0
 
 
 def is_sqlite(url: str) -> bool:
@@ -55,6 +59,8 @@ class Database:
         self.url = url
         self.engine = create_engine(url, pool_size=pool_size)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._shared_ping: asyncio.Future[bool] | None = None
+        self._shared_ping_at = -SHARED_PING_MAX_AGE_S
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -68,6 +74,16 @@ class Database:
         except Exception:
             return False
         return True
+
+    async def ping_shared(self) -> bool:
+        """ping() for open probes (/readyz): callers at the same time share one ping, and its answer is reused for
+        SHARED_PING_MAX_AGE_S."""
+        fresh = time.monotonic() - self._shared_ping_at < SHARED_PING_MAX_AGE_S
+        if self._shared_ping is None or (self._shared_ping.done() and not fresh):
+            self._shared_ping_at = time.monotonic()
+            self._shared_ping = asyncio.ensure_future(self.ping())
+        # Shielded: a probe whose client leaves does not cancel the ping the others wait for.
+        return await asyncio.shield(self._shared_ping)
 
     async def close(self) -> None:
         await self.engine.dispose()

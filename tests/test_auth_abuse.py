@@ -1,6 +1,7 @@
 """Unauthenticated floods against the real app on Postgres and Redis (the engine faked: none of this reaches it):
 fake API keys cost a bounded number of database lookups (failed credentials limited per address, unknown keys
-remembered briefly), and a connection pool held full answers 503 with Retry-After, not 500."""
+remembered briefly), a flood of open readiness probes costs one database ping a second, and a connection pool held
+full answers 503 with Retry-After, not 500."""
 
 from __future__ import annotations
 
@@ -86,6 +87,21 @@ async def test_one_fake_key_from_many_addresses_is_looked_up_once(selects: tuple
         async with client(app, random_address()) as http:
             assert (await http.get(CONVERSATIONS, headers={"Authorization": f"Bearer {key}"})).status_code == 401
     assert len(seen) == 1, len(seen)
+
+
+async def test_a_readyz_flood_costs_bounded_database_pings(selects: tuple[Starlette, list[str]]) -> None:
+    """/readyz is open: each probe used to run its own SELECT 1, so a flood held the pool and every keyed request
+    waited for it. Concurrent probes share one ping, reused for a second."""
+    app, seen = selects
+    async with client(app, random_address()) as http:
+        began = asyncio.get_running_loop().time()
+        answers = await asyncio.gather(*(http.get("/readyz") for _ in range(FLOOD)))
+        elapsed_s = asyncio.get_running_loop().time() - began
+    assert {response.status_code for response in answers} == {200}, {r.status_code for r in answers}
+    pings = sum(statement.strip().upper() == "SELECT 1" for statement in seen)
+    # One ping per started second of the flood (its answer is reused for 1 s), whatever the number of probes.
+    assert 1 <= pings <= int(elapsed_s) + 1, (pings, elapsed_s)
+    print(f"readyz flood: {FLOOD} concurrent probes in {elapsed_s:.2f} s cost {pings} database ping(s)")
 
 
 @pytest.fixture

@@ -58,7 +58,7 @@ async def readyz(request: Request) -> Response:
     if held.lifecycle.draining:
         raise Unavailable("not ready: draining (shutting down)", retry_after_s=READY_RETRY_AFTER_S)
     engine_ok = not held.lifecycle.engine_dead and await held.engine.check_health()
-    database_ok = await held.database.ping()
+    database_ok = await held.database.ping_shared()
     if not (engine_ok and database_ok):
         problems = [name for name, ok in (("engine", engine_ok), ("database", database_ok)) if not ok]
         raise Unavailable(f"not ready: {', '.join(problems)} unavailable", retry_after_s=READY_RETRY_AFTER_S)
