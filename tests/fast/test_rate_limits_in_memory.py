@@ -33,6 +33,16 @@ async def test_redis_down_fail_open_lets_requests_through() -> None:
     await reservation.settle(5)
 
 
+async def test_a_slot_lease_first_on_a_dead_redis_follows_the_policy() -> None:
+    """A stream slot alone (no request or token budget to open the breaker first): the lease's own Redis error is
+    the failure policy's case, served unlimited or refused, never coredis' ConnectionError escaping as a 500."""
+    served = await RateLimits(DEAD_REDIS, fail_open=True).reserve(subject(), Quota(None, None, 1), 5)
+    assert served.slots == []
+    await served.settle(5)
+    with pytest.raises(LimiterUnavailable):
+        await RateLimits(DEAD_REDIS, fail_open=False).reserve(subject(), Quota(None, None, 1), 5)
+
+
 async def test_redis_down_fail_closed_refuses() -> None:
     limits = RateLimits(DEAD_REDIS, fail_open=False)
     with pytest.raises(LimiterUnavailable):
