@@ -79,6 +79,11 @@ def test_the_core_record_is_plain_json_and_round_trips() -> None:
     ({"role": "assistant", "content": [{"type": "output_text", "text": "x", "annotations": [{"type": "url"}]}]},
      "items[0].content[0].annotations"),
     ("a string", "items[0]"),
+    ({"type": ["message"]}, "items[0].type"),
+    ({"role": {"x": 1}, "content": "x"}, "items[0].role"),
+    ({"role": "user", "status": [], "content": "x"}, "items[0].status"),
+    ({"role": "user", "content": [{"type": ["input_text"]}]}, "items[0].content[0].type"),
+    ({"type": "reasoning", "summary": "a string"}, "items[0].summary.content"),
 ])
 def test_what_cannot_be_kept_is_refused_naming_it(item: Any, param: str) -> None:
     with pytest.raises(InvalidRequest) as refused:

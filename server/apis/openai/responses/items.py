@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Collection
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeGuard
 
 from server.apis.openai.responses.state import Item
 from server.conversations.items import ItemKind, ItemRecord, NewItem, Part, PartKind
@@ -54,14 +55,19 @@ def row_id_of(item_id: str) -> tuple[str, uuid.UUID] | None:
     return found["prefix"], uuid.UUID(hex=found["hex"])
 
 
+def one_of(value: object, allowed: Collection[str]) -> TypeGuard[str]:
+    """Whether a JSON value is one of these strings (a list or an object is never, and never raises)."""
+    return isinstance(value, str) and value in allowed
+
+
 def kind_of(item: Item, param: str) -> ItemKind:
     if not isinstance(item, dict):
         raise InvalidRequest("an item is a JSON object", param=param)
     kind = item.get("type", ItemKind.MESSAGE if "role" in item else None)
-    if kind not in ITEM_PREFIXES:
-        raise InvalidRequest(f"item type {kind!r} is not supported here: send message, function_call, "
-                             "function_call_output or reasoning items", param=f"{param}.type")
-    return ItemKind(kind)
+    if one_of(kind, ITEM_PREFIXES):
+        return ItemKind(kind)
+    raise InvalidRequest(f"item type {kind!r} is not supported here: send message, function_call, "
+                         "function_call_output or reasoning items", param=f"{param}.type")
 
 
 def with_id(item: Item, param: str, *, ours: bool) -> tuple[Item, uuid.UUID]:
@@ -102,21 +108,23 @@ def _status(item: Item, param: str) -> MessageStatus:
     raw = item.get("status")
     if raw is None:
         return MessageStatus.COMPLETED
-    if raw not in STORED_STATUS:
+    if not one_of(raw, STORED_STATUS):
         raise InvalidRequest("status must be in_progress, completed or incomplete", param=f"{param}.status")
     return STORED_STATUS[ItemStatus(raw)]
 
 
-def _parts(content: Any, param: str, allowed: set[PartType]) -> tuple[Part, ...]:
-    if isinstance(content, str):
+def _parts(content: Any, param: str, allowed: set[PartType], *, text: bool = True) -> tuple[Part, ...]:
+    """Content parts of the allowed types (or, if `text`, a plain string: one text part)."""
+    if isinstance(content, str) and text:
         return (Part(PartKind.TEXT, _text({"text": content}, "text", param)),)
     if not isinstance(content, list):
-        raise InvalidRequest("content must be a string or a list of content parts", param=f"{param}.content")
+        raise InvalidRequest("content must be a list of content parts" + (" or a string" if text else ""),
+                             param=f"{param}.content")
     parts = []
     for index, part in enumerate(content):
         where = f"{param}.content[{index}]"
         kind = part.get("type") if isinstance(part, dict) else None
-        if kind not in allowed:
+        if not one_of(kind, allowed):
             raise InvalidRequest(f"content part type {kind!r} is not supported here (text only: "
                                  f"{', '.join(sorted(allowed))})", param=f"{where}.type")
         if part.get("annotations"):
@@ -145,20 +153,20 @@ def new_item(item: Item, param: str, item_id: uuid.UUID | None = None) -> NewIte
         record = ItemRecord(kind, call_id=_text(item, "call_id", param))
         return NewItem(MessageRole.TOOL, _text(item, "output", param), status, record, item_id)
     if kind == ItemKind.REASONING:
-        summary = _parts(item.get("summary") or [], f"{param}.summary", {PartType.SUMMARY_TEXT})
-        parts = _parts(item.get("content") or [], param, {PartType.REASONING_TEXT})
+        summary = _parts(item.get("summary") or [], f"{param}.summary", {PartType.SUMMARY_TEXT}, text=False)
+        parts = _parts(item.get("content") or [], param, {PartType.REASONING_TEXT}, text=False)
         encrypted = _text(item, "encrypted_content", param, required=False) or None
         record = ItemRecord(kind, parts=parts, summary=tuple(p.text for p in summary), encrypted=encrypted)
         return NewItem(MessageRole.ASSISTANT, record.text, status, record, item_id)
     role = item.get("role")
-    if role not in MESSAGE_ROLES:
+    if not one_of(role, MESSAGE_ROLES):
         raise InvalidRequest("a message's role is user, assistant, system or developer", param=f"{param}.role")
-    role = MessageRole(role)
+    role = MessageRole(str(role))
     # Either text part in either direction (clients send a reply back as input_text or output_text).
     allowed = TEXT_PARTS | {PartType.REFUSAL} if role == MessageRole.ASSISTANT else TEXT_PARTS
     parts = _parts(item.get("content"), param, allowed)
     phase = item.get("phase")
-    if phase is not None and phase not in ("commentary", "final_answer"):
+    if phase is not None and not one_of(phase, ("commentary", "final_answer")):
         raise InvalidRequest("phase must be commentary or final_answer", param=f"{param}.phase")
     record = ItemRecord(ItemKind.MESSAGE, parts=parts, phase=phase)
     plain = len(parts) == 1 and parts[0].kind == PartKind.TEXT and phase is None
