@@ -8,6 +8,7 @@ import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -18,6 +19,8 @@ from server.apis.anthropic.serving import Messages
 from server.apis.codeface.identity.routes import TOKEN_PATH
 from server.apis.openai.chat_completions.serving import ChatCompletions
 from server.apis.openai.completions.serving import Completions
+from server.apis.openai.conversations.service import OpenAIConversations
+from server.apis.openai.responses.store import ResponseStore
 from server.apis.openai.tokenize.serving import Tokenization
 from server.apis.pages import DOCS_PATH, OPENAPI_PATH, STATIC_PREFIX
 from server.apis.routing import all_routes
@@ -148,6 +151,10 @@ def build_services(settings: Settings, engine: EngineClient, database: Database,
                        messages=Messages(engine, generator, settings.sse_heartbeat_s, salter),
                        completions=Completions(engine, generator, salter), tokenization=Tokenization(engine),
                        conversations=conversations,
+                       openai_conversations=OpenAIConversations(database, conversations),
+                       response_store=ResponseStore(database, conversations,
+                                                    retention=timedelta(days=settings.responses_retention_days),
+                                                    context_tokens=lambda: engine.max_model_len),
                        identity=IdentityService(
                            database, tokens, authenticator, max_keys_per_user=settings.max_keys_per_user,
                            login_guard=LoginGuard(limits, per_address=settings.login_attempts_per_minute_per_address,

@@ -1,7 +1,8 @@
 """The process around the app: a graceful drain on SIGTERM (not ready at once, new generations refused, running
 ones finished or interrupted by the deadline, replies stored, then exit), an engine watchdog (a dead engine makes
 the process not ready and exit non-zero, so that its supervisor restarts it), the reconciler of replies that a
-dead replica left in progress, and the event loop's lag sampler."""
+dead replica left in progress, the sweep of stored responses past their retention, and the event loop's lag
+sampler."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ WATCH_ENGINE_S = 0.5
 ENGINE_DEATH_GRACE_S = 2.0
 INTERRUPT_GRACE_S = 3.0
 RECONCILE_EVERY_S = 5.0
+# Stored responses past their retention are deleted this often (by every replica: a batch deleted twice is a no-op).
+SWEEP_EVERY_S = 300.0
 POLL_S = 0.1
 ENGINE_DIED_EXIT_CODE = 1
 
@@ -32,6 +35,12 @@ class Watched(Protocol):
 
     @property
     def is_running(self) -> bool: ...
+
+
+class Swept(Protocol):
+    """What holds rows with an expiry: deletes those past it, a bounded number per call."""
+
+    async def sweep(self) -> int: ...
 
 
 class Served(Protocol):
@@ -45,6 +54,9 @@ class Served(Protocol):
 
     @property
     def conversations(self) -> ConversationService: ...
+
+    @property
+    def response_store(self) -> Swept: ...
 
 
 class Lifecycle:
@@ -68,6 +80,7 @@ class Lifecycle:
         self._spawn(self._watch_engine(services))
         self._spawn(watch_loop_lag())
         self._spawn(self._reconcile(services))
+        self._spawn(self._sweep(services.response_store))
 
     def begin_drain(self, services: Served) -> bool:
         """SIGTERM: start draining (thread-safe: a signal handler calls it). False if a drain already runs."""
@@ -129,6 +142,14 @@ class Lifecycle:
             except Exception as exc:  # the database may be down; the next round retries
                 logger.warning("reconciling stale replies failed: %s", type(exc).__name__)
             await asyncio.sleep(min(RECONCILE_EVERY_S, conversations.stale_after_s))
+
+    async def _sweep(self, swept: Swept) -> None:
+        while True:
+            try:
+                await swept.sweep()
+            except Exception as exc:  # the database may be down; the next round retries
+                logger.warning("sweeping expired responses failed: %s", type(exc).__name__)
+            await asyncio.sleep(SWEEP_EVERY_S)
 
     def _exit(self) -> None:
         if self.request_exit is not None:

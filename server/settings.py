@@ -103,6 +103,10 @@ class Settings(BaseSettings, EngineOptions):
     reply_retention_s: float = 300.0        # a finished reply's events stay in memory this long, for re-attaches
     reply_buffer_bytes: int = 4 << 20       # one reply's buffered events at most (the newest are kept)
     reply_buffers_total_bytes: int = 256 << 20  # all buffers together: the oldest finished replies go first
+    # Responses API: a stored response (store: true) can be retrieved, listed and chained by previous_response_id
+    # this long after it was made (OpenAI keeps 30 days), then it is deleted by a sweep every few minutes.
+    # Conversations and their items do not expire.
+    responses_retention_days: float = Field(default=30.0, gt=0)
 
     # Shutdown: on SIGTERM, not ready at once and new generations refused; running ones get this long to finish
     # before they are interrupted (their streams end with an error event, their replies are stored).

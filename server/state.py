@@ -11,6 +11,8 @@ from engine import EngineClient
 from server.apis.anthropic.serving import Messages
 from server.apis.openai.chat_completions.serving import ChatCompletions
 from server.apis.openai.completions.serving import Completions
+from server.apis.openai.conversations.service import OpenAIConversations
+from server.apis.openai.responses.store import ResponseStore
 from server.apis.openai.tokenize.serving import Tokenization
 from server.conversations.registry import Registry
 from server.conversations.service import ConversationService
@@ -41,6 +43,9 @@ class AppServices:
     completions: Completions
     tokenization: Tokenization
     conversations: ConversationService
+    # OpenAI's Conversations API and the Responses API's stored state, over the same conversations.
+    openai_conversations: OpenAIConversations
+    response_store: ResponseStore
     identity: IdentityService
     operator: OperatorEndpoints
 

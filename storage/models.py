@@ -1,4 +1,4 @@
-"""Typed SQLAlchemy models: users, API keys, conversations and messages."""
+"""Typed SQLAlchemy models: users, API keys, conversations and their messages (items), and stored responses."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, Uuid
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, Uuid
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -15,6 +15,10 @@ class MessageRole(StrEnum):
     SYSTEM = "system"
     USER = "user"
     ASSISTANT = "assistant"
+    # Items added through OpenAI's Conversations and Responses APIs: instructions from the developer, and a
+    # function call's output.
+    DEVELOPER = "developer"
+    TOOL = "tool"
 
 
 class MessageStatus(StrEnum):
@@ -78,6 +82,8 @@ class Conversation(Base):
     title: Mapped[str] = mapped_column(String(300), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # OpenAI's conversation metadata: up to 16 string pairs ("metadata" is taken on a declarative class).
+    meta: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON)
 
     messages: Mapped[list[Message]] = relationship(
         back_populates="conversation", cascade="all, delete-orphan", order_by="Message.seq"
@@ -100,5 +106,28 @@ class Message(Base):
     finish_reason: Mapped[str | None] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # What a plain text message cannot say (a function call or its output, reasoning, several content parts): the
+    # core's ItemRecord as JSON (server/conversations/items.py). NULL: the row is `role` saying `content`.
+    item: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
+
+
+class StoredResponse(Base):
+    """A Responses API response kept for retrieval and previous_response_id chains until `expires_at`."""
+
+    __tablename__ = "responses"
+
+    # "resp_" and 32 hex digits, as returned to the client.
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    # Deleting the conversation keeps the response (a separate object, as OpenAI's) until it expires.
+    conversation_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("conversations.id", ondelete="SET NULL"),
+                                                              index=True)
+    previous_response_id: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    # The whole Response object as it was returned, and its input items (each with its id).
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    input_items: Mapped[list[dict[str, Any]]] = mapped_column(JSON)

@@ -136,8 +136,9 @@ class Conversations:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def create(self, owner_id: uuid.UUID, title: str = "") -> Conversation:
-        conversation = Conversation(owner_id=owner_id, title=title)
+    async def create(self, owner_id: uuid.UUID, title: str = "", meta: dict[str, str] | None = None
+                     ) -> Conversation:
+        conversation = Conversation(owner_id=owner_id, title=title, meta=meta)
         self.session.add(conversation)
         await self.session.flush()
         return conversation
@@ -167,6 +168,14 @@ class Conversations:
             await self.session.flush()
         return conversation
 
+    async def set_meta(self, owner_id: uuid.UUID, conversation_id: uuid.UUID, meta: dict[str, str] | None
+                       ) -> Conversation | None:
+        conversation = await self.get(owner_id, conversation_id)
+        if conversation is not None:
+            conversation.meta = meta
+            await self.session.flush()
+        return conversation
+
     async def delete(self, owner_id: uuid.UUID, conversation_id: uuid.UUID) -> bool:
         result = await self.session.execute(
             delete(Conversation).where(Conversation.id == conversation_id, Conversation.owner_id == owner_id)
@@ -180,13 +189,14 @@ class Messages:
 
     async def append(self, conversation_id: uuid.UUID, role: MessageRole, content: str, *,
                      status: MessageStatus = MessageStatus.COMPLETED, prompt_tokens: int | None = None,
-                     message_id: uuid.UUID | None = None) -> Message:
-        """Add a message at the end. The unique (conversation, seq) index rejects a concurrent append."""
+                     message_id: uuid.UUID | None = None, item: dict[str, Any] | None = None) -> Message:
+        """Add a message at the end. The unique (conversation, seq) index rejects a concurrent append. `item`: what
+        a plain text message cannot say (server/conversations/items.py)."""
         last = await self.session.scalar(
             select(func.max(Message.seq)).where(Message.conversation_id == conversation_id)
         )
         message = Message(id=message_id or uuid.uuid4(), conversation_id=conversation_id, seq=(last or 0) + 1,
-                          role=role, content=content, status=status, prompt_tokens=prompt_tokens)
+                          role=role, content=content, status=status, prompt_tokens=prompt_tokens, item=item)
         self.session.add(message)
         await self.session.flush()
         return message
@@ -195,6 +205,20 @@ class Messages:
         return await self.session.scalar(
             select(Message).where(Message.id == message_id, Message.conversation_id == conversation_id)
         )
+
+    async def page(self, conversation_id: uuid.UUID, *, limit: int, descending: bool,
+                   after_seq: int | None = None) -> list[Message]:
+        """`limit` messages in seq order (or reversed), after the message at `after_seq` in that order."""
+        query = select(Message).where(Message.conversation_id == conversation_id)
+        if after_seq is not None:
+            query = query.where(Message.seq < after_seq if descending else Message.seq > after_seq)
+        order = Message.seq.desc() if descending else Message.seq
+        return list(await self.session.scalars(query.order_by(order).limit(limit)))
+
+    async def delete(self, conversation_id: uuid.UUID, message_id: uuid.UUID) -> bool:
+        result = await self.session.execute(
+            delete(Message).where(Message.id == message_id, Message.conversation_id == conversation_id))
+        return rows_changed(result) > 0
 
     async def finish(self, message_id: uuid.UUID, *, content: str | None, status: MessageStatus,
                      finish_reason: str | None, completion_tokens: int | None) -> None:

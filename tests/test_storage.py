@@ -3,6 +3,8 @@ tests/fast/test_storage_on_sqlite.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from support.storage_contract import (  # noqa: F401
@@ -12,10 +14,13 @@ from support.storage_contract import (  # noqa: F401
     test_conversation_with_messages_round_trip,
     test_delete_cascades_to_messages,
     test_list_pages_newest_first_with_cursor,
+    test_message_items_and_conversation_metadata_are_stored_as_json,
     test_migrated_schema_matches_models,
+    test_migration_0003_downgrades_and_upgrades_keeping_messages,
     test_other_owner_sees_nothing,
     test_ping,
     test_recent_reads_newest_first_up_to_a_budget_and_size_counts_bytes,
+    test_stored_responses_chain_expire_and_outlive_their_conversation,
     test_two_writers_cannot_take_the_same_position,
     test_users_get_or_create_is_idempotent,
 )
@@ -27,3 +32,8 @@ def database_url(postgres_url: str) -> str:
 
     upgrade_database(postgres_url)
     return postgres_url
+
+
+@pytest.fixture
+def fresh_database_url(new_postgres_database: Callable[[str], str]) -> str:
+    return new_postgres_database("migration")

@@ -85,6 +85,8 @@ class Operation:
     errors: tuple[int, ...] = (HTTPStatus.BAD_REQUEST,)  # HTTPStatus, or a dialect's own (Anthropic's 529)
     parameters: tuple[Param | IntQuery, ...] = ()
     links: tuple[Link, ...] = ()
+    # The JSON Schema of path parameters that are not UUIDs (OpenAI's prefixed ids), by name.
+    path_schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def operation_id(self) -> str:

@@ -20,7 +20,7 @@ from server.conversations.history import assemble, visible_turns
 from server.conversations.listeners import Listener, Wake
 from server.conversations.registry import Registry
 from server.conversations.run import Run
-from server.conversations.store import ConversationLimits, ConversationStore
+from server.conversations.store import TITLE_FROM_MESSAGE_CHARS, ConversationLimits, ConversationStore
 from server.conversations.writer import ReplyWriter
 from server.exceptions import Conflict, ConversationBusy, NotFound, Unavailable
 from server.generation.generator import Generator
@@ -35,8 +35,6 @@ from storage.repository import Conversations, Messages
 
 logger = logging.getLogger(__name__)
 
-# A conversation without a title takes the start of its first message.
-TITLE_FROM_MESSAGE_CHARS = 80
 STORE_RETRY_AFTER_S = 1
 # Cancelling a reply: how long to wait for its final status to be stored (here, or by another replica).
 REMOTE_STORE_WAIT_S = 10.0

@@ -4,15 +4,21 @@ post reads only what its prompt could hold; a conversation holds at most a set n
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from server.conversations.items import NewItem
 from server.exceptions import ConversationFull, NotFound
 from storage import Database
 from storage.models import Conversation, Message, MessageRole
 from storage.repository import Conversations, Messages
 
+# A conversation without a title takes the start of its first user message (on the page, or through an API).
+TITLE_FROM_MESSAGE_CHARS = 80
 # The most bytes of text one token stands for, when reading history: a prompt of n tokens holds at most n times this
 # many bytes of it. SmolLM2's longest token is 81 bytes (a newline and 80 spaces); a longer one only means fewer old
 # turns read than could have fitted, never more read than a prompt can hold.
@@ -79,6 +85,31 @@ class ConversationStore:
         if conversation is None:
             raise NotFound("no such conversation", param="conversation_id")
         return conversation
+
+    async def append(self, session: AsyncSession, owner_id: uuid.UUID, conversation_id: uuid.UUID,
+                     items: Sequence[NewItem]) -> Sequence[Message]:
+        """Items at the end of the owner's conversation, in the caller's transaction (its commit makes them
+        visible; a concurrent append fails it with IntegrityError). ConversationFull past the limits."""
+        conversation = await Conversations(session).get(owner_id, conversation_id)
+        if conversation is None:
+            raise NotFound("no such conversation", param="conversation_id")
+        messages = Messages(session)
+        count, size = await messages.size(conversation_id)
+        added = sum(item.stored_bytes for item in items)
+        if count + len(items) > self.limits.max_messages or size + added > self.limits.max_bytes:
+            raise ConversationFull(
+                f"this conversation cannot take {len(items)} more item(s) ({count} items, {size} bytes; at most "
+                f"{self.limits.max_messages} items and {self.limits.max_bytes} bytes): start a new conversation",
+                param="conversation_id")
+        rows = [await messages.append(conversation_id, item.role, item.content, status=item.status,
+                                      message_id=item.item_id,
+                                      item=item.record.to_json() if item.record is not None else None)
+                for item in items]
+        first_user = next((item.content for item in items if item.role == MessageRole.USER and item.content), None)
+        if not conversation.title and first_user:
+            conversation.title = first_user[:TITLE_FROM_MESSAGE_CHARS]
+        await session.flush()
+        return rows
 
     async def check_room(self, conversation_id: uuid.UUID, content: str) -> None:
         """Refuses a message that would take the conversation past its limits (the message and its reply count

@@ -91,7 +91,7 @@ def _operation(op: Operation, schemas: dict[type, dict[str, Any]]) -> dict[str, 
         "summary": op.summary, "tags": [op.tag], "operationId": op.operation_id,
         "responses": responses, "security": [] if op.public else [{"bearer": []}],
     }
-    parameters = [{"name": name, "in": "path", "required": True, "schema": UUID_PATH}
+    parameters = [{"name": name, "in": "path", "required": True, "schema": op.path_schemas.get(name, UUID_PATH)}
                   for name in re.findall(r"{(\w+)}", op.path)]
     parameters += [parameter.document() for parameter in op.parameters]
     if parameters:

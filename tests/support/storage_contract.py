@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from sqlalchemy.exc import IntegrityError
@@ -200,3 +201,120 @@ async def test_a_refused_final_write_is_stored_failed_at_once(database_url: str)
         assert (stored.status, stored.content, stored.completion_tokens) == ("failed", "flushed", 2)
     else:
         assert (stored.status, stored.content) == ("completed", "a\x00b")
+
+
+async def test_message_items_and_conversation_metadata_are_stored_as_json(database: Database) -> None:
+    """messages.item and conversations.metadata (migration 0003), and the pages and deletes of items."""
+    owner = await make_user(database)
+    call = {"kind": "function_call", "call_id": "call_1", "name": "f", "parts": [{"kind": "text", "text": "é"}]}
+    async with database.session() as session:
+        conversation = await Conversations(session).create(owner, meta={"topic": "ünïcode"})
+        messages = Messages(session)
+        first = await messages.append(conversation.id, MessageRole.USER, "q")
+        second = await messages.append(conversation.id, MessageRole.ASSISTANT, "{}", item=call)
+        third = await messages.append(conversation.id, MessageRole.TOOL, "42", item={"kind": "function_call_output"})
+        await session.commit()
+    async with database.session() as session:
+        messages = Messages(session)
+        assert (await messages.get(conversation.id, second.id)).item == call
+        assert (await Conversations(session).get(owner, conversation.id)).meta == {"topic": "ünïcode"}
+        assert [m.id for m in await messages.page(conversation.id, limit=2, descending=True)] == [third.id, second.id]
+        assert [m.id for m in await messages.page(conversation.id, limit=5, descending=False, after_seq=1)] == [
+            second.id, third.id]
+        assert [m.id for m in await messages.page(conversation.id, limit=5, descending=True, after_seq=2)] == [
+            first.id]
+        assert await messages.delete(conversation.id, second.id)
+        assert await Conversations(session).set_meta(owner, conversation.id, None) is not None
+        await session.commit()
+    async with database.session() as session:
+        assert [m.id for m in await Messages(session).history(conversation.id)] == [first.id, third.id]
+        assert (await Conversations(session).get(owner, conversation.id)).meta is None
+
+
+async def test_stored_responses_chain_expire_and_outlive_their_conversation(database: Database) -> None:
+    """The responses table (migration 0003): a chain read in one recursive query, newest first and bounded; what has
+    expired is neither read nor kept by the sweep; a deleted conversation leaves its responses, a deleted user
+    takes them."""
+    from datetime import timedelta
+
+    from storage.models import StoredResponse, User, utcnow
+    from storage.responses import Responses
+
+    owner, stranger = await make_user(database), await make_user(database)
+    now = utcnow()
+    ids = [f"resp_{uuid.uuid4().hex}" for _ in range(4)]
+    async with database.session() as session:
+        conversation = await Conversations(session).create(owner)
+        responses = Responses(session)
+        for index, response_id in enumerate(ids):
+            expires = now - timedelta(seconds=1) if index == 0 else now + timedelta(days=1)
+            await responses.add(StoredResponse(
+                id=response_id, owner_id=owner, conversation_id=conversation.id,
+                previous_response_id=ids[index - 1] if index else None, status="completed", expires_at=expires,
+                body={"id": response_id, "output": [{"n": index}]}, input_items=[{"id": f"msg_{index}"}]))
+        await session.commit()
+    async with database.session() as session:
+        responses = Responses(session)
+        chain = await responses.chain(owner, ids[3], max_length=10)
+        # The first has expired: the chain stops before it, and says what it pointed to.
+        assert [link.id for link in chain] == ids[3:0:-1] and chain[-1].previous_response_id == ids[0]
+        assert chain[0].body["output"] == [{"n": 3}] and chain[0].input_items == [{"id": "msg_3"}]
+        assert [link.id for link in await responses.chain(owner, ids[3], max_length=2)] == ids[3:1:-1]
+        assert await responses.chain(stranger, ids[3], max_length=10) == []
+        assert await responses.get(owner, ids[0]) is None and await responses.get(stranger, ids[1]) is None
+        assert not await responses.delete(stranger, ids[1])
+        assert await responses.delete_expired(now, batch=10) == 1
+        await session.commit()
+    async with database.session() as session:
+        assert await Conversations(session).delete(owner, conversation.id)
+        await session.commit()
+    async with database.session() as session:
+        kept = await Responses(session).get(owner, ids[1])
+        assert kept is not None and kept.conversation_id is None
+        await session.delete(await session.get(User, owner))
+        await session.commit()
+    async with database.session() as session:
+        assert await session.get(StoredResponse, ids[2]) is None
+
+
+def test_migration_0003_downgrades_and_upgrades_keeping_messages(fresh_database_url: str) -> None:
+    """0003 undone and done again on a database with a conversation: its messages stay (SQLite drops the columns in
+    place; a table copy would cascade-delete the messages)."""
+    from alembic import command
+    from sqlalchemy import inspect, text
+
+    from storage import upgrade_database
+    from storage.migrate import alembic_config
+
+    async def seed() -> None:
+        database = Database(fresh_database_url)
+        try:
+            owner = await make_user(database)
+            async with database.session() as session:
+                conversation = await Conversations(session).create(owner, meta={"k": "v"})
+                await Messages(session).append(conversation.id, MessageRole.USER, "kept", item={"kind": "message"})
+                await session.commit()
+        finally:
+            await database.close()
+
+    async def inspected() -> tuple[set[str], set[str], int]:
+        database = Database(fresh_database_url)
+        try:
+            async with database.engine.connect() as connection:
+                def read(sync: Any) -> tuple[set[str], set[str]]:
+                    found = inspect(sync)
+                    return set(found.get_table_names()), {c["name"] for c in found.get_columns("messages")}
+                tables, columns = await connection.run_sync(read)
+                # Plain SQL: the models name columns the downgraded schema lacks.
+                count = (await connection.execute(text("SELECT count(*) FROM messages"))).scalar_one()
+            return tables, columns, count
+        finally:
+            await database.close()
+
+    asyncio.run(seed())
+    command.downgrade(alembic_config(fresh_database_url), "0002")
+    tables, columns, count = asyncio.run(inspected())
+    assert "responses" not in tables and "item" not in columns and count == 1
+    upgrade_database(fresh_database_url)
+    tables, columns, count = asyncio.run(inspected())
+    assert "responses" in tables and "item" in columns and count == 1
