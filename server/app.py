@@ -18,6 +18,8 @@ from server.apis.anthropic.serving import Messages
 from server.apis.codeface.identity.routes import TOKEN_PATH
 from server.apis.openai.chat_completions.serving import ChatCompletions
 from server.apis.openai.completions.serving import Completions
+from server.apis.openai.responses.serving import NoState, Responses
+from server.apis.openai.responses.state import ResponseState
 from server.apis.openai.tokenize.serving import Tokenization
 from server.apis.pages import DOCS_PATH, OPENAPI_PATH, STATIC_PREFIX
 from server.apis.routing import all_routes
@@ -115,7 +117,10 @@ def check_settings(settings: Settings) -> None:
 
 
 def build_services(settings: Settings, engine: EngineClient, database: Database, tokens: TokenService,
-                   authenticator: Authenticator | None, limits: RateLimits, policy: AccessPolicy) -> AppServices:
+                   authenticator: Authenticator | None, limits: RateLimits, policy: AccessPolicy,
+                   response_state: ResponseState | None = None) -> AppServices:
+    """`response_state`: what the Responses API keeps between requests; without one (NoState) nothing is kept and
+    previous_response_id and conversation are refused."""
     retention = Retention(seconds=settings.reply_retention_s, reply_bytes=settings.reply_buffer_bytes,
                           total_bytes=settings.reply_buffers_total_bytes)
     listeners = Listeners(heartbeat_s=settings.sse_heartbeat_s, idle_timeout_s=settings.sse_idle_timeout_s,
@@ -147,6 +152,8 @@ def build_services(settings: Settings, engine: EngineClient, database: Database,
                        chat=ChatCompletions(engine, generator, settings.sse_heartbeat_s, salter),
                        messages=Messages(engine, generator, settings.sse_heartbeat_s, salter),
                        completions=Completions(engine, generator, salter), tokenization=Tokenization(engine),
+                       responses=Responses(engine, generator, settings.sse_heartbeat_s, salter,
+                                           response_state or NoState()),
                        conversations=conversations,
                        identity=IdentityService(
                            database, tokens, authenticator, max_keys_per_user=settings.max_keys_per_user,

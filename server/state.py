@@ -11,6 +11,7 @@ from engine import EngineClient
 from server.apis.anthropic.serving import Messages
 from server.apis.openai.chat_completions.serving import ChatCompletions
 from server.apis.openai.completions.serving import Completions
+from server.apis.openai.responses.serving import Responses
 from server.apis.openai.tokenize.serving import Tokenization
 from server.conversations.registry import Registry
 from server.conversations.service import ConversationService
@@ -39,6 +40,7 @@ class AppServices:
     chat: ChatCompletions
     messages: Messages
     completions: Completions
+    responses: Responses
     tokenization: Tokenization
     conversations: ConversationService
     identity: IdentityService

@@ -11,9 +11,10 @@ from server.apis.codeface.conversations import routes as conversations
 from server.apis.codeface.identity import routes as identity
 from server.apis.endpoint import Endpoint
 from server.apis.openai import routes as openai
+from server.apis.openai.responses import routes as responses
 
-ENDPOINTS: tuple[Endpoint, ...] = (*openai.endpoints, *anthropic.endpoints, *conversations.endpoints,
-                                   *seed.endpoints, *identity.endpoints, *system.endpoints)
+ENDPOINTS: tuple[Endpoint, ...] = (*openai.endpoints, *responses.endpoints, *anthropic.endpoints,
+                                   *conversations.endpoints, *seed.endpoints, *identity.endpoints, *system.endpoints)
 
 
 def all_routes() -> list[BaseRoute]:
