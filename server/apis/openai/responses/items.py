@@ -40,6 +40,11 @@ UNSERVED_PARTS = {"input_image": TEXT_ONLY, "input_file": TEXT_ONLY, "input_audi
                   "refusal": "refusal parts are not taken as input"}
 
 
+def name_of(value: Any) -> str | None:
+    """A type, role or status as sent: a string, or None for anything else (a list is not a name)."""
+    return value if isinstance(value, str) else None
+
+
 def text_of(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise InvalidRequest(f"{where} must be a string", param=where)
@@ -51,7 +56,7 @@ def text_parts(content: list[Any], where: str) -> list[dict[str, str]]:
     parts = []
     for index, part in enumerate(content):
         at = f"{where}[{index}]"
-        kind = part.get("type") if isinstance(part, dict) else None
+        kind = name_of(part.get("type")) if isinstance(part, dict) else None
         if kind in UNSERVED_PARTS:
             raise InvalidRequest(f"{kind} parts are not supported: {UNSERVED_PARTS[kind]}", param=f"{at}.type")
         if kind not in TEXT_PARTS:
@@ -62,7 +67,7 @@ def text_parts(content: list[Any], where: str) -> list[dict[str, str]]:
 
 
 def check_message(item: Item, where: str) -> None:
-    role = item.get("role")
+    role = name_of(item.get("role"))
     if role not in ROLES:
         raise InvalidRequest(f"a message's role must be one of {', '.join(sorted(ROLES))}, not {role!r}",
                              param=f"{where}.role")
@@ -79,7 +84,7 @@ def check_items(items: list[Item], where: str = "input") -> None:
         at = f"{where}[{index}]"
         if not isinstance(item, dict):
             raise InvalidRequest("an input item must be an object", param=at)
-        kind = item.get("type", ItemType.MESSAGE if "role" in item else None)
+        kind = name_of(item.get("type", ItemType.MESSAGE if "role" in item else None))
         if kind in UNSERVED_ITEMS:
             raise InvalidRequest(f"{kind} items are not supported: {UNSERVED_ITEMS[kind]}", param=f"{at}.type")
         if kind == ItemType.MESSAGE:
@@ -100,7 +105,10 @@ def check_items(items: list[Item], where: str = "input") -> None:
             if item.get("encrypted_content"):
                 raise InvalidRequest("encrypted reasoning content is not supported", param=f"{at}.encrypted_content")
             for name in ("content", "summary"):
-                for position, part in enumerate(item.get(name) or []):
+                parts = item.get(name) or []
+                if not isinstance(parts, list):
+                    raise InvalidRequest(f"a reasoning item's {name} must be a list of parts", param=f"{at}.{name}")
+                for position, part in enumerate(parts):
                     text_of(part.get("text") if isinstance(part, dict) else None, f"{at}.{name}[{position}].text")
         else:
             raise InvalidRequest(f"unknown input item type {kind!r}; this server takes message, function_call, "
@@ -157,5 +165,5 @@ def continues_final_message(items: list[Item]) -> bool:
     if not items:
         return False
     last = items[-1]
-    kind = last.get("type", ItemType.MESSAGE)
-    return kind in (ItemType.MESSAGE, ItemType.REASONING) and last.get("status") in PARTIAL
+    kind = name_of(last.get("type", ItemType.MESSAGE))
+    return kind in (ItemType.MESSAGE, ItemType.REASONING) and name_of(last.get("status")) in PARTIAL
