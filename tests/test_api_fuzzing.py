@@ -24,8 +24,10 @@ from schemathesis.specs.openapi.checks import (
 from server.apis.routing import ENDPOINTS
 
 # Routes whose bodies say how much to generate (the seed's /api/v1/chat uses the server's short default).
-GENERATION_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/messages",
+GENERATION_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses",
                     "/api/v1/conversations/{conversation_id}/messages"}
+# The field that bounds the output, where it is not max_tokens.
+TOKEN_FIELDS = {"/v1/responses": "max_output_tokens"}
 CONVERSATIONS = "/api/v1/conversations/{conversation_id}"
 MESSAGES = f"{CONVERSATIONS}/messages"
 MAX_TOKENS = 4
@@ -41,12 +43,12 @@ def api_schema(server_url: str) -> Any:
     return schemathesis.openapi.from_url(f"{server_url}/openapi.json")
 
 
-def bounded(body: Any) -> Any:
+def bounded(body: Any, field: str = "max_tokens") -> Any:
     """What a generation may cost: a few tokens, few choices."""
     if isinstance(body, dict):
-        requested = body.get("max_tokens")
+        requested = body.get(field)
         if requested is None or isinstance(requested, int):
-            body["max_tokens"] = min(requested or MAX_TOKENS, MAX_TOKENS)
+            body[field] = min(requested or MAX_TOKENS, MAX_TOKENS)
         body.pop("max_completion_tokens", None)
         if isinstance(body.get("n"), int):
             body["n"] = min(max(body["n"], 1), 2)
@@ -63,7 +65,7 @@ def test_generated_requests_never_fail(api_schema: Any, auth_headers: dict[str, 
     @hypothesis.given(case=operation.as_strategy())
     def exchange(case: schemathesis.Case) -> None:
         if path in GENERATION_PATHS:
-            case.body = bounded(case.body)
+            case.body = bounded(case.body, TOKEN_FIELDS.get(path, "max_tokens"))
         response = case.call_and_validate(headers=auth_headers, timeout=120, checks=CHECKS)
         assert response.status_code < 500, response.text  # what CHECKS hold, said where a reader looks
 
@@ -103,7 +105,7 @@ def test_linked_sequences_never_fail(api_schema: Any, auth_headers: dict[str, st
             elif case.path == "/api/v1/users":
                 case.body = a_new_username(case.body, sum(answered.values()))
             elif case.path in GENERATION_PATHS:
-                case.body = bounded(case.body)
+                case.body = bounded(case.body, TOKEN_FIELDS.get(case.path, "max_tokens"))
 
         def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
             return {"headers": auth_headers, "timeout": 120}

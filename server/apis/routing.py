@@ -12,11 +12,12 @@ from server.apis.codeface.identity import routes as identity
 from server.apis.endpoint import Endpoint
 from server.apis.openai import routes as openai
 from server.apis.openai.conversations import routes as openai_conversations
+from server.apis.openai.responses import routes as responses
 from server.apis.openai.responses import store_routes as stored_responses
 
-ENDPOINTS: tuple[Endpoint, ...] = (*openai.endpoints, *openai_conversations.endpoints, *stored_responses.endpoints,
-                                   *anthropic.endpoints, *conversations.endpoints, *seed.endpoints,
-                                   *identity.endpoints, *system.endpoints)
+ENDPOINTS: tuple[Endpoint, ...] = (*openai.endpoints, *responses.endpoints, *stored_responses.endpoints,
+                                   *openai_conversations.endpoints, *anthropic.endpoints, *conversations.endpoints,
+                                   *seed.endpoints, *identity.endpoints, *system.endpoints)
 
 
 def all_routes() -> list[BaseRoute]:

@@ -19,10 +19,10 @@ from server.generation.chat_start import start_chat
 from server.generation.generator import STREAM_ERRORS, Generation, Generator
 from server.generation.heartbeats import with_heartbeats
 from server.generation.refusals import engine_refusal, served_model
+from server.generation.stream_accounting import StreamAccounting
 from server.security.auth import Principal
 from server.security.cache_salt import CacheSalter
 from server.sse import EventStream, frame
-from server.telemetry.metrics import AbortReason, aborted_requests, sse_streams_active
 
 MESSAGE_ID_PREFIX = "msg_"
 PING = b'event: ping\ndata: {"type":"ping"}\n\n'
@@ -233,12 +233,9 @@ class Messages:
         is an error event, as Anthropic sends it."""
         generation = started.generation
         tally = generation.tally
-        active = sse_streams_active.labels(started.model)
-        active.inc()
-        finished = False
         outcome = Outcome()
         blocks = BlockFramer()
-        try:
+        async with StreamAccounting(started.model, started.close):
             yield event(Event.MESSAGE_START, {"message": {**self.head(started),
                                                           "usage": usage(tally.prompt_tokens, 0, None)}})
             try:
@@ -259,12 +256,6 @@ class Messages:
                        + event(Event.MESSAGE_DELTA, {"delta": outcome.stop(), "usage": usage(
                            tally.prompt_tokens, tally.completion_tokens, tally.cached_tokens)})
                        + event(Event.MESSAGE_STOP, {}))
-            finished = True
-        finally:
-            active.dec()
-            if not finished:
-                aborted_requests.labels(started.model, AbortReason.CLIENT_DISCONNECT).inc()
-            await started.close()
 
     async def count_tokens(self, request: CountTokensRequest) -> dict[str, Any]:
         """The prompt's tokens, rendered exactly as a message with these fields would render it."""

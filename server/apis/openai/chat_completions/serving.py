@@ -20,10 +20,10 @@ from server.generation.chat_start import start_chat
 from server.generation.generator import STREAM_ERRORS, Generation, Generator
 from server.generation.heartbeats import with_heartbeats
 from server.generation.refusals import engine_refusal, served_model
+from server.generation.stream_accounting import StreamAccounting
 from server.security.auth import Principal
 from server.security.cache_salt import CacheSalter
 from server.sse import DONE, HEARTBEAT, EventStream
-from server.telemetry.metrics import AbortReason, aborted_requests, sse_streams_active
 
 
 @dataclass(slots=True)
@@ -94,13 +94,10 @@ class ChatCompletions:
         tally = generation.tally
         writer = ChunkWriter(completion.completion_id, completion.model, self.engine.fingerprint,
                              include_usage=request.include_usage, continuous_usage=request.continuous_usage)
-        active = sse_streams_active.labels(completion.model)
-        active.inc()
-        finished = False
         # The role chunk goes out with the first token, as vllm serve sends it: a client that times the first chunk
         # (vllm bench serve does) then measures time to first token, not time to an empty chunk.
         role = writer.role(generation.prepared.n, generation.prepared.echo)
-        try:
+        async with StreamAccounting(completion.model, completion.close):
             try:
                 async for step in with_heartbeats(generation, self.heartbeat_s):
                     if step is None:
@@ -123,9 +120,3 @@ class ChatCompletions:
                 if writer.include_usage:
                     yield writer.usage(usage(tally.prompt_tokens, tally.completion_tokens, tally.cached_tokens))
             yield DONE
-            finished = True
-        finally:
-            active.dec()
-            if not finished:
-                aborted_requests.labels(completion.model, AbortReason.CLIENT_DISCONNECT).inc()
-            await completion.close()

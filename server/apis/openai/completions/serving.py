@@ -14,10 +14,10 @@ from server.apis.openai.chunks import ABORTED, STOP, StreamErrorFraming, usage
 from server.apis.openai.completions.protocol import CompletionRequest
 from server.generation.generator import STREAM_ERRORS, Generation, Generator, LogprobBudget
 from server.generation.refusals import engine_refusal, served_model
+from server.generation.stream_accounting import StreamAccounting
 from server.security.auth import Principal
 from server.security.cache_salt import CacheSalter
 from server.sse import DONE, EventStream, frame
-from server.telemetry.metrics import AbortReason, aborted_requests, sse_streams_active
 
 COMPLETION_ID_PREFIX = "cmpl-"
 TEXT_COMPLETION = "text_completion"
@@ -144,10 +144,7 @@ class Completions:
                 "system_fingerprint": self.engine.fingerprint}
         echoed: set[int] = set()
         logprobs: dict[int, CompletionLogprobs] = {}
-        active = sse_streams_active.labels(run.model)
-        active.inc()
-        finished = False
-        try:
+        async with StreamAccounting(run.model, run.close):
             try:
                 async for prompt_index, step in merged(run.generations):
                     prepared = run.generations[prompt_index].prepared
@@ -179,12 +176,6 @@ class Completions:
                     yield frame({**head, "choices": [],
                                  "usage": usage(run.prompt_tokens, run.completion_tokens, run.cached_tokens)})
             yield DONE
-            finished = True
-        finally:
-            active.dec()
-            if not finished:
-                aborted_requests.labels(run.model, AbortReason.CLIENT_DISCONNECT).inc()
-            await run.close()
 
 
 async def merged(generations: list[Generation]) -> AsyncIterator[tuple[int, StepOutput]]:
