@@ -85,8 +85,8 @@ class Ewma:
 
 class LinearFit:
     """y = a + b x by exponentially weighted least squares (O(1) per sample), b >= 0. Without spread in x (one
-    batch size seen, one prompt length) there is no slope: `predict` answers the measured mean for any x at or
-    above the measured one (a lower bound, y growing with x) and None below it (nothing measured)."""
+    batch size seen, one prompt length) there is no slope, and `predict` never answers more than was measured (see
+    there); None before any sample."""
 
     def __init__(self, min_spread: float, decay: float = DECAY) -> None:
         self.min_spread = min_spread
@@ -111,7 +111,9 @@ class LinearFit:
             slope = (self.xy / self.w - mx * my) / var
             if slope > 0:
                 return max(0.0, my + slope * (x - mx))
-        return my if x >= mx else None
+        # No slope: the measured mean at or above the measured x (a lower bound, y growing with x), in proportion
+        # below it (an upper bound on the throughput measured, with no fixed part: a lower bound again).
+        return my if x >= mx or mx <= 0 else my * max(0.0, x) / mx
 
 
 @dataclass(slots=True)
