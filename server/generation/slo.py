@@ -27,6 +27,9 @@ from enum import StrEnum
 # Weight of the past in each fit, per new sample (the last ~50 samples count).
 DECAY = 0.98
 EWMA_ALPHA = 0.1
+# The decode fit's slope is trusted up to this multiple of the largest batch measured: a steeper guess from small
+# batches must not refuse the larger ones it never saw (prefill time grows with tokens as it was measured to).
+DECODE_REACH = 2.0
 # A prefill sample spans at least this much busy time (a batch's first tokens arrive together).
 PREFILL_WINDOW_S = 0.05
 # Samples whose x spread (standard deviation) is under this give no slope: only what was measured is trusted.
@@ -88,13 +91,18 @@ class LinearFit:
     batch size seen, one prompt length) there is no slope, and `predict` never answers more than was measured (see
     there); None before any sample."""
 
-    def __init__(self, min_spread: float, decay: float = DECAY) -> None:
+    def __init__(self, min_spread: float, decay: float = DECAY, reach: float = math.inf) -> None:
+        """`reach`: how far past the largest x measured the slope is trusted, as a multiple of it (beyond, the
+        prediction stays at that point's)."""
         self.min_spread = min_spread
         self.decay = decay
+        self.reach = reach
+        self.top = 0.0
         self.w = self.x = self.y = self.xx = self.xy = 0.0
 
     def add(self, x: float, y: float) -> None:
         d = self.decay
+        self.top = max(self.top, x)
         self.w, self.x, self.y = d * self.w + 1, d * self.x + x, d * self.y + y
         self.xx, self.xy = d * self.xx + x * x, d * self.xy + x * y
 
@@ -105,6 +113,7 @@ class LinearFit:
     def predict(self, x: float) -> float | None:
         if self.w == 0:
             return None
+        x = min(x, self.top * self.reach)
         mx, my = self.x / self.w, self.y / self.w
         var = self.xx / self.w - mx * mx
         if var >= self.min_spread ** 2:
@@ -175,7 +184,7 @@ class LoadEstimator:
         self.waiting_tokens = 0
         self.running_seqs = 0
         self.prefill = LinearFit(MIN_SPREAD["tokens"])
-        self.decode = LinearFit(MIN_SPREAD["batch"])
+        self.decode = LinearFit(MIN_SPREAD["batch"], reach=DECODE_REACH)
         self.sequence_s = Ewma()
         self._last = clock()
         self._batch_area = 0.0   # the time integral of running_seqs

@@ -44,7 +44,7 @@ def trained(slots: int = 64) -> tuple[LoadEstimator, Clock]:
     estimator = LoadEstimator(slots, clock)
     for prompt in (100, 400, 100, 400):
         run_alone(estimator, clock, prompt, 0.02 + prompt / 1000, 2, 0.02)
-    for batch in (1, 4, 1, 4):
+    for batch in (1, 6, 1, 6):
         run_batch(estimator, clock, batch, 11, 0.01 + 0.01 * batch)
     return estimator, clock
 
@@ -93,6 +93,13 @@ def test_without_spread_only_what_was_measured_counts() -> None:
     assert fit.predict(2) == pytest.approx(0.025)  # in proportion, no fixed part: at most what was measured
     assert fit.predict(4) == pytest.approx(0.05)
     assert fit.predict(40) == pytest.approx(0.05)  # at least what was measured at 4, no extrapolation
+
+
+def test_the_decode_slope_is_trusted_up_to_twice_the_largest_batch_measured() -> None:
+    estimator, _ = trained()
+    # Measured at 1 and 6 sequences: the slope holds to 12, and no further.
+    assert estimator.decode.predict(12) == pytest.approx(0.13, rel=0.02)
+    assert estimator.decode.predict(50) == estimator.decode.predict(12)
 
 
 def test_below_the_budgets_nothing_is_refused_past_them_retry_after() -> None:
