@@ -1,5 +1,6 @@
-"""`python -m loadtests run|compare`: load-test any OpenAI-compatible chat server, or compare CodeFace with
-vllm serve and the raw engine. Bounded by request count and duration; targets loopback or the URL given."""
+"""`python -m loadtests run|compare|capacity|...`: load-test any OpenAI-compatible chat server, compare CodeFace
+with vllm serve and the raw engine, or find each one's capacity (the knee). Bounded by request count and duration;
+targets loopback or the URL given."""
 
 from __future__ import annotations
 
@@ -135,6 +136,36 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_capacity(args: argparse.Namespace) -> int:
+    from loadtests.capacity import Objective
+    from loadtests.capacity_run import SYSTEMS, CapacityPlan, measure_system, write_report
+
+    folder = out_dir(args, "capacity")
+    systems = args.systems.split(",")
+    if unknown := set(systems) - set(SYSTEMS):
+        raise SystemExit(f"unknown systems {sorted(unknown)}: choose from {list(SYSTEMS)}")
+    slo = SLO.parse(args.slo)
+    if slo is None or slo.ttft_ms is None or slo.tpot_ms is None:
+        raise SystemExit("--slo needs both ttft:MS and tpot:MS")
+    workload = {"kind": args.workload, "input_len": args.input_len, "output_len": args.output_len,
+                "turns": args.turns, "tokenizer": str(args.tokenizer), "extra": args.extra_body}
+    plan = CapacityPlan(args.config, dict(args.set), Objective(slo.ttft_ms, slo.tpot_ms), args.repeats,
+                        args.start_rate, args.max_rate, args.precision,
+                        tuple(float(m) for m in args.beyond.split(",") if m), args.trial_duration,
+                        args.min_requests, args.seed, workload, folder)
+    results = {}
+    for system in systems:
+        print(f"{system}: searching", file=sys.stderr, flush=True)
+        results[system] = asyncio.run(measure_system(system, plan))
+    context = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(),
+               "config": str(args.config), "overrides": dict(args.set), "slo_ms": {"ttft": slo.ttft_ms,
+               "tpot": slo.tpot_ms}, "repeats": args.repeats, "trial_duration_s": args.trial_duration,
+               "workload": workload}
+    print(write_report(results, plan, context))
+    print(f"results, report and plot in {folder}")
+    return 0
+
+
 def cmd_conversations(args: argparse.Namespace) -> int:
     from loadtests.conversations import run as run_conversations
 
@@ -226,6 +257,22 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--repeats", type=int, default=3)
     add_workload_args(c)
     c.set_defaults(handler=cmd_compare)
+    k = commands.add_parser("capacity", help="each system's knee: the highest Poisson rate whose p90 (and p99) "
+                            "TTFT and TPOT meet an SLO, goodput against offered rate")
+    k.add_argument("--config", type=Path, default=Path("configs/cpu.yaml"), help="CodeFace profile: engine arguments")
+    k.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=override,
+                   help="profile overrides, the same for every system")
+    k.add_argument("--systems", default="codeface,vllm,engine")
+    k.add_argument("--slo", nargs="+", default=["ttft:3000", "tpot:150"], help="ttft:MS tpot:MS")
+    k.add_argument("--repeats", type=int, default=2, help="trials per rate; a rate passes if every one does")
+    k.add_argument("--start-rate", type=float, default=0.25, help="requests/s of the first trial")
+    k.add_argument("--max-rate", type=float, default=64.0)
+    k.add_argument("--precision", type=float, default=0.1, help="stop when failing / passing rate - 1 is under it")
+    k.add_argument("--beyond", default="0.7,1.5,2", help="multiples of the p90 knee measured as well")
+    k.add_argument("--trial-duration", type=float, default=60.0, help="seconds of arrivals per trial")
+    k.add_argument("--min-requests", type=int, default=20, help="requests per trial at least")
+    add_workload_args(k)
+    k.set_defaults(handler=cmd_capacity)
     v = commands.add_parser("conversations", help="concurrent multi-turn conversations, then audit what was stored")
     v.add_argument("--base-url", default="http://127.0.0.1:8000")
     v.add_argument("--api-key", default=None)

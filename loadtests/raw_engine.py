@@ -75,15 +75,50 @@ async def run(config_file: Path, overrides: dict[str, str], plan: dict[str, Any]
     return {"start_s": start_s, "levels": levels}
 
 
+async def run_capacity(config_file: Path, overrides: dict[str, str], plan_data: dict[str, Any]) -> dict[str, Any]:
+    """`python -m loadtests capacity`'s search (loadtests.capacity) on the engine driven in-process."""
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from engine.config import build_engine_args
+    from loadtests.capacity_run import (
+        SystemCapacity,
+        capacity_json,
+        jobs_maker,
+        open_loop_measure,
+        plan_from_json,
+        search_all,
+    )
+    from loadtests.systems import profile_engine_config
+
+    plan = plan_from_json(plan_data)
+    config = profile_engine_config(config_file, overrides)
+    started = time.perf_counter()
+    llm = AsyncLLM.from_engine_args(build_engine_args(config))
+    start_s = time.perf_counter() - started
+    send = raw_sender(llm, llm.get_tokenizer())
+    jobs_for = jobs_maker(plan.workload)
+    try:
+        await run_closed_loop(send, jobs_for(4, plan.seed + 999), 2)
+        knees, trials = await search_all(open_loop_measure(send, plan, jobs_for), plan)
+    finally:
+        llm.shutdown()
+    return capacity_json(SystemCapacity(start_s, knees, trials))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m loadtests.raw_engine")
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--set", action="append", default=[], type=override)
-    parser.add_argument("--plan", type=Path, required=True, help="JSON: warmup jobs, levels, max_duration_s")
+    plans = parser.add_mutually_exclusive_group(required=True)
+    plans.add_argument("--plan", type=Path, help="JSON: warmup jobs, levels, max_duration_s")
+    plans.add_argument("--capacity", type=Path, help="JSON: a capacity search's plan (loadtests.capacity_run)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     overrides = dict(args.set)
-    report = asyncio.run(run(args.config, overrides, json.loads(args.plan.read_text())))
+    if args.capacity is not None:
+        report = asyncio.run(run_capacity(args.config, overrides, json.loads(args.capacity.read_text())))
+    else:
+        report = asyncio.run(run(args.config, overrides, json.loads(args.plan.read_text())))
     args.out.write_text(json.dumps(report))
 
 

@@ -35,6 +35,7 @@ from server.conversations.writer import ReplyWriter
 from server.errors import EXCEPTION_HANDLERS
 from server.generation.fairness import FairShare
 from server.generation.generator import Admission, Generator
+from server.generation.slo import DEFAULT_ENGINE_SLOTS, Budgets, LoadEstimator, SloAdmission
 from server.lifecycle import Lifecycle
 from server.middleware.access import AccessControlMiddleware
 from server.middleware.body_size import BodySizeLimitMiddleware
@@ -42,6 +43,7 @@ from server.middleware.host_origin import HostOriginMiddleware
 from server.middleware.media_type import MediaTypeMiddleware
 from server.middleware.observability import ObservabilityMiddleware
 from server.middleware.security_headers import SecurityHeadersMiddleware
+from server.middleware.slo_headers import TPOT_HEADER, TTFT_HEADER, SloHeadersMiddleware
 from server.security.access import AccessPolicy
 from server.security.auth import Authenticator
 from server.security.budgets import AbuseBudget
@@ -68,7 +70,7 @@ PLACEHOLDER_WORDS = ("change-me", "changeme", "replace-with", "replace-me", "pla
 # Pages anyone may load (the API they describe or drive still needs credentials).
 PUBLIC_PAGES = frozenset({"/", DOCS_PATH, OPENAPI_PATH})
 TOO_MANY_FAILURES = "too many requests with invalid credentials from this address; retry later"
-CORS_HEADERS = ["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"]
+CORS_HEADERS = ["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID", TTFT_HEADER, TPOT_HEADER]
 CORS_EXPOSED = ["X-Request-ID", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Retry-After"]
 
 logger = logging.getLogger("codeface")
@@ -134,7 +136,12 @@ def build_services(settings: Settings, engine: EngineClient, database: Database,
     # With auth off every caller is one user: a share of admission would only cap the whole server.
     per_user = settings.max_inflight_sequences_per_user if settings.auth_enabled else None
     per_process_user_cap = -(-per_user // settings.api_processes) if per_user is not None else None
-    admission = Admission(engine, limits, max_inflight=per_process_cap, max_per_tenant=per_process_user_cap)
+    # The estimator sees this process's generations only: its share of the engine's sequence slots.
+    slots = -(-(settings.max_num_seqs or DEFAULT_ENGINE_SLOTS) // settings.api_processes)
+    slo = SloAdmission(Budgets(settings.slo_ttft_s, settings.slo_tpot_s), LoadEstimator(slots),
+                       fair=settings.fairness_enabled)
+    admission = Admission(engine, limits, max_inflight=per_process_cap, max_per_tenant=per_process_user_cap,
+                          slo=slo)
     fair = FairShare(settings.fairness_enabled, engine_slots=settings.max_num_seqs,
                      reserve_fraction=settings.fairness_reserve)
     generator = Generator(engine, admission, fair)
@@ -232,6 +239,7 @@ def create_app(settings: Settings, model_path: str, *, tracing: bool | None = No
             Middleware(AccessControlMiddleware, policy=policy, limits=limits,
                        open_paths={*settings.open_paths, TOKEN_PATH, *PUBLIC_PAGES}, open_prefixes=(STATIC_PREFIX,),
                        model=engine.model_name),
+            Middleware(SloHeadersMiddleware),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

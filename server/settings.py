@@ -173,6 +173,15 @@ class Settings(BaseSettings, EngineOptions):
     # processes, each allows its share of it. Not applied with auth off (every caller is then one user).
     max_inflight_sequences_per_user: int | None = Field(default=256, ge=1)
 
+    # SLO-aware admission (server/generation/slo.py, docs/operations.md): a generation the server estimates would
+    # not get its first token within slo_ttft_s, or would push the streams running past slo_tpot_s per output token,
+    # is refused at once, before any engine work: 503 with Retry-After (Anthropic's route: 529), or 429 for a tenant
+    # holding more than an even share with fairness on. The estimate uses rates measured on this replica; with none
+    # yet (a cold start) nothing is refused. null: no budget. A request may tighten them for itself with the headers
+    # X-SLO-TTFT-Ms and X-SLO-TPOT-Ms (milliseconds; llm-d's names), never loosen them.
+    slo_ttft_s: float | None = Field(default=None, gt=0)
+    slo_tpot_s: float | None = Field(default=None, gt=0)
+
     # Logins: password guessing is limited per client address and per username from one address (never per username
     # alone: guessing from one address does not lock the owner out elsewhere); each time a budget is spent again
     # within the hour, the block doubles (60 s up to 15 min). The budgets are also counted in-process, so that they

@@ -18,11 +18,21 @@ from engine import (
     PreparedRequest,
     StepOutput,
 )
-from server.exceptions import InvalidRequest, Overloaded, Unavailable
+from server.exceptions import InvalidRequest, Overloaded, RateLimited, Unavailable
 from server.generation.fairness import ANONYMOUS, FairShare, Place
+from server.generation.slo import SloAdmission, Ticket
 from server.security.auth import Principal
 from server.security.ratelimit import Limit, LimitExceeded, RateLimits, Reservation
-from server.telemetry.metrics import admission_rejections, rate_limit_rejections, tenant_queue_time, tenant_ttft
+from server.telemetry.metrics import (
+    admission_rejections,
+    rate_limit_rejections,
+    slo_refusals,
+    slo_ttft_estimate,
+    slo_ttft_ratio,
+    tenant_queue_time,
+    tenant_share_class,
+    tenant_ttft,
+)
 from server.telemetry.tracing import GenerationSpans
 
 ADMISSION_RETRY_AFTER_S = 1
@@ -68,21 +78,26 @@ class Admission:
     Sequences (a generation counts n) are counted here from the moment they are admitted (the engine counts a
     request only once it has been submitted, so a burst checked against the engine's count alone would all pass
     together). One tenant (a user, over all its keys) may hold at most `max_per_tenant` of them, so that no user
-    fills admission for the others; unauthenticated callers (auth off) are not capped."""
+    fills admission for the others; unauthenticated callers (auth off) are not capped. With `slo`, a generation
+    that would miss its latency budgets is refused too (server.generation.slo), and each admitted one is followed
+    (a Ticket) to measure the rates the estimate uses."""
 
     def __init__(self, engine: EngineClient, limits: RateLimits, *, max_inflight: int,
-                 max_per_tenant: int | None = None) -> None:
+                 max_per_tenant: int | None = None, slo: SloAdmission | None = None) -> None:
         self.engine = engine
         self.limits = limits
         self.max_inflight = max_inflight
         self.max_per_tenant = max_per_tenant
+        self.slo = slo
         self.admitted = 0
         self.by_tenant: Counter[str] = Counter()
         self.draining = False
 
-    def check(self, principal: Principal | None, choices: int) -> None:
+    def check(self, principal: Principal | None, choices: int, prompt_tokens: int = 0) -> None:
         """What `admit` refuses before any limit's storage is asked, holding nothing: Unavailable (draining),
-        LimitExceeded (the tenant's share of admission), Overloaded (server full)."""
+        LimitExceeded (the tenant's share of admission), Overloaded (server full, or past its latency budgets),
+        RateLimited (past the budgets, and the tenant over an even share with fair share on). `prompt_tokens`: 0
+        before the prompt is rendered."""
         if self.draining:
             raise Unavailable("the server is shutting down; retry on another replica",
                               retry_after_s=ADMISSION_RETRY_AFTER_S)
@@ -99,20 +114,36 @@ class Admission:
             admission_rejections.labels(self.engine.model_name).inc()
             raise Overloaded(f"the server is at capacity ({self.max_inflight} sequences in flight); retry shortly",
                              retry_after_s=ADMISSION_RETRY_AFTER_S)
+        if self.slo is not None:
+            tenant = tenant_of(principal)
+            refusal = self.slo.verdict(tenant, prompt_tokens, choices, self.by_tenant)
+            if refusal is not None:
+                slo_refusals.labels(self.engine.model_name, refusal.reason,
+                                    tenant_share_class(self.by_tenant.get(tenant, 0))).inc()
+                error = RateLimited if refusal.over_share else Overloaded
+                raise error(refusal.message(), retry_after_s=refusal.retry_after_s)
 
-    async def admit(self, principal: Principal | None, tokens: int, choices: int) -> Reservation | None:
+    async def admit(self, principal: Principal | None, tokens: int, choices: int,
+                    prompt_tokens: int = 0) -> tuple[Reservation | None, Ticket | None]:
         """Raises what `check` raises, then LimitExceeded or LimiterUnavailable (the caller's limits). A
-        successful admission is released with `release(tenant_of(principal), choices)`."""
-        self.check(principal, choices)
+        successful admission is released with `release(tenant_of(principal), choices)`, its ticket (with `slo`)
+        ended with `self.slo.estimator.finished`."""
+        self.check(principal, choices, prompt_tokens)
         tenant = tenant_of(principal)
         self.admitted += choices
         self.by_tenant[tenant] += choices
+        # Counted before any await, as `admitted` is: a burst is estimated one request after another.
+        ticket = self.slo.admitted(prompt_tokens, choices) if self.slo is not None else None
+        if ticket is not None and ticket.estimate_s is not None:
+            slo_ttft_estimate.labels(self.engine.model_name).observe(ticket.estimate_s)
         if principal is None:
-            return None
+            return None, ticket
         try:
-            return await self.limits.reserve_all(principal.budgets, tokens)
+            return await self.limits.reserve_all(principal.budgets, tokens), ticket
         except BaseException as exc:
             self.release(tenant, choices)
+            if ticket is not None and self.slo is not None:
+                self.slo.estimator.finished(ticket, 0)
             if isinstance(exc, LimitExceeded):
                 rate_limit_rejections.labels(self.engine.model_name, exc.limit).inc()
             raise
@@ -133,7 +164,8 @@ class Tally:
     the span attributes, the metrics and the caller's token budget."""
 
     def __init__(self, prompt_tokens: int, n: int, spans: GenerationSpans, usage_sink: MutableMapping[str, Any],
-                 reservation: Reservation | None, admission: Admission, place: Place, fair: FairShare) -> None:
+                 reservation: Reservation | None, admission: Admission, place: Place, fair: FairShare,
+                 ticket: Ticket | None = None) -> None:
         self.created = int(time.time())
         self.started = time.monotonic()
         self.prompt_tokens = prompt_tokens
@@ -146,6 +178,7 @@ class Tally:
         self.admission = admission
         self.place = place
         self.fair = fair
+        self.ticket = ticket
         self.closed = False
         self.first_seen = False
 
@@ -157,6 +190,11 @@ class Tally:
             tenant_ttft.labels(model, share).observe(time.monotonic() - self.started)
             if step.queue_time_s is not None:
                 tenant_queue_time.labels(model, share).observe(step.queue_time_s)
+            slo, ticket = self.admission.slo, self.ticket
+            if slo is not None and ticket is not None:
+                seen = slo.estimator.first_token(ticket, step.cached_tokens)
+                if ticket.estimate_s:
+                    slo_ttft_ratio.labels(model).observe(seen / ticket.estimate_s)
         if step.cached_tokens is not None:
             self.cached_tokens = step.cached_tokens
         for choice in step.choices:
@@ -170,6 +208,8 @@ class Tally:
             return
         self.closed = True
         self.admission.release(self.place.tenant, len(self.finish_reasons))
+        if self.admission.slo is not None and self.ticket is not None:
+            self.admission.slo.estimator.finished(self.ticket, self.completion_tokens)
         self.fair.release(self.place)
         # Added up: one request may run several generations (a completion with several prompts).
         used = self.usage_sink.setdefault("usage", {"prompt_tokens": 0, "completion_tokens": 0})
@@ -265,12 +305,13 @@ class Generator:
         self.fair.check(prepared.priority)
         prompt_tokens = prepared.prompt.num_tokens
         spans = GenerationSpans(self.engine.model_name, prepared.request_id, prepared.max_tokens)
-        reservation = await self.admission.admit(principal, prompt_tokens + prepared.max_tokens * prepared.n,
-                                                 prepared.n)
+        reservation, ticket = await self.admission.admit(
+            principal, prompt_tokens + prepared.max_tokens * prepared.n, prepared.n, prompt_tokens)
         place = self.fair.place(tenant_of(principal), principal.weight if principal else 1, prepared.n,
                                 prepared.priority)
         prepared.submit_kwargs["priority"] = place.priority
-        tally = Tally(prompt_tokens, prepared.n, spans, usage_sink, reservation, self.admission, place, self.fair)
+        tally = Tally(prompt_tokens, prepared.n, spans, usage_sink, reservation, self.admission, place, self.fair,
+                      ticket)
         if self.fair.tenant_cap is not None or deferred:
             steps = self._gated(place, prepared)
         else:

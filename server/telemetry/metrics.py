@@ -61,6 +61,17 @@ tenant_ttft = Histogram("codeface_tenant_time_to_first_token_seconds", "Time fro
                         "the tenant's share class", ["model", "share"], buckets=LATENCY_BUCKETS)
 
 
+# SLO-aware admission (server.generation.slo): what it refused and why, and how its TTFT estimate compares with the
+# TTFT then observed (observed / estimated: near 1 means the estimate can be trusted; above 1, it is optimistic).
+slo_refusals = Counter("codeface_slo_refusals", "Generations refused by SLO-aware admission, by reason (ttft, tpot, "
+                       "tenant_share) and the tenant's share class", ["model", "reason", "share"])
+slo_ttft_estimate = Histogram("codeface_slo_ttft_estimate_seconds", "Estimated time to the first token of each "
+                              "admitted generation (when the estimator had data)", ["model"], buckets=LATENCY_BUCKETS)
+RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2, 4, 10)
+slo_ttft_ratio = Histogram("codeface_slo_ttft_observed_over_estimate", "Observed time to the first token divided by "
+                           "the estimate made at admission", ["model"], buckets=RATIO_BUCKETS)
+
+
 def tenant_share_class(in_flight: int) -> str:
     """The label for a tenant that already has `in_flight` generations: 0, 1-3, 4-15, 16-63 or 64+."""
     return next((label for bound, label in SHARE_CLASSES if in_flight <= bound), "64+")

@@ -1,0 +1,296 @@
+"""SLO-aware admission: from rates measured on this replica's own generations, estimate whether a new one would get
+its first token within its time-to-first-token budget and keep the running streams within the time-per-output-token
+budget; what would not is refused before the engine sees it.
+
+The estimate (`LoadEstimator`), fed by the generator's tallies at three moments of a generation (admitted, first
+token, finished; O(1) each, nothing per token):
+- sequences waiting for their first token (and their prompt tokens) and sequences decoding, counted here;
+- prefill: the engine's busy time (while some admitted sequence waits for its first token and a sequence slot is
+  free) against the prompt tokens that got their first token in it, fitted as time = a + b x tokens over recent
+  windows, so a request's wait is the fit at (prompt tokens ahead of it + its own);
+- slots: past `max_num_seqs`, a new sequence also waits for running ones to finish: sequences over the slots x
+  (mean decode time of a sequence) / slots, Little's law;
+- decode: each finished sequence's time per output token against the mean number of sequences decoding beside it
+  (the time integral of the running count), fitted as TPOT = c + d x batch, predicted at the batch with the new one.
+Without data (a cold start, or no spread yet to fit a slope) the estimate is no more than what was measured, and
+nothing is refused on what was not measured: no false refusal below capacity."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+# Weight of the past in each fit, per new sample (the last ~50 samples count).
+DECAY = 0.98
+EWMA_ALPHA = 0.1
+# The decode fit's slope is trusted up to this multiple of the largest batch measured: a steeper guess from small
+# batches must not refuse the larger ones it never saw (prefill time grows with tokens as it was measured to).
+DECODE_REACH = 2.0
+# A prefill sample spans at least this much busy time (a batch's first tokens arrive together).
+PREFILL_WINDOW_S = 0.05
+# Samples whose x spread (standard deviation) is under this give no slope: only what was measured is trusted.
+MIN_SPREAD = {"tokens": 16.0, "batch": 0.5}
+MIN_RETRY_AFTER_S = 1
+# vLLM's largest default max_num_seqs (on large GPUs; 256 elsewhere), for an engine whose profile does not say: more
+# slots than real only makes the estimated wait for a slot shorter (toward admitting).
+DEFAULT_ENGINE_SLOTS = 1024
+# The openai SDK honours Retry-After up to 60 s; past the estimate the client should try elsewhere anyway.
+MAX_RETRY_AFTER_S = 30
+
+
+class Reason(StrEnum):
+    """Why a generation was refused (a metric label)."""
+
+    TTFT = "ttft"
+    TPOT = "tpot"
+    TENANT_SHARE = "tenant_share"
+
+
+@dataclass(frozen=True, slots=True)
+class Budgets:
+    """Seconds to the first token and per output token; None: no budget."""
+
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+
+    @property
+    def any(self) -> bool:
+        return self.ttft_s is not None or self.tpot_s is not None
+
+    def merged(self, request: Budgets | None) -> Budgets:
+        """A request's own budgets (its headers) over the server's: each may tighten the server's, never loosen it
+        (the server's TTFT budget is its promise to every caller, its TPOT budget protects the running streams)."""
+        if request is None:
+            return self
+        return Budgets(tighter(self.ttft_s, request.ttft_s), tighter(self.tpot_s, request.tpot_s))
+
+
+def tighter(server: float | None, request: float | None) -> float | None:
+    return min((b for b in (server, request) if b is not None), default=None)
+
+
+# The budgets the current HTTP request asked for (server.middleware.slo_headers sets it for the request's duration).
+request_budgets: ContextVar[Budgets | None] = ContextVar("request_budgets", default=None)
+
+
+class Ewma:
+    def __init__(self, alpha: float = EWMA_ALPHA) -> None:
+        self.alpha = alpha
+        self.value: float | None = None
+
+    def add(self, sample: float) -> None:
+        self.value = sample if self.value is None else self.value + self.alpha * (sample - self.value)
+
+
+class LinearFit:
+    """y = a + b x by exponentially weighted least squares (O(1) per sample), b >= 0. Without spread in x (one
+    batch size seen, one prompt length) there is no slope, and `predict` never answers more than was measured (see
+    there); None before any sample."""
+
+    def __init__(self, min_spread: float, decay: float = DECAY, reach: float = math.inf) -> None:
+        """`reach`: how far past the largest x measured the slope is trusted, as a multiple of it (beyond, the
+        prediction stays at that point's)."""
+        self.min_spread = min_spread
+        self.decay = decay
+        self.reach = reach
+        self.top = 0.0
+        self.w = self.x = self.y = self.xx = self.xy = 0.0
+
+    def add(self, x: float, y: float) -> None:
+        d = self.decay
+        self.top = max(self.top, x)
+        self.w, self.x, self.y = d * self.w + 1, d * self.x + x, d * self.y + y
+        self.xx, self.xy = d * self.xx + x * x, d * self.xy + x * y
+
+    @property
+    def samples(self) -> float:
+        return self.w
+
+    def predict(self, x: float) -> float | None:
+        if self.w == 0:
+            return None
+        x = min(x, self.top * self.reach)
+        mx, my = self.x / self.w, self.y / self.w
+        var = self.xx / self.w - mx * mx
+        if var >= self.min_spread ** 2:
+            slope = (self.xy / self.w - mx * my) / var
+            if slope > 0:
+                return max(0.0, my + slope * (x - mx))
+        # No slope: the measured mean at or above the measured x (a lower bound, y growing with x), in proportion
+        # below it (an upper bound on the throughput measured, with no fixed part: a lower bound again).
+        return my if x >= mx or mx <= 0 else my * max(0.0, x) / mx
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One admitted generation, as the estimator follows it."""
+
+    prompt_tokens: int
+    choices: int
+    admitted_at: float
+    estimate_s: float | None
+    first_at: float | None = None
+    batch_area_at_first: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """None: not known (no data)."""
+
+    ttft_s: float | None
+    tpot_s: float | None
+    retry_after_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """`budget`: the one that would be missed (TTFT or TPOT); `over_share`: the tenant holds more than an even share
+    of what is admitted (fair share on), so its own load is what to shed."""
+
+    budget: Reason
+    estimate_s: float
+    budget_s: float
+    retry_after_s: int
+    over_share: bool = False
+
+    @property
+    def reason(self) -> Reason:
+        return Reason.TENANT_SHARE if self.over_share else self.budget
+
+    def message(self) -> str:
+        what = ("time to the first token" if self.budget == Reason.TTFT
+                else "time per output token of the running streams")
+        whose = ("; you hold more than an even share of this server's streams" if self.over_share else "")
+        return (f"the server cannot serve this request within its latency budget now (estimated {what} "
+                f"{self.estimate_s * 1000:.0f} ms, budget {self.budget_s * 1000:.0f} ms){whose}; retry in "
+                f"{self.retry_after_s} s" + ("" if self.over_share else " or on another replica"))
+
+
+def retry_after(seconds: float) -> int:
+    return min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, math.ceil(seconds)))
+
+
+class LoadEstimator:
+    """The load on this replica and the rates measured on it (see the module's docstring)."""
+
+    def __init__(self, max_num_seqs: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_num_seqs = max(1, max_num_seqs)
+        self.clock = clock
+        self.waiting_seqs = 0
+        self.waiting_tokens = 0
+        self.running_seqs = 0
+        self.prefill = LinearFit(MIN_SPREAD["tokens"])
+        self.decode = LinearFit(MIN_SPREAD["batch"], reach=DECODE_REACH)
+        self.sequence_s = Ewma()
+        self._last = clock()
+        self._batch_area = 0.0   # the time integral of running_seqs
+        self._busy_s = 0.0       # prefill-busy time in the current window
+        self._prefilled = 0      # prompt tokens that got their first token in it
+
+    def _advance(self) -> float:
+        now = self.clock()
+        elapsed = max(0.0, now - self._last)
+        self._batch_area += self.running_seqs * elapsed
+        if self.waiting_seqs and self.running_seqs < self.max_num_seqs:
+            self._busy_s += elapsed
+        self._last = now
+        return now
+
+    def admitted(self, prompt_tokens: int, choices: int, estimate_s: float | None) -> Ticket:
+        now = self._advance()
+        self.waiting_seqs += choices
+        self.waiting_tokens += prompt_tokens
+        return Ticket(prompt_tokens, choices, now, estimate_s)
+
+    def first_token(self, ticket: Ticket, cached_tokens: int | None) -> float:
+        """Returns the time to the first token since admission."""
+        now = self._advance()
+        self.waiting_seqs -= ticket.choices
+        self.waiting_tokens -= ticket.prompt_tokens
+        self.running_seqs += ticket.choices
+        ticket.first_at, ticket.batch_area_at_first = now, self._batch_area
+        self._prefilled += max(0, ticket.prompt_tokens - (cached_tokens or 0))
+        if self._busy_s >= PREFILL_WINDOW_S:
+            self.prefill.add(self._prefilled, self._busy_s)
+            self._busy_s, self._prefilled = 0.0, 0
+        return now - ticket.admitted_at
+
+    def finished(self, ticket: Ticket, completion_tokens: int) -> None:
+        now = self._advance()
+        if ticket.first_at is None:  # ended before its first token (refused by the engine, client gone)
+            self.waiting_seqs -= ticket.choices
+            self.waiting_tokens -= ticket.prompt_tokens
+            return
+        self.running_seqs -= ticket.choices
+        decode_s = now - ticket.first_at
+        per_sequence = completion_tokens / ticket.choices
+        if decode_s <= 0:
+            return
+        self.sequence_s.add(decode_s)
+        if per_sequence >= 2:
+            batch = (self._batch_area - ticket.batch_area_at_first) / decode_s
+            self.decode.add(max(1.0, batch), decode_s / (per_sequence - 1))
+
+    def estimate(self, prompt_tokens: int, choices: int, *, excluded: int = 0) -> Estimate:
+        """The TTFT of a new generation and the TPOT of the batch with it. `excluded`: sequences left out of the
+        load ahead of it (fair share: a heavier tenant's excess, scheduled after it), waiting ones first."""
+        waiting_out = min(excluded, self.waiting_seqs)
+        waiting = self.waiting_seqs - waiting_out
+        tokens = self.waiting_tokens * waiting / self.waiting_seqs if self.waiting_seqs else 0.0
+        running = max(0, self.running_seqs - (excluded - waiting_out))
+        over = running + waiting + choices - self.max_num_seqs
+        per_slot = self.sequence_s.value
+        slot_wait = over * per_slot / self.max_num_seqs if over > 0 and per_slot is not None else 0.0
+        prefill = self.prefill.predict(tokens + prompt_tokens)
+        ttft = None if prefill is None and slot_wait == 0 else (prefill or 0.0) + slot_wait
+        tpot = self.decode.predict(min(running + waiting + choices, self.max_num_seqs))
+        # Room comes when a sequence finishes: every (sequence time / sequences running) on average.
+        turnover = per_slot / max(1, running) if per_slot is not None else 0.0
+        return Estimate(ttft, tpot, retry_after(max(slot_wait, turnover)))
+
+
+class SloAdmission:
+    """The server's budgets, a request's own, and the verdict on a new generation."""
+
+    def __init__(self, budgets: Budgets, estimator: LoadEstimator, *, fair: bool) -> None:
+        self.budgets = budgets
+        self.estimator = estimator
+        self.fair = fair
+
+    def verdict(self, tenant: str, prompt_tokens: int, choices: int, held: Mapping[str, int]) -> Refusal | None:
+        """None to admit. `held`: the sequences each tenant has admitted. With fair share, a tenant's request counts
+        the others' load only up to its own (theirs past that is scheduled after it), and a refused tenant holding
+        more than an even share is refused as over its share (the heaviest tenant's excess is shed first)."""
+        budgets = self.budgets.merged(request_budgets.get())
+        if not budgets.any:
+            return None
+        excluded = 0
+        if self.fair:
+            level = held.get(tenant, 0) + choices
+            excluded = sum(max(0, count - level) for other, count in held.items() if other != tenant)
+        estimate = self.estimator.estimate(prompt_tokens, choices, excluded=excluded)
+        refusal = None
+        if budgets.ttft_s is not None and estimate.ttft_s is not None and estimate.ttft_s > budgets.ttft_s:
+            refusal = Refusal(Reason.TTFT, estimate.ttft_s, budgets.ttft_s,
+                              retry_after(max(estimate.retry_after_s, estimate.ttft_s - budgets.ttft_s)))
+        elif budgets.tpot_s is not None and estimate.tpot_s is not None and estimate.tpot_s > budgets.tpot_s:
+            refusal = Refusal(Reason.TPOT, estimate.tpot_s, budgets.tpot_s, estimate.retry_after_s)
+        if refusal is not None and self.fair and self.over_share(tenant, choices, held):
+            refusal = replace(refusal, over_share=True)
+        return refusal
+
+    @staticmethod
+    def over_share(tenant: str, choices: int, held: Mapping[str, int]) -> bool:
+        tenants = len(held) + (tenant not in held)
+        total = sum(held.values()) + choices
+        return tenants > 1 and (held.get(tenant, 0) + choices) * tenants > total
+
+    def admitted(self, prompt_tokens: int, choices: int) -> Ticket:
+        """Start following an admitted generation; its estimated TTFT (the whole load ahead) is kept to be set
+        against the one observed."""
+        estimate = self.estimator.estimate(prompt_tokens, choices).ttft_s
+        return self.estimator.admitted(prompt_tokens, choices, estimate)

@@ -1,0 +1,171 @@
+"""SLO-aware admission's estimator and verdict (server.generation.slo) on a clock the test moves: nothing refused
+without data, estimates that follow the measured rates, refusals past the budgets with a Retry-After, the heaviest
+tenant shed first, and a request's budget headers that only tighten the server's."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.generation.slo import Budgets, LinearFit, LoadEstimator, Reason, SloAdmission, Ticket, request_budgets
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run_alone(estimator: LoadEstimator, clock: Clock, prompt: int, prefill_s: float, tokens: int,
+              tpot_s: float) -> None:
+    """One generation on an otherwise idle engine."""
+    ticket = estimator.admitted(prompt, 1, None)
+    clock.now += prefill_s
+    estimator.first_token(ticket, 0)
+    clock.now += tpot_s * (tokens - 1)
+    estimator.finished(ticket, tokens)
+
+
+def run_batch(estimator: LoadEstimator, clock: Clock, batch: int, tokens: int, tpot_s: float) -> None:
+    """`batch` generations decoding side by side from their first token to their end."""
+    tickets = [estimator.admitted(10, 1, None) for _ in range(batch)]
+    clock.now += 0.01
+    for ticket in tickets:
+        estimator.first_token(ticket, 0)
+    clock.now += tpot_s * (tokens - 1)
+    for ticket in tickets:
+        estimator.finished(ticket, tokens)
+
+
+def trained(slots: int = 64) -> tuple[LoadEstimator, Clock]:
+    """Prefill: 20 ms + 1 ms per token; decode: TPOT 10 ms + 10 ms per sequence in the batch."""
+    clock = Clock()
+    estimator = LoadEstimator(slots, clock)
+    for prompt in (100, 400, 100, 400):
+        run_alone(estimator, clock, prompt, 0.02 + prompt / 1000, 2, 0.02)
+    for batch in (1, 6, 1, 6):
+        run_batch(estimator, clock, batch, 11, 0.01 + 0.01 * batch)
+    return estimator, clock
+
+
+def hold(estimator: LoadEstimator, running: int, waiting: int = 0, prompt: int = 100) -> list[Ticket]:
+    tickets = [estimator.admitted(prompt, 1, None) for _ in range(running + waiting)]
+    for ticket in tickets[:running]:
+        estimator.first_token(ticket, 0)
+    return tickets
+
+
+def test_nothing_is_refused_without_data() -> None:
+    estimator = LoadEstimator(8, Clock())
+    hold(estimator, running=8, waiting=100)
+    slo = SloAdmission(Budgets(ttft_s=0.001, tpot_s=0.001), estimator, fair=False)
+    assert estimator.estimate(1000, 1).ttft_s is None and estimator.estimate(1000, 1).tpot_s is None
+    assert slo.verdict("a", 1000, 1, {"a": 108}) is None
+
+
+def test_the_estimate_follows_the_measured_rates() -> None:
+    estimator, _ = trained()
+    assert estimator.prefill.predict(1000) == pytest.approx(1.02, rel=0.02)
+    assert estimator.decode.predict(8) == pytest.approx(0.09, rel=0.02)
+    hold(estimator, running=7, waiting=3, prompt=300)
+    estimate = estimator.estimate(100, 1)
+    # 900 tokens ahead and its own 100; the batch with it: 11 sequences.
+    assert estimate.ttft_s == pytest.approx(1.02, rel=0.02)
+    assert estimate.tpot_s == pytest.approx(0.12, rel=0.02)
+
+
+def test_past_the_slots_a_new_sequence_waits_for_one_to_finish() -> None:
+    estimator, _ = trained(slots=4)
+    hold(estimator, running=4, waiting=3, prompt=0)
+    sequence_s = estimator.sequence_s.value
+    assert sequence_s is not None
+    # 4 running, 3 waiting, itself: 4 over the slots, a slot freeing every sequence_s / 4.
+    estimate = estimator.estimate(0, 1)
+    assert estimate.ttft_s is not None
+    assert estimate.ttft_s - (estimator.prefill.predict(0) or 0) == pytest.approx(4 * sequence_s / 4)
+
+
+def test_without_spread_only_what_was_measured_counts() -> None:
+    fit = LinearFit(min_spread=0.5)
+    for _ in range(5):
+        fit.add(4, 0.05)
+    assert fit.predict(2) == pytest.approx(0.025)  # in proportion, no fixed part: at most what was measured
+    assert fit.predict(4) == pytest.approx(0.05)
+    assert fit.predict(40) == pytest.approx(0.05)  # at least what was measured at 4, no extrapolation
+
+
+def test_the_decode_slope_is_trusted_up_to_twice_the_largest_batch_measured() -> None:
+    estimator, _ = trained()
+    # Measured at 1 and 6 sequences: the slope holds to 12, and no further.
+    assert estimator.decode.predict(12) == pytest.approx(0.13, rel=0.02)
+    assert estimator.decode.predict(50) == estimator.decode.predict(12)
+
+
+def test_below_the_budgets_nothing_is_refused_past_them_retry_after() -> None:
+    estimator, _ = trained()
+    slo = SloAdmission(Budgets(ttft_s=2.0, tpot_s=0.105), estimator, fair=False)
+    tickets = hold(estimator, running=7)
+    assert slo.verdict("a", 100, 1, {"a": 7}) is None   # batch 8: 90 ms
+    tickets += hold(estimator, running=1)
+    assert slo.verdict("a", 100, 1, {"a": 8}) is None   # batch 9: 100 ms
+    tickets += hold(estimator, running=1)
+    refusal = slo.verdict("a", 100, 1, {"a": 9})          # batch 10: 110 ms
+    assert refusal is not None and refusal.reason == Reason.TPOT and not refusal.over_share
+    assert refusal.retry_after_s >= 1 and "time per output token" in refusal.message()
+    # A sequence ends: room again.
+    estimator.finished(tickets.pop(), 5)
+    assert slo.verdict("a", 100, 1, {"a": 8}) is None
+
+
+def test_a_long_queue_is_refused_on_its_ttft() -> None:
+    estimator, _ = trained()
+    slo = SloAdmission(Budgets(ttft_s=1.0), estimator, fair=False)
+    hold(estimator, running=2, waiting=5, prompt=100)
+    assert slo.verdict("a", 100, 1, {"a": 7}) is None     # 600 tokens: 620 ms
+    hold(estimator, running=0, waiting=5, prompt=100)
+    refusal = slo.verdict("a", 100, 1, {"a": 12})          # 1100 tokens: 1.12 s
+    assert refusal is not None and refusal.reason == Reason.TTFT
+    assert refusal.estimate_s == pytest.approx(1.12, rel=0.02) and refusal.retry_after_s == 1
+
+
+def test_the_heaviest_tenant_is_shed_first() -> None:
+    """Past the TPOT budget, the heavy tenant (8 of 9 sequences) is refused as over its share, while a light
+    tenant's request is counted against the load at its own level and gets in; with fair share off, the light
+    tenant is refused as well, as the server's overload."""
+    estimator, _ = trained()
+    hold(estimator, running=9)
+    held = {"heavy": 8, "light": 1}
+    fair = SloAdmission(Budgets(tpot_s=0.1), estimator, fair=True)
+    heavy = fair.verdict("heavy", 100, 1, held)
+    assert heavy is not None and heavy.reason == Reason.TENANT_SHARE and "even share" in heavy.message()
+    assert fair.verdict("light", 100, 1, held) is None
+    assert fair.verdict("newcomer", 100, 1, held) is None
+    unfair = SloAdmission(Budgets(tpot_s=0.1), estimator, fair=False)
+    light = unfair.verdict("light", 100, 1, held)
+    assert light is not None and light.reason == Reason.TPOT
+
+
+def test_a_request_may_tighten_the_budgets_never_loosen_them() -> None:
+    server = Budgets(ttft_s=2.0, tpot_s=0.1)
+    assert server.merged(Budgets(ttft_s=0.5)) == Budgets(0.5, 0.1)
+    assert server.merged(Budgets(ttft_s=10.0, tpot_s=1.0)) == server
+    assert Budgets().merged(Budgets(tpot_s=0.05)) == Budgets(None, 0.05)
+    estimator, _ = trained()
+    hold(estimator, running=0, waiting=5, prompt=100)
+    slo = SloAdmission(Budgets(), estimator, fair=False)
+    assert slo.verdict("a", 100, 1, {"a": 5}) is None
+    token = request_budgets.set(Budgets(ttft_s=0.3))
+    try:
+        refusal = slo.verdict("a", 100, 1, {"a": 5})
+    finally:
+        request_budgets.reset(token)
+    assert refusal is not None and refusal.reason == Reason.TTFT and refusal.budget_s == 0.3
+
+
+def test_a_generation_that_ends_before_its_first_token_leaves_no_load() -> None:
+    estimator, _ = trained()
+    ticket = estimator.admitted(500, 2, None)
+    assert (estimator.waiting_seqs, estimator.waiting_tokens) == (2, 500)
+    estimator.finished(ticket, 0)
+    assert (estimator.waiting_seqs, estimator.waiting_tokens, estimator.running_seqs) == (0, 0, 0)
