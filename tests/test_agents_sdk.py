@@ -13,9 +13,7 @@ from typing import Any
 import jsonschema
 import openai
 import pytest
-
-agents = pytest.importorskip("agents")
-from agents import (  # noqa: E402
+from agents import (
     Agent,
     ModelSettings,
     OpenAIConversationsSession,
@@ -25,7 +23,7 @@ from agents import (  # noqa: E402
     set_default_openai_client,
     set_tracing_disabled,
 )
-from agents.items import MessageOutputItem, ToolCallItem, ToolCallOutputItem  # noqa: E402
+from agents.items import MessageOutputItem, ToolCallItem, ToolCallOutputItem
 
 SETTINGS = ModelSettings(temperature=0, max_tokens=24)
 

@@ -149,3 +149,25 @@ def test_bad_requests_are_refused_and_store_nothing(client: openai.OpenAI, http:
             assert error["type"] == ("not_found_error" if status == 404 else "invalid_request_error"), error
     assert stored() == before
     assert stranger.responses.retrieve(theirs.id).id == theirs.id  # still theirs, untouched
+
+
+def test_a_codex_shaped_stateless_turn(client: openai.OpenAI, model_name: str, server_database_url: str) -> None:
+    """As Codex CLI sends a turn: streamed, store false, the whole history as input (a developer message, a function
+    call and its output), prompt_cache_key set to the session, include reasoning.encrypted_content, tool_choice
+    auto; it is answered, echoes the key, and nothing is kept."""
+    shell = {"type": "function", "name": "shell", "description": "Runs a command.", "strict": False,
+             "parameters": {"type": "object", "properties": {"command": {"type": "array", "items": {"type": "string"}}},
+                            "required": ["command"], "additionalProperties": False}}
+    history: list[Any] = [
+        {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "Work in /tmp."}]},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "List the files."}]},
+        {"type": "function_call", "call_id": "call_ls", "name": "shell", "arguments": '{"command": ["ls"]}'},
+        {"type": "function_call_output", "call_id": "call_ls", "output": "notes.txt"}]
+    session = str(uuid.uuid4())
+    with client.responses.stream(model=model_name, instructions="You are a coding agent.", input=history,
+                                 tools=[shell], tool_choice="auto", parallel_tool_calls=False, store=False,
+                                 include=["reasoning.encrypted_content"], prompt_cache_key=session,
+                                 temperature=0, max_output_tokens=8) as stream:
+        final = stream.get_final_response()
+    assert final.status in ("completed", "incomplete") and final.output and final.prompt_cache_key == session
+    assert not _fetch(server_database_url, "SELECT id FROM responses WHERE id = $1", final.id)
