@@ -164,10 +164,11 @@ def test_a_codex_shaped_stateless_turn(client: openai.OpenAI, model_name: str, s
         {"type": "function_call", "call_id": "call_ls", "name": "shell", "arguments": '{"command": ["ls"]}'},
         {"type": "function_call_output", "call_id": "call_ls", "output": "notes.txt"}]
     session = str(uuid.uuid4())
-    with client.responses.stream(model=model_name, instructions="You are a coding agent.", input=history,
-                                 tools=[shell], tool_choice="auto", parallel_tool_calls=False, store=False,
-                                 include=["reasoning.encrypted_content"], prompt_cache_key=session,
-                                 temperature=0, max_output_tokens=8) as stream:
-        final = stream.get_final_response()
-    assert final.status in ("completed", "incomplete") and final.output and final.prompt_cache_key == session
+    events = list(client.responses.create(
+        model=model_name, instructions="You are a coding agent.", input=history, tools=[shell], tool_choice="auto",
+        parallel_tool_calls=False, store=False, include=["reasoning.encrypted_content"], prompt_cache_key=session,
+        stream=True, temperature=0, max_output_tokens=8))
+    assert events[-1].type in ("response.completed", "response.incomplete")
+    final = events[-1].response  # type: ignore[union-attr]
+    assert final.output and final.store is False and final.prompt_cache_key == session
     assert not _fetch(server_database_url, "SELECT id FROM responses WHERE id = $1", final.id)
