@@ -1,6 +1,7 @@
 """The OpenAI Agents SDK's default Responses model and OpenAIConversationsSession over the ASGI transport (fake
 engine): what the SDK sends (its include, its items sent back with their ids and statuses, the session's items as it
-reads and writes them) is accepted, a run ends with a final output, and a session's history is the conversation's."""
+reads and writes them, conversation_id) is accepted, a run ends with a final output, and the history of a session or
+of runs with conversation_id is the conversation's items."""
 
 from __future__ import annotations
 
@@ -52,3 +53,17 @@ async def test_a_conversations_session(client: httpx.AsyncClient) -> None:
         ("user", "My name is Ada."), ("assistant", first.final_output),
         ("user", "My name?"), ("assistant", second.final_output)]
     assert second.raw_responses[0].usage.input_tokens > first.raw_responses[0].usage.input_tokens  # type: ignore
+
+
+async def test_runs_in_a_server_side_conversation(client: httpx.AsyncClient) -> None:
+    """Runner.run(conversation_id=...): the SDK sends only each turn's new items, the server holds the rest."""
+    api, agent = an_agent(client)
+    conversation = await api.conversations.create()
+    first = await Runner.run(agent, "My name is Ada.", conversation_id=conversation.id)
+    second = await Runner.run(agent, "My name?", conversation_id=conversation.id)
+    items = [item async for item in api.conversations.items.list(conversation.id, order="asc")]
+    assert [(item.role, item.content[0].text) for item in items] == [  # type: ignore[union-attr]
+        ("user", "My name is Ada."), ("assistant", first.final_output),
+        ("user", "My name?"), ("assistant", second.final_output)]
+    turn = first.raw_responses[0].usage
+    assert second.raw_responses[0].usage.input_tokens > turn.input_tokens + turn.output_tokens  # type: ignore
