@@ -62,7 +62,9 @@ def test_multi_turn_runs(client: openai.AsyncOpenAI, model_name: str) -> None:
     assert chained.raw_responses[0].usage.input_tokens == resent.raw_responses[0].usage.input_tokens
 
 
-def test_a_forced_function_tool_and_its_result(client: openai.AsyncOpenAI, model_name: str) -> None:
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_forced_function_tool_and_its_result(client: openai.AsyncOpenAI, model_name: str, streamed: bool) -> None:
+    """Run, and run_streamed (the function call's arguments assembled from the semantic events)."""
     calls: list[dict[str, Any]] = []
 
     @function_tool
@@ -73,7 +75,15 @@ def test_a_forced_function_tool_and_its_result(client: openai.AsyncOpenAI, model
 
     agent = an_agent(client, model_name, tools=[get_weather],
                      model_settings=SETTINGS.resolve(ModelSettings(tool_choice="get_weather")))
-    result = asyncio.run(Runner.run(agent, "What is the weather in Rome?", max_turns=4))
+    async def run() -> Any:
+        if not streamed:
+            return await Runner.run(agent, "What is the weather in Rome?", max_turns=4)
+        running = Runner.run_streamed(agent, "What is the weather in Rome?", max_turns=4)
+        async for _ in running.stream_events():
+            pass
+        return running
+
+    result = asyncio.run(run())
     assert calls and isinstance(calls[0]["city"], str)  # the tool ran, the SDK parsed the arguments
     call = next(item for item in result.new_items if isinstance(item, ToolCallItem))
     jsonschema.validate(json.loads(call.raw_item.arguments), get_weather.params_json_schema)  # type: ignore

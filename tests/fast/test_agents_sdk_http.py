@@ -67,3 +67,12 @@ async def test_runs_in_a_server_side_conversation(client: httpx.AsyncClient) -> 
         ("user", "My name?"), ("assistant", second.final_output)]
     turn = first.raw_responses[0].usage
     assert second.raw_responses[0].usage.input_tokens > turn.input_tokens + turn.output_tokens  # type: ignore
+
+
+async def test_a_streamed_run(client: httpx.AsyncClient) -> None:
+    """Runner.run_streamed reads the semantic events: its text deltas make the final output."""
+    _, agent = an_agent(client)
+    run = Runner.run_streamed(agent, "Hi")
+    deltas = [event.data.delta async for event in run.stream_events()
+              if event.type == "raw_response_event" and event.data.type == "response.output_text.delta"]
+    assert run.is_complete and run.final_output and "".join(deltas) == run.final_output
