@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import jsonschema
@@ -30,12 +29,12 @@ SETTINGS = ModelSettings(temperature=0, max_tokens=160)
 
 
 @pytest.fixture
-def client(server_url: str, admin_key: str) -> Iterator[openai.AsyncOpenAI]:
+def client(server_url: str, admin_key: str) -> openai.AsyncOpenAI:
     """A client per test: an AsyncOpenAI belongs to the event loop of the test's asyncio.run."""
     client = openai.AsyncOpenAI(base_url=f"{server_url}/v1", api_key=admin_key, max_retries=0, timeout=120)
     set_default_openai_client(client, use_for_tracing=False)
     set_tracing_disabled(True)
-    yield client
+    return client
 
 
 def an_agent(client: openai.AsyncOpenAI, model_name: str, **kwargs: Any) -> Agent[Any]:
@@ -102,7 +101,7 @@ def test_a_conversations_session_shares_history(client: openai.AsyncOpenAI, mode
         session = OpenAIConversationsSession(openai_client=client)
         first = await Runner.run(agent, "My name is Ada.", session=session)
         second = await Runner.run(agent, "What is my name?", session=session)
-        conversation_id = await session._get_session_id()
+        conversation_id = session.session_id
         items = [item async for item in client.conversations.items.list(conversation_id, order="asc")]
         return conversation_id, first, second, items
 

@@ -47,7 +47,7 @@ async def test_a_conversations_session(client: httpx.AsyncClient) -> None:
     session = OpenAIConversationsSession(openai_client=api)
     first = await Runner.run(agent, "My name is Ada.", session=session)
     second = await Runner.run(agent, "My name?", session=session)
-    conversation_id = await session._get_session_id()
+    conversation_id = session.session_id
     items = [item async for item in api.conversations.items.list(conversation_id, order="asc")]
     assert [(item.role, item.content[0].text) for item in items] == [  # type: ignore[union-attr]
         ("user", "My name is Ada."), ("assistant", first.final_output),
