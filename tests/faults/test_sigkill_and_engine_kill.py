@@ -1,5 +1,6 @@
 """A CodeFace server killed twice: SIGKILL of the server mid-reply, then a restart that reconciles the reply it left
-in progress; then kill -9 of its engine core process under running streams."""
+in progress and still holds the Responses API's stored responses and conversations; then kill -9 of its engine core
+process under running streams."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from servers import EARLY, SpawnedServer
 
 API = "/api/v1/conversations"
 CHAT = "/v1/chat/completions"
+RESPONSES = "/v1/responses"
+SHORT = {"temperature": 0, "max_output_tokens": 4}
 STALE_AFTER_S = 10
 
 
@@ -72,11 +75,28 @@ async def first_deltas(http: httpx.AsyncClient, conversation_id: str, count: int
     return message_id, "".join(text)
 
 
+@pytest.fixture(scope="module")
+def kept_before_the_kill(first_server: SpawnedServer, key: str) -> dict[str, dict]:
+    """A stored response, and a conversation that a response was appended to, made on the server about to be
+    killed (/v1/responses and /v1/conversations)."""
+    with httpx.Client(base_url=first_server.url, headers=headers(key), timeout=120) as http:
+        response = http.post(RESPONSES, json={"input": "My favourite fruit is the pineapple.", **SHORT})
+        conversation = http.post("/v1/conversations", json={"metadata": {"kept": "yes"}})
+        assert response.status_code == conversation.status_code == 200, (response.text, conversation.text)
+        conversation_id = conversation.json()["id"]
+        appended = http.post(RESPONSES, json={"input": "Hello.", "conversation": conversation_id, **SHORT})
+        assert appended.status_code == 200, appended.text
+        items = http.get(f"/v1/conversations/{conversation_id}/items", params={"order": "asc"})
+        return {"response": response.json(), "conversation": conversation.json(), "items": items.json()}
+
+
 def test_sigkill_mid_reply_then_restart_reconciles(first_server: SpawnedServer, key: str,
                                                     servers: list[SpawnedServer],
+                                                    kept_before_the_kill: dict[str, dict],
                                                     measured: Callable[[str, object], None]) -> None:
     """The reply a killed server left in progress is stored `interrupted` with the text it had flushed, within
-    STALE_AFTER_S of the restart; the conversation then accepts a new post."""
+    STALE_AFTER_S of the restart; the conversation then accepts a new post. (Responses API state is made before
+    the kill: kept_before_the_kill.)"""
     first = first_server
     with httpx.Client(base_url=first.url, headers=headers(key), timeout=120) as http:
         conversation_id = http.post(API, json={}).json()["id"]
@@ -109,6 +129,22 @@ def test_sigkill_mid_reply_then_restart_reconciles(first_server: SpawnedServer, 
         measured("streamed / kept characters", f"{len(streamed)} / {len(reply['content'])}")
         following = http.post(f"{API}/{conversation_id}/messages", json={"content": "Continue.", "max_tokens": 2})
         assert following.status_code == 201, following.text
+
+
+def test_responses_and_conversations_survive_the_restart(key: str, servers: list[SpawnedServer],
+                                                        kept_before_the_kill: dict[str, dict]) -> None:
+    """After the SIGKILL and restart above: the stored response reads back the same, the conversation and its items
+    too, and previous_response_id chains from the response stored before the kill."""
+    kept = kept_before_the_kill
+    response_id, conversation_id = kept["response"]["id"], kept["conversation"]["id"]
+    with httpx.Client(base_url=servers[-1].url, headers=headers(key), timeout=120) as http:
+        assert http.get(f"{RESPONSES}/{response_id}").json() == kept["response"]
+        assert http.get(f"/v1/conversations/{conversation_id}").json() == kept["conversation"]
+        assert http.get(f"/v1/conversations/{conversation_id}/items", params={"order": "asc"}).json() == kept["items"]
+        chained = http.post(RESPONSES, json={"input": "Which fruit?", "previous_response_id": response_id, **SHORT})
+        assert chained.status_code == 200, chained.text
+        usage = kept["response"]["usage"]
+        assert chained.json()["usage"]["input_tokens"] > usage["input_tokens"] + usage["output_tokens"]
 
 
 def test_engine_core_killed_under_streams(key: str, servers: list[SpawnedServer], database_url: str,
