@@ -5,7 +5,9 @@ next replica in turn (round robin, no sticky routing; a response header names th
 
 Through the balancer: a stream started on one replica resumes on the other with no gap or duplicate, a cancel that
 reaches the other stops the reply, the seed's stream route on one receives a reply generated on the other, a key's
-limits hold across both, and the login guard counts the client's address (X-Forwarded-For), not nginx's. On B alone:
+limits hold across both, and the login guard counts the client's address (X-Forwarded-For), not nginx's. Behind
+HAProxy with the shipped deploy/haproxy.cfg: one prompt_cache_key stays on one replica, many keys use both, a
+request without a key is served round robin. On B alone:
 the openai SDK tests pass, connections spread over both API processes, /metrics adds both up, and SIGTERM to the
 launcher drains both (running streams finish, then every process exits)."""
 
@@ -29,6 +31,7 @@ import pytest
 from conftest import ROOT, free_port, server_settings, unavailable, user_with_key
 from servers import EARLY, SpawnedServer
 from support.conversation_client import API, SeedListener, SSEReader, new_conversation, wait_for_status
+from support.haproxy import HAProxy, haproxy_binary
 
 # The openai SDK tests, run again here against the two API processes (`client` and `async_client` below).
 from support.sdk_contract import (  # noqa: F401
@@ -247,6 +250,66 @@ def test_the_login_guard_counts_the_client_behind_the_balancer(balancer: str, ap
     assert [status for status, upstream in logins("127.0.0.3", 2) if upstream == b_upstream] == [401]
 
 
+
+@pytest.fixture(scope="module")
+def affinity_balancer(tmp_path_factory: pytest.TempPathFactory, running_server,
+                      api_processes: SpawnedServer) -> Iterator[str]:
+    binary = haproxy_binary() or ""
+    if not binary:
+        unavailable("no haproxy: install Debian's haproxy package (.ci/run does)")
+    a_port = int(running_server.url.rsplit(":", 1)[1])
+    haproxy = HAProxy(binary, tmp_path_factory.mktemp("haproxy"), free_port(), (a_port, api_processes.port))
+    try:
+        yield haproxy.url
+    finally:
+        haproxy.stop()
+
+
+def responses_served(url: str, auth_headers: dict[str, str]) -> float:
+    return counter(httpx.get(f"{url}/metrics", headers=auth_headers).text, "codeface_http_requests_total",
+                   route="/v1/responses", status="200")
+
+
+def answered_by(affinity_balancer: str, replicas: dict[str, str], auth_headers: dict[str, str], model_name: str,
+                **extra: str) -> str:
+    """Posts one response through HAProxy; the replica whose /v1/responses counter moved answered it."""
+    before = {name: responses_served(url, auth_headers) for name, url in replicas.items()}
+    body = {"model": model_name, "input": "Say hi.", "max_output_tokens": 2, "store": False, **extra}
+    answer = httpx.post(f"{affinity_balancer}/v1/responses", json=body, headers=auth_headers, timeout=120)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["prompt_cache_key"] == extra.get("prompt_cache_key")
+    (moved,) = [name for name, url in replicas.items() if responses_served(url, auth_headers) > before[name]]
+    return moved
+
+
+@pytest.fixture
+def replicas(running_server, api_processes: SpawnedServer) -> dict[str, str]:
+    return {"a": running_server.url, "b": api_processes.url}
+
+
+def test_one_prompt_cache_key_stays_on_one_replica(affinity_balancer: str, replicas: dict[str, str],
+                                                   auth_headers: dict[str, str], model_name: str) -> None:
+    key = f"session-{uuid.uuid4()}"
+    served_by = [answered_by(affinity_balancer, replicas, auth_headers, model_name, prompt_cache_key=key)
+                 for _ in range(20)]
+    assert len(set(served_by)) == 1, served_by
+
+
+def test_many_prompt_cache_keys_use_both_replicas(affinity_balancer: str, replicas: dict[str, str],
+                                                  auth_headers: dict[str, str], model_name: str) -> None:
+    served_by = [answered_by(affinity_balancer, replicas, auth_headers, model_name, prompt_cache_key=f"session-{i}")
+                 for i in range(20)]
+    assert set(served_by) == {"a", "b"}, served_by
+    # Each key again: the same replica as the first time.
+    again = [answered_by(affinity_balancer, replicas, auth_headers, model_name, prompt_cache_key=f"session-{i}")
+             for i in range(0, 20, 4)]
+    assert again == served_by[::4]
+
+
+def test_a_request_without_a_key_is_served_round_robin(affinity_balancer: str, replicas: dict[str, str],
+                                                       auth_headers: dict[str, str], model_name: str) -> None:
+    served_by = [answered_by(affinity_balancer, replicas, auth_headers, model_name) for _ in range(8)]
+    assert set(served_by) == {"a", "b"}, served_by
 
 def processes(server: SpawnedServer) -> list[psutil.Process]:
     return psutil.Process(server.pid).children(recursive=True)

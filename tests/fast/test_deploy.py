@@ -1,13 +1,16 @@
 """The deployment files: every Kubernetes manifest validates against the Kubernetes schema (kubernetes-validate,
 strict: no unknown fields), the probes and drain agree with the server's own paths and drain timeout, the grace
 periods cover the worst shutdown, the containers run unprivileged, X-Forwarded-For is trusted only from the one
-balancer, the image that runs carries no toolchain, and the monitoring stack has no default credentials and is not
-published. (No cluster and no Docker engine here.)"""
+balancer, HAProxy routes on prompt_cache_key, the image that runs carries no toolchain, and the monitoring stack has
+no default credentials and is not published. (No cluster and no Docker engine here.)"""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +174,21 @@ def test_deployments_answer_to_the_hosts_they_are_reached_by() -> None:
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     profile = load_settings(DEPLOY.parent / args[args.index("--config") + 1])
     assert HostAllowList(profile.allowed_hosts).allows("codeface.example.com")
+
+
+def test_haproxy_routes_on_prompt_cache_key_and_parses() -> None:
+    """deploy/haproxy.cfg (served for real in tests/test_scale_out.py): consistent hashing on the key, the edge for
+    X-Forwarded-For, the compose names by default, and a file that HAProxy itself accepts."""
+    config = (DEPLOY / "haproxy.cfg").read_text()
+    assert "req.body,json_query('$.prompt_cache_key')" in config and "option http-buffer-request" in config
+    assert "balance hash var(txn.affinity)" in config and "hash-type consistent" in config
+    assert "http-request del-header X-Forwarded-For" in config and "option forwardfor" in config
+    (compose,) = documents(DEPLOY / "compose.yaml")
+    assert all(f"{name}:8000" in config for name in compose["services"] if name.startswith("codeface-"))
+    binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if not Path(binary).exists():
+        pytest.skip("no haproxy binary (.ci/run installs Debian's)")
+    env = {**os.environ, "CODEFACE_A": "127.0.0.1:1", "CODEFACE_B": "127.0.0.1:2"}
+    checked = subprocess.run([binary, "-c", "-f", str(DEPLOY / "haproxy.cfg")], env=env, capture_output=True,
+                             text=True, timeout=30, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr

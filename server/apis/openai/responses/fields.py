@@ -51,7 +51,8 @@ RESPONSES_FIELDS: dict[str, Field] = {
     "background": refused("background is not served yet", False),
     "truncation": honoured("disabled; auto keeps the prompt's last tokens so that max_output_tokens fits (needs "
                            "max_output_tokens)"),
-    "prompt_cache_key": honoured("echoed; not a cache salt (prefixes stay shared within the tenant); see below"),
+    "prompt_cache_key": honoured("echoed; deploy/haproxy.cfg routes on it (prefix-cache affinity); not a cache salt; "
+                                 "see below"),
     "service_tier": refused("one service tier is served", "auto", "default"),
     "prompt": refused("stored prompt templates are not served"),
     "priority": honoured("needs scheduling_policy: priority; with fairness on, acts within the caller's share"),
