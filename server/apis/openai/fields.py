@@ -103,13 +103,20 @@ CHAT_FIELDS: dict[str, Field] = {
     "return_prompt_text": refused("not served; POST /tokenize returns the rendered prompt's tokens", False),
     "logprob_token_ids": refused("logprobs of chosen token ids are not served; use logprobs/top_logprobs"),
 }
+# Fields of OpenAI's chat API that vLLM's model lacks and that clients send: accepted, as the table says.
+CHAT_OPENAI_ONLY: dict[str, Field] = {
+    "prompt_cache_key": honoured("accepted, no effect in the server (the tenant's prefix cache is shared); "
+                                 "deploy/haproxy.cfg routes on it, for prefix-cache affinity across replicas"),
+}
+CHAT_FIELDS.update(CHAT_OPENAI_ONLY)
 
 # Fields of /v1/completions beyond the chat ones they share (vLLM's CompletionRequest).
 COMPLETION_FIELDS: dict[str, Field] = {
     **{name: field for name, field in CHAT_FIELDS.items() if name not in {
         "messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls",
         "add_generation_prompt", "continue_final_message", "documents", "chat_template", "chat_template_kwargs",
-        "reasoning_effort", "include_reasoning", "media_io_kwargs", "mm_processor_kwargs", "return_prompt_text"}},
+        "reasoning_effort", "include_reasoning", "media_io_kwargs", "mm_processor_kwargs", "return_prompt_text",
+        *CHAT_OPENAI_ONLY}},
     "prompt": honoured("a string, a list of strings, token ids, or lists of token ids"),
     "logprobs": honoured("an integer: top logprobs per token, OpenAI's completions format"),
     "echo": honoured("the prompt before the completion"),

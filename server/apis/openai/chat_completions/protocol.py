@@ -87,7 +87,7 @@ class StreamOptions(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 # Fields of this schema the server reads itself rather than hand to the engine.
-SERVER_ONLY = frozenset({"messages", "model", "user", "request_id"})
+SERVER_ONLY = frozenset({"messages", "model", "user", "request_id", "prompt_cache_key"})
 
 
 class StreamedGeneration(GenerationFields, frozen=True, kw_only=True, omit_defaults=True):
@@ -128,6 +128,7 @@ class ChatCompletionRequest(StreamedGeneration, frozen=True, kw_only=True, omit_
     chat_template_kwargs: dict[str, Any] | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
     include_reasoning: bool | None = None
+    prompt_cache_key: Annotated[str, Meta(max_length=256)] | None = None
     # Refused (see server.apis.openai.fields): declared so that they are never silently ignored.
     chat_template: Any = None
     media_io_kwargs: Any = None
