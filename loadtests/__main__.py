@@ -16,17 +16,23 @@ from pathlib import Path
 from loadtests.metrics import SLO, RequestResult, Summary, summarize
 from loadtests.report import COLUMNS, markdown_table, plot, row_cells, summary_rows, text_table
 from loadtests.runner import http_client, http_sender, run_closed_loop, run_open_loop
-from loadtests.workload import DEFAULT_TOKENIZER, build_jobs
+from loadtests.scrape import gained, scrape
+from loadtests.workload import DEFAULT_TOKENIZER, Workload, build_jobs
 from server.cli import override
 
 RESULTS_DIR = Path("loadtests/results")
 
 
 def add_workload_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workload", choices=["fixed", "mix", "multiturn"], default="fixed")
+    parser.add_argument("--workload", choices=[kind.value for kind in Workload], default=Workload.FIXED.value)
     parser.add_argument("--input-len", type=int, default=256, help="tokens per user message (fixed, multiturn)")
     parser.add_argument("--output-len", type=int, default=128, help="tokens per reply (fixed, multiturn)")
     parser.add_argument("--turns", type=int, default=4, help="turns per conversation (multiturn)")
+    parser.add_argument("--prefix-len", type=int, default=1024,
+                        help="tokens of the system prompt every user shares (shared-prefix)")
+    parser.add_argument("--cancel-share", type=float, default=0.0,
+                        help="share of users who close the stream mid-reply (0 to 1)")
+    parser.add_argument("--cancel-after", type=int, default=16, help="content chunks those users read first")
     parser.add_argument("--num-prompts", type=int, default=0,
                         help="jobs per level (default: max(8, 2 x concurrency), or 4 x rate for open loop)")
     parser.add_argument("--warmup", type=int, default=2, help="jobs sent before measuring")
@@ -46,14 +52,19 @@ def out_dir(args: argparse.Namespace, kind: str) -> Path:
 
 def jobs_for(args: argparse.Namespace, count: int, seed: int) -> list:
     return build_jobs(args.workload, count, input_len=args.input_len, output_len=args.output_len, turns=args.turns,
-                      seed=seed, tokenizer=args.tokenizer, model=getattr(args, "model", None), extra=args.extra_body)
+                      seed=seed, tokenizer=args.tokenizer, model=getattr(args, "model", None), extra=args.extra_body,
+                      prefix_len=args.prefix_len, cancel_share=args.cancel_share, cancel_after=args.cancel_after)
 
 
-async def run(args: argparse.Namespace) -> dict[int, tuple[Summary, list[RequestResult]]]:
+Level = tuple[Summary, list[RequestResult], dict[str, float]]
+
+
+async def run(args: argparse.Namespace) -> dict[int, Level]:
+    """Each level's summary, its requests, and (with --scrape-metrics) what the server's own metrics say of it."""
     completions = args.api == "completions"
     url = args.base_url.rstrip("/") + ("/v1/completions" if completions else "/v1/chat/completions")
     slo = SLO.parse(args.slo)
-    levels: dict[int, tuple[Summary, list[RequestResult]]] = {}
+    levels: dict[int, Level] = {}
     points = [float(r) for r in args.rate.split(",")] if args.rate else [int(c) for c in args.concurrency.split(",")]
     async with http_client(int(max(points)) if not args.rate else 256, args.api_key) as http:
         send = http_sender(http, url, completions=completions)
@@ -62,15 +73,17 @@ async def run(args: argparse.Namespace) -> dict[int, tuple[Summary, list[Request
             count = args.num_prompts or (int(4 * point) if args.rate else max(8, 2 * int(point)))
             # A fresh seed per level: no level profits from another's prompts in the prefix cache.
             jobs = jobs_for(args, count, seed=args.seed + index)
+            before = await scrape(http, args.base_url) if args.scrape_metrics else None
             if args.rate:
                 results, duration = await run_open_loop(send, jobs, point, burstiness=args.burstiness,
                                                         seed=args.seed, max_duration_s=args.max_duration,
                                                         label=f"rate={point}")
             else:
                 results, duration = await run_closed_loop(send, jobs, int(point), max_duration_s=args.max_duration,
-                                                          label=f"c={point}")
+                                                          label=f"c={point}", ramp_up_s=args.ramp_up)
+            server_view = gained(before, await scrape(http, args.base_url)) if args.scrape_metrics else {}
             summary = summarize(results, duration, slo)
-            levels[int(point) if not args.rate else index] = (summary, results)
+            levels[int(point) if not args.rate else index] = (summary, results, server_view)
             print(text_table(COLUMNS, [row_cells(int(point), summary)]).splitlines()[-1], file=sys.stderr)
     return levels
 
@@ -87,26 +100,39 @@ def turn_table(results: list[RequestResult]) -> str:
     return text_table(["turn", "requests", "med TTFT ms", "med prompt tokens"], rows)
 
 
+def server_metrics_section(views: dict[str, dict[str, float]]) -> list[str]:
+    """The server's own metrics per level: counters' gains over it, gauges at its end."""
+    lines = []
+    for level, view in views.items():
+        lines += ["", f"## Server metrics, level {level}", "", "| metric | value |", "|---|---|"]
+        lines += [f"| `{name}` | {value:g} |" for name, value in view.items()]
+    return lines
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     folder = out_dir(args, "run")
     levels = asyncio.run(run(args))
-    summaries = {c: s for c, (s, _) in levels.items()}
+    summaries = {c: s for c, (s, _, _) in levels.items()}
     table = text_table(COLUMNS, summary_rows(summaries))
     print(table)
     if args.workload == "multiturn":
-        for point, (_, results) in levels.items():
+        for point, (_, results, _) in levels.items():
             print(f"\nlevel {point}: by turn")
             print(turn_table(results))
     context = {"url": args.base_url, "workload": args.workload, "input_len": args.input_len,
                "output_len": args.output_len, "rate": args.rate, "burstiness": args.burstiness,
-               "concurrency": args.concurrency, "slo": args.slo, "date": time.strftime("%Y-%m-%d %H:%M"),
-               "host": platform.node()}
+               "concurrency": args.concurrency, "slo": args.slo, "prefix_len": args.prefix_len,
+               "cancel_share": args.cancel_share, "cancel_after": args.cancel_after, "ramp_up_s": args.ramp_up,
+               "date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node()}
+    server_views = {str(c): view for c, (_, _, view) in levels.items() if view}
     (folder / "results.json").write_text(json.dumps(
-        {"context": context, "levels": {str(c): dataclasses.asdict(s) for c, s in summaries.items()}}, indent=2))
-    images = plot(folder, {"server": summaries}, {"server": {c: r for c, (_, r) in levels.items()}})
+        {"context": context, "levels": {str(c): dataclasses.asdict(s) for c, s in summaries.items()},
+         "server_metrics": server_views}, indent=2))
+    images = plot(folder, {"server": summaries}, {"server": {c: r for c, (_, r, _) in levels.items()}})
     (folder / "report.md").write_text("\n".join(
         ["# Load test", "", "```", json.dumps(context, indent=2), "```", "", markdown_table(COLUMNS,
-         summary_rows(summaries)), ""] + [f"![{p.stem}]({p.name})" for p in images]) + "\n")
+         summary_rows(summaries)), ""] + [f"![{p.stem}]({p.name})" for p in images]
+        + server_metrics_section(server_views)) + "\n")
     print(f"results, report and plots in {folder}")
     return 0 if all(s.failed == 0 for s in summaries.values()) else 1
 
@@ -245,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="completions: /v1/completions with each job's message as the prompt")
     r.add_argument("--burstiness", type=float, default=1.0, help="open loop: 1 = Poisson, < 1 burstier")
     r.add_argument("--slo", nargs="*", default=[], help="goodput SLOs in ms, e.g. ttft:500 tpot:50")
+    r.add_argument("--ramp-up", type=float, default=0.0,
+                   help="closed loop: seconds over which the users arrive (default: all at once)")
+    r.add_argument("--scrape-metrics", action="store_true",
+                   help="read the server's /metrics before and after each level into the report")
     add_workload_args(r)
     r.set_defaults(handler=cmd_run)
 

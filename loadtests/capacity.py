@@ -47,6 +47,7 @@ class Trial:
     ttft_ms: list[float] = field(default_factory=list)
     tpot_ms: list[float] = field(default_factory=list)  # per served request with 2 tokens or more
     refused: int = 0           # 429 and 503 (and Anthropic's 529): the server said no at once
+    refusal_ms: list[float] = field(default_factory=list)  # how long each of those answers took
     failed: int = 0            # anything else unserved
     good: int = 0              # served within both SLOs
 
@@ -56,9 +57,10 @@ class Trial:
         trial = cls(rate, len(results), duration_s)
         for result in results:
             if not result.ok:
-                refused = result.error in ("http 429", "http 503", "http 529")
-                trial.refused += refused
-                trial.failed += not refused
+                trial.refused += result.refused
+                trial.failed += not result.refused
+                if result.refused:
+                    trial.refusal_ms.append(result.latency * 1000)
                 continue
             trial.ttft_ms.append(result.ttft * 1000)
             tpot = result.tpot

@@ -18,6 +18,10 @@ def chunk_text(choice: dict[str, Any]) -> str | None:
     return delta.get("content") if delta is not None else choice.get("text")
 
 
+# A job's private instruction to the client, never sent: stop reading the stream after this many content chunks.
+CANCEL_AFTER = "_loadtest_cancel_after"
+
+
 def as_completion(payload: dict[str, Any]) -> dict[str, Any]:
     """The chat payload's last user message as a /v1/completions prompt (the same work, without a chat template)."""
     body = {key: value for key, value in payload.items() if key != "messages"}
@@ -26,8 +30,12 @@ def as_completion(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 async def stream_chat(http: httpx.AsyncClient, url: str, payload: dict[str, Any]) -> RequestResult:
-    """POST a chat (or completion) request with stream=true and include_usage; measure TTFT, ITL and latency."""
-    body = {**payload, "stream": True, "stream_options": {"include_usage": True}}
+    """POST a chat (or completion) request with stream=true and include_usage; measure TTFT, ITL and latency (of
+    an error answer too: how fast a refusal comes). A payload with CANCEL_AFTER is abandoned after that many
+    content chunks, as a user who closes the tab: the connection is closed mid-stream."""
+    cancel_after: int | None = payload.get(CANCEL_AFTER)
+    body = {**{k: v for k, v in payload.items() if k != CANCEL_AFTER}, "stream": True,
+            "stream_options": {"include_usage": True}}
     result = RequestResult(ok=False)
     start = time.perf_counter()
     last = start
@@ -37,6 +45,8 @@ async def stream_chat(http: httpx.AsyncClient, url: str, payload: dict[str, Any]
         async with http.stream("POST", url, json=body) as response:
             if response.status_code != 200:
                 await response.aread()
+                result.latency = time.perf_counter() - start
+                result.status = response.status_code
                 result.error = f"http {response.status_code}"
                 return result
             async for event in aiter_events(response.aiter_lines()):
@@ -60,12 +70,20 @@ async def stream_chat(http: httpx.AsyncClient, url: str, payload: dict[str, Any]
                         result.itl.append(now - last)
                     last = now
                     counted += 1
+                    if cancel_after is not None and counted >= cancel_after:
+                        # Leaving the block closes the connection: the server sees the client go.
+                        result.cancelled = True
+                        break
     except httpx.HTTPError as exc:
         result.error = type(exc).__name__
         return result
     result.latency = time.perf_counter() - start
     result.output_tokens = result.output_tokens or counted
     result.text = "".join(parts)
+    if result.cancelled:
+        result.output_tokens = counted  # the usage chunk never came
+        result.error = "cancelled by the client"
+        return result
     result.ok = counted > 0
     if not result.ok:
         result.error = "no content"

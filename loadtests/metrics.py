@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+REFUSAL_STATUSES = frozenset({429, 503, 529})
+
 
 @dataclass(slots=True)
 class RequestResult:
@@ -18,6 +20,13 @@ class RequestResult:
     error: str = ""
     text: str = ""                       # the reply, for multi-turn workloads that send it back
     turn: int = 0                        # position in its conversation (multi-turn workloads)
+    status: int = 0                      # the HTTP status when the server answered with an error
+    cancelled: bool = False              # the client stopped reading on purpose (a workload's cancel share)
+
+    @property
+    def refused(self) -> bool:
+        """The server said no at once: 429 or 503 (Anthropic's 529 too), the answers of admission and limits."""
+        return self.status in REFUSAL_STATUSES
 
     @property
     def tpot(self) -> float | None:
@@ -52,6 +61,9 @@ class Summary:
     mean_output_tokens: float
     errors: dict[str, int]
     goodput: float | None = None         # requests/s that met every SLO, when SLOs are given
+    refused: int = 0                     # of `failed`: answered 429/503 at once (admission, limits)
+    refusal_ms: dict[str, float] = field(default_factory=dict)  # how fast those answers came
+    cancelled: int = 0                   # stopped by the client on purpose: neither completed nor failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,15 +96,17 @@ class SLO:
 
 def summarize(results: list[RequestResult], duration_s: float, slo: SLO | None = None) -> Summary:
     ok = [r for r in results if r.ok]
+    cancelled = [r for r in results if r.cancelled]
+    refused = [r for r in results if r.refused]
     output_tokens = sum(r.output_tokens for r in ok)
     prompt_tokens = sum(r.prompt_tokens for r in ok)
     errors: dict[str, int] = {}
     for r in results:
-        if not r.ok:
+        if not r.ok and not r.cancelled:
             errors[r.error] = errors.get(r.error, 0) + 1
     return Summary(
         completed=len(ok),
-        failed=len(results) - len(ok),
+        failed=len(results) - len(ok) - len(cancelled),
         duration_s=duration_s,
         request_throughput=len(ok) / duration_s if duration_s else 0.0,
         output_throughput=output_tokens / duration_s if duration_s else 0.0,
@@ -104,4 +118,7 @@ def summarize(results: list[RequestResult], duration_s: float, slo: SLO | None =
         mean_output_tokens=output_tokens / len(ok) if ok else 0.0,
         errors=errors,
         goodput=(sum(1 for r in ok if slo.met_by(r)) / duration_s if duration_s else 0.0) if slo else None,
+        refused=len(refused),
+        refusal_ms=_stats([r.latency for r in refused]) if refused else {},
+        cancelled=len(cancelled),
     )

@@ -6,12 +6,13 @@ from pathlib import Path
 
 from loadtests.metrics import RequestResult, Summary
 
-COLUMNS = ("conc", "ok", "fail", "out tok/s", "req/s", "med TTFT ms", "p99 TTFT ms", "med ITL ms", "med TPOT ms",
-           "tok/req", "goodput")
+COLUMNS = ("conc", "ok", "fail", "refused", "p99 refusal ms", "cancelled", "out tok/s", "req/s", "med TTFT ms",
+           "p99 TTFT ms", "med ITL ms", "med TPOT ms", "tok/req", "goodput")
 
 
 def row_cells(concurrency: int, s: Summary) -> list[str]:
-    return [str(concurrency), str(s.completed), str(s.failed), f"{s.output_throughput:.1f}",
+    return [str(concurrency), str(s.completed), str(s.failed), str(s.refused),
+            f"{s.refusal_ms['p99']:.1f}" if s.refusal_ms else "-", str(s.cancelled), f"{s.output_throughput:.1f}",
             f"{s.request_throughput:.2f}", f"{s.ttft_ms['p50']:.1f}", f"{s.ttft_ms['p99']:.1f}",
             f"{s.itl_ms['p50']:.1f}", f"{s.tpot_ms['p50']:.1f}", f"{s.mean_output_tokens:.1f}",
             "-" if s.goodput is None else f"{s.goodput:.2f}"]

@@ -16,8 +16,9 @@ from loadtests.workload import Job, SendChat
 
 
 async def run_closed_loop(send: SendChat, jobs: list[Job], concurrency: int, *, max_duration_s: float = 600.0,
-                          label: str = "") -> tuple[list[RequestResult], float]:
-    """Run every job with at most `concurrency` at once; start no new job after `max_duration_s`."""
+                          label: str = "", ramp_up_s: float = 0.0) -> tuple[list[RequestResult], float]:
+    """Run every job with at most `concurrency` at once; start no new job after `max_duration_s`. With `ramp_up_s`,
+    the users arrive evenly over that time instead of all at once."""
     queue = list(reversed(jobs))
     results: list[RequestResult] = []
     start = time.perf_counter()
@@ -25,12 +26,13 @@ async def run_closed_loop(send: SendChat, jobs: list[Job], concurrency: int, *, 
     with tqdm(total=len(jobs), desc=label or f"c={concurrency}", unit="job", leave=False,
               disable=None if label else True) as bar:
 
-        async def worker() -> None:
+        async def worker(index: int) -> None:
+            await asyncio.sleep(ramp_up_s * index / concurrency)
             while queue and time.perf_counter() < deadline:
                 results.extend(await queue.pop().run(send))
                 bar.update(1)
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(index) for index in range(concurrency)))
     return results, time.perf_counter() - start
 
 

@@ -1,4 +1,5 @@
-"""Workloads: what each simulated user sends. Fixed lengths, a realistic length mix, and multi-turn conversations."""
+"""Workloads: what each simulated user sends. Fixed lengths, a realistic length mix, multi-turn conversations, many
+users behind one long system prompt, and a share of users who leave mid-stream."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import json
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from engine.model_prep import DEFAULT_MODEL_NAME, default_cache_dir
+from loadtests.client import CANCEL_AFTER
 from loadtests.metrics import RequestResult
 
 # The default model's folder, where `codeface prepare-model` puts it.
@@ -28,13 +31,16 @@ class Job:
     output_lens: list[int]
     model: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    system: str | None = None            # a system prompt before the first turn (shared-prefix workloads)
+    cancel_after: int | None = None      # the user leaves after this many content chunks of each reply
 
     async def run(self, send: SendChat) -> list[RequestResult]:
-        history: list[dict[str, str]] = []
+        history: list[dict[str, str]] = [{"role": "system", "content": self.system}] if self.system else []
         results = []
+        extra = self.extra if self.cancel_after is None else {**self.extra, CANCEL_AFTER: self.cancel_after}
         for turn, (text, output_len) in enumerate(zip(self.turns, self.output_lens)):
             history.append({"role": "user", "content": text})
-            result = await send(chat_payload(self.model, history, output_len, self.extra))
+            result = await send(chat_payload(self.model, history, output_len, extra))
             result.turn = turn
             results.append(result)
             if not result.ok:
@@ -88,19 +94,33 @@ def sample_lengths(count: int, seed: int, path: Path = LENGTHS_FILE) -> list[tup
     return [(draw(data["input_tokens"]), draw(data["output_tokens"])) for _ in range(count)]
 
 
+class Workload(StrEnum):
+    FIXED = "fixed"                  # input_len / output_len
+    MIX = "mix"                      # the shipped length histogram
+    MULTITURN = "multiturn"          # `turns` turns of input_len / output_len, the history sent back every turn
+    SHARED_PREFIX = "shared-prefix"  # one system prompt of prefix_len tokens for every user, then input_len
+
+
 def build_jobs(kind: str, count: int, *, input_len: int, output_len: int, turns: int = 4, seed: int = 0,
                tokenizer: str | Path = DEFAULT_TOKENIZER, model: str | None = None,
-               extra: dict[str, Any] | None = None) -> list[Job]:
-    """`kind`: "fixed" (input_len/output_len), "mix" (shipped length histogram), "multiturn" (`turns` turns of
-    input_len/output_len each, history sent back every turn). `extra`: fields added to every request (a
-    response_format, say)."""
+               extra: dict[str, Any] | None = None, prefix_len: int = 1024, cancel_share: float = 0.0,
+               cancel_after: int = 16) -> list[Job]:
+    """`kind`: a Workload. `extra`: fields added to every request (a response_format, say). `cancel_share`: the
+    share of jobs (chosen with the seed) whose user closes the stream after `cancel_after` content chunks."""
     maker = PromptMaker(tokenizer, seed)
     extra = extra or {}
-    if kind == "fixed":
-        return [Job([maker.text(input_len)], [output_len], model, extra) for _ in range(count)]
-    if kind == "mix":
-        return [Job([maker.text(i)], [o], model, extra) for i, o in sample_lengths(count, seed)]
-    if kind == "multiturn":
-        return [Job([maker.text(input_len) for _ in range(turns)], [output_len] * turns, model, extra)
-                for _ in range(count)]
-    raise ValueError(f"unknown workload {kind!r}: fixed, mix or multiturn")
+    match Workload(kind):
+        case Workload.FIXED:
+            jobs = [Job([maker.text(input_len)], [output_len], model, extra) for _ in range(count)]
+        case Workload.MIX:
+            jobs = [Job([maker.text(i)], [o], model, extra) for i, o in sample_lengths(count, seed)]
+        case Workload.MULTITURN:
+            jobs = [Job([maker.text(input_len) for _ in range(turns)], [output_len] * turns, model, extra)
+                    for _ in range(count)]
+        case Workload.SHARED_PREFIX:
+            system = maker.text(prefix_len)
+            jobs = [Job([maker.text(input_len)], [output_len], model, extra, system=system) for _ in range(count)]
+    if cancel_share > 0:
+        for index in random.Random(seed).sample(range(count), round(cancel_share * count)):
+            jobs[index].cancel_after = cancel_after
+    return jobs

@@ -53,3 +53,31 @@ def test_workloads_have_the_asked_shapes() -> None:
     lengths = sample_lengths(500, seed=0)
     assert all(4 <= i < 1024 and 4 <= o < 512 for i, o in lengths)
     assert 80 < sorted(i for i, _ in lengths)[250] < 300  # the shipped histogram's median is about 150
+
+
+def test_shared_prefix_cancellations_ramp_up_and_the_servers_own_metrics(server_url: str, admin_key: str,
+                                                                         tmp_path) -> None:
+    """The load-test features performance engineers ask for, in one short run against the real server: users
+    behind one long system prompt, a share who leave mid-stream, users arriving over a ramp, and the server's
+    /metrics read around the level."""
+    import json
+    import subprocess
+    import sys
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "loadtests", "run", "--base-url", server_url, "--concurrency", "4",
+         "--num-prompts", "8", "--workload", "shared-prefix", "--prefix-len", "200", "--input-len", "16",
+         "--output-len", "24", "--cancel-share", "0.25", "--cancel-after", "4", "--ramp-up", "1",
+         "--scrape-metrics", "--warmup", "1", "--api-key", admin_key, "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    level = results["levels"]["4"]
+    # Two of eight users left after 4 chunks: neither completed nor failed; the others got whole replies.
+    assert (level["completed"], level["cancelled"], level["failed"], level["refused"]) == (6, 2, 0, 0)
+    assert level["mean_output_tokens"] == 24
+    server = results["server_metrics"]["4"]
+    # The shared prompt was read from the prefix cache after the first user (vLLM counts the hits).
+    hits = sum(value for name, value in server.items() if name.startswith("vllm:prefix_cache_hits"))
+    assert hits >= 200 * 4, server
+    assert "## Server metrics, level 4" in (tmp_path / "report.md").read_text()

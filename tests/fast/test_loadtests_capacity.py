@@ -87,7 +87,7 @@ def test_refused_requests_miss_every_percentile() -> None:
     assert over_all([100.0] * 95, 100, 90) == 100.0
     assert over_all([100.0] * 89, 100, 90) == math.inf       # 11 of 100 unserved: p90 missed
     results = [RequestResult(ok=True, latency=1.0, ttft=0.2, output_tokens=9)] * 8 + [
-        RequestResult(ok=False, error="http 503"), RequestResult(ok=False, error="ReadTimeout")]
+        RequestResult(ok=False, error="http 503", status=503), RequestResult(ok=False, error="ReadTimeout")]
     trial = Trial.of(2.0, results, duration_s=5.0, ttft_ms=500, tpot_ms=50)
     assert (trial.sent, trial.served, trial.refused, trial.failed, trial.good) == (10, 8, 1, 1, 0)
     assert trial.tpot_ms == [100.0] * 8 and trial.ttft_at(80) == 200.0 and trial.ttft_at(90) == math.inf
