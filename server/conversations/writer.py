@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from engine import EngineUnavailableError, GenerationFailedError, InvalidRequestError
@@ -151,25 +152,23 @@ class ReplyWriter:
             await asyncio.wait(set(self.pending), timeout=timeout_s)
 
 
-class _Flusher:
-    """Writes the partial reply from a task of its own, at most every `interval_s`, and touches the row every
-    `heartbeat_s` even without new text (a reply waiting in the engine's queue is alive; a row whose heartbeat
-    stopped belongs to a replica that died, and the reconciler marks it interrupted)."""
+class Flusher:
+    """Writes what a run has so far from a task of its own, at most every `interval_s` when it changed, and touches
+    the row every `heartbeat_s` even without a change (a run waiting in the engine's queue is alive; a row whose
+    heartbeat stopped belongs to a replica that died, and the reconciler ends it). `write` reads the run's state
+    when it is called; a failed write is logged, and the final write carries what it would have."""
 
-    def __init__(self, database: Database, message_id: uuid.UUID, interval_s: float, heartbeat_s: float) -> None:
-        self.database = database
-        self.message_id = message_id
+    def __init__(self, write: Callable[[], Awaitable[None]], interval_s: float, heartbeat_s: float,
+                 what: str) -> None:
+        self.write = write
         self.interval_s = interval_s
         self.heartbeat_s = heartbeat_s
-        self.parts: list[str] = []
-        self.completion_tokens = 0
+        self.what = what
         self.changed = False
         self._stopping = asyncio.Event()
         self.task = asyncio.create_task(self._loop())
 
-    def update(self, parts: list[str], completion_tokens: int) -> None:
-        self.parts = parts
-        self.completion_tokens = completion_tokens
+    def touched(self) -> None:
         self.changed = True
 
     async def _loop(self) -> None:
@@ -182,19 +181,36 @@ class _Flusher:
                 pass
             if self.changed or time.monotonic() - last_write >= self.heartbeat_s:
                 self.changed = False
-                await self._write("".join(self.parts), self.completion_tokens)
+                try:
+                    await self.write()
+                except Exception:
+                    logger.warning("interim write of %s failed; the final write will carry it", self.what)
                 last_write = time.monotonic()
-
-    async def _write(self, text: str, completion_tokens: int) -> None:
-        try:
-            async with self.database.session() as session:
-                await Messages(session).finish(self.message_id, content=text, status=MessageStatus.IN_PROGRESS,
-                                               finish_reason=None, completion_tokens=completion_tokens)
-                await session.commit()
-        except Exception:
-            logger.warning("interim write of reply %s failed; the final write will carry the text", self.message_id)
 
     async def stop(self) -> None:
         """Ends the loop after the write in progress, if any: the final write must land after any interim one."""
         self._stopping.set()
         await asyncio.gather(self.task, return_exceptions=True)
+
+
+class _Flusher(Flusher):
+    """A reply's partial text and its token count, written as the reply in progress."""
+
+    def __init__(self, database: Database, message_id: uuid.UUID, interval_s: float, heartbeat_s: float) -> None:
+        self.database = database
+        self.message_id = message_id
+        self.parts: list[str] = []
+        self.completion_tokens = 0
+        super().__init__(self._write, interval_s, heartbeat_s, f"reply {message_id}")
+
+    def update(self, parts: list[str], completion_tokens: int) -> None:
+        self.parts = parts
+        self.completion_tokens = completion_tokens
+        self.touched()
+
+    async def _write(self) -> None:
+        async with self.database.session() as session:
+            await Messages(session).finish(self.message_id, content="".join(self.parts),
+                                           status=MessageStatus.IN_PROGRESS, finish_reason=None,
+                                           completion_tokens=self.completion_tokens)
+            await session.commit()
