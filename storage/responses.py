@@ -99,5 +99,7 @@ class Responses:
         """Marks one stale response ended, unless its heartbeat came back meanwhile (a replica that was only slow)."""
         result = await self.session.execute(update(StoredResponse).where(
             StoredResponse.id == response_id, StoredResponse.status.in_(RUNNING),
-            StoredResponse.updated_at < older_than).values(status=status, body=body, updated_at=utcnow()))
+            StoredResponse.updated_at < older_than).values(status=status, body=body, updated_at=utcnow())
+            # The rows were read in this session: the database compares the heartbeats, not Python.
+            .execution_options(synchronize_session=False))
         return rows_changed(result) > 0
