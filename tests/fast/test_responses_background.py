@@ -187,6 +187,11 @@ async def test_the_reconciler_ends_a_dead_replicas_rows_but_not_its_own(app: Sta
         assert own_row is not None
         own_row.updated_at = old
         await session.commit()
+    # Not while the database has just come back: live replicas' heartbeats get the time to land first.
+    reachable_since = held.conversations._reachable_since
+    held.conversations._reachable_since = None
+    assert await held.background_responses.reconcile() == 0
+    held.conversations._reachable_since = reachable_since
     assert await held.background_responses.reconcile() == 1
     dead = (await client.get(f"{RESPONSES}/{dead_id}")).json()
     assert dead["status"] == "incomplete" and dead["incomplete_details"] == {"reason": "interrupted"}
