@@ -101,6 +101,18 @@ async def test_background_answers_queued_then_runs_to_its_stored_end(client: htt
     assert [item["type"] for item in items["data"]] == ["message"]
 
 
+async def test_a_conversation_gets_the_turn_when_the_response_ends(client: httpx.AsyncClient) -> None:
+    conversation = (await client.post("/v1/conversations", json={})).json()["id"]
+    head = (await client.post(RESPONSES, json={**BODY, "conversation": conversation})).json()
+    assert (await client.get(f"/v1/conversations/{conversation}/items")).json()["data"] == []
+    final = await until_ended(client, head["id"])
+    # The row's end and the conversation's turn are one transaction: once it reads ended, the items are there.
+    items = (await client.get(f"/v1/conversations/{conversation}/items", params={"order": "asc"})).json()
+    assert [item["role"] for item in items["data"]] == ["user", "assistant"]
+    assert items["data"][1]["id"] == final["output"][0]["id"]
+    assert items["data"][1]["content"][0]["text"] == output_text(final)
+
+
 async def test_stream_and_resume_after_any_sequence_number(client: httpx.AsyncClient) -> None:
     streamed = events((await client.post(RESPONSES, json={**BODY, "stream": True})).text)
     numbers = [event["sequence_number"] for event in streamed]
