@@ -40,6 +40,31 @@ class FinalReply:
     completion_tokens: int
 
 
+async def store_until_taken(attempt: Callable[[], Awaitable[None]], on_refused: Callable[[str], bool], *,
+                            timeout_s: float, what: str) -> None:
+    """A final write, retried with backoff while the database does not answer, until it takes it (or `timeout_s`
+    passes, logged: the reconciler then finds the row stale). A write the database refuses (bad data) is not
+    retried as it was: `on_refused(reason)` changes what the next attempt writes and says whether to try it (False:
+    give up). `reason` is the driver's message alone: the statement's parameters (the text) stay out of logs."""
+    deadline = time.monotonic() + timeout_s
+    delay = FIRST_RETRY_S
+    while True:
+        try:
+            await attempt()
+            return
+        except Exception as exc:  # any driver failure: connection refused, reset, timeout, server gone, refusal
+            if refused(exc):
+                if not on_refused(str(getattr(exc, "orig", None) or type(exc).__name__)):
+                    return
+                continue
+            if time.monotonic() + delay > deadline:
+                logger.error("could not store %s within %.0f s: %s", what, timeout_s, type(exc).__name__)
+                return
+            logger.warning("storing %s failed (%s); retrying in %.1f s", what, type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_S)
+
+
 class ReplyWriter:
     def __init__(self, database: Database, *, flush_s: float, heartbeat_s: float, store_timeout_s: float) -> None:
         self.database = database
@@ -109,42 +134,31 @@ class ReplyWriter:
             run.stored.set()  # a stream's end waits for this (bounded): see Run.settled
 
     async def store_final(self, final: FinalReply) -> None:
-        """Retried with backoff while the database does not answer, until it takes it (or store_timeout_s passes,
-        logged: the reconciler then finds the row stale and keeps its last flushed text). A write the database
-        refuses (bad data) is not retried: the reply is stored failed at once, keeping its last flushed text."""
-        deadline = time.monotonic() + self.store_timeout_s
-        delay = FIRST_RETRY_S
+        """Retried until the database takes it (store_until_taken; past store_timeout_s the reconciler finds the row
+        stale and keeps its last flushed text). A write the database refuses (bad data) is stored failed at once,
+        keeping its last flushed text."""
         keep_text = False
-        while True:
-            try:
-                async with self.database.session() as session:
-                    await Messages(session).finish(final.message_id, content=None if keep_text else final.text,
-                                                   status=final.status, finish_reason=final.finish_reason,
-                                                   completion_tokens=final.completion_tokens)
-                    await session.commit()
-                return
-            except Exception as exc:  # any driver failure: connection refused, reset, timeout, server gone, refusal
-                if refused(exc):
-                    # The driver's message alone: the statement's parameters (the reply's text) stay out of logs.
-                    reason = str(getattr(exc, "orig", None) or type(exc).__name__)
-                    if keep_text:
-                        logger.error("the database refused reply %s even without its text: %s", final.message_id,
-                                     reason)
-                        return
-                    logger.error("the database refused reply %s (%s, %d tokens): stored failed with its last "
-                                 "flushed text: %s", final.message_id, final.status, final.completion_tokens, reason)
-                    keep_text = True
-                    final = FinalReply(final.message_id, final.text, MessageStatus.FAILED, None,
-                                       final.completion_tokens)
-                    continue
-                if time.monotonic() + delay > deadline:
-                    logger.error("could not store reply %s (%s, %d tokens) within %.0f s: %s", final.message_id,
-                                 final.status, final.completion_tokens, self.store_timeout_s, type(exc).__name__)
-                    return
-                logger.warning("storing reply %s failed (%s); retrying in %.1f s", final.message_id,
-                               type(exc).__name__, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_RETRY_S)
+
+        async def attempt() -> None:
+            async with self.database.session() as session:
+                await Messages(session).finish(final.message_id, content=None if keep_text else final.text,
+                                               status=final.status, finish_reason=final.finish_reason,
+                                               completion_tokens=final.completion_tokens)
+                await session.commit()
+
+        def on_refused(reason: str) -> bool:
+            nonlocal keep_text, final
+            if keep_text:
+                logger.error("the database refused reply %s even without its text: %s", final.message_id, reason)
+                return False
+            logger.error("the database refused reply %s (%s, %d tokens): stored failed with its last flushed text: "
+                         "%s", final.message_id, final.status, final.completion_tokens, reason)
+            keep_text = True
+            final = FinalReply(final.message_id, final.text, MessageStatus.FAILED, None, final.completion_tokens)
+            return True
+
+        await store_until_taken(attempt, on_refused, timeout_s=self.store_timeout_s,
+                                what=f"reply {final.message_id} ({final.status}, {final.completion_tokens} tokens)")
 
     async def drain(self, timeout_s: float) -> None:
         """Wait for the final writes still running (shutdown)."""

@@ -26,12 +26,11 @@ from server.conversations.listeners import Listener
 from server.conversations.registry import Registry
 from server.conversations.run import ResumeGap, Run
 from server.conversations.service import MIRROR_CATCH_UP_S, REMOTE_STORE_POLL_S, REMOTE_STORE_WAIT_S, Following
-from server.conversations.writer import FIRST_RETRY_S, MAX_RETRY_S, Flusher
+from server.conversations.writer import Flusher, store_until_taken
 from server.exceptions import Conflict, InvalidRequest, Unavailable
 from server.generation.generator import STREAM_ERRORS, Interrupted
 from server.security.auth import Principal
 from server.sse import EventStream, frame
-from storage.repository import refused
 
 logger = logging.getLogger(__name__)
 
@@ -228,35 +227,26 @@ class BackgroundResponses:
 
     async def _store_final(self, started: StartedResponse, body: dict[str, Any], inputs: PreparedInputs,
                            last_sequence: int) -> None:
-        """As ReplyWriter.store_final: retried with backoff while the database does not answer, until it takes it
-        (or store_timeout_s passes, logged: the reconciler then ends the row, keeping its last written output); a
-        write the database refuses (bad data) is not retried: the response is stored failed, without its output."""
-        deadline = time.monotonic() + self.store_timeout_s
-        delay = FIRST_RETRY_S
-        while True:
-            try:
-                await self.store.finish(started.owner, body, inputs, last_sequence)
-                return
-            except Exception as exc:  # any driver failure: connection refused, reset, timeout, refusal
-                if refused(exc):
-                    reason = str(getattr(exc, "orig", None) or type(exc).__name__)
-                    if body["status"] == FAILED and not body["output"]:
-                        logger.error("the database refused background response %s even without its output: %s",
-                                     started.response_id, reason)
-                        return
-                    logger.error("the database refused background response %s: stored failed: %s",
-                                 started.response_id, reason)
-                    body = {**body, "status": FAILED, "output": [], "incomplete_details": None,
-                            "error": {"code": "server_error", "message": "the response could not be stored"}}
-                    continue
-                if time.monotonic() + delay > deadline:
-                    logger.error("could not store background response %s (%s) within %.0f s: %s",
-                                 started.response_id, body["status"], self.store_timeout_s, type(exc).__name__)
-                    return
-                logger.warning("storing background response %s failed (%s); retrying in %.1f s",
-                               started.response_id, type(exc).__name__, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_RETRY_S)
+        """As a reply's final write (store_until_taken): retried while the database does not answer; a write it
+        refuses (bad data) is stored failed, without its output."""
+
+        async def attempt() -> None:
+            await self.store.finish(started.owner, body, inputs, last_sequence)
+
+        def on_refused(reason: str) -> bool:
+            nonlocal body
+            if body["status"] == FAILED and not body["output"]:
+                logger.error("the database refused background response %s even without its output: %s",
+                             started.response_id, reason)
+                return False
+            logger.error("the database refused background response %s: stored failed: %s", started.response_id,
+                         reason)
+            body = {**body, "status": FAILED, "output": [], "incomplete_details": None,
+                    "error": {"code": "server_error", "message": "the response could not be stored"}}
+            return True
+
+        await store_until_taken(attempt, on_refused, timeout_s=self.store_timeout_s,
+                                what=f"background response {started.response_id} ({body['status']})")
 
     async def drain(self, timeout_s: float) -> None:
         """Wait for the final writes still running (shutdown)."""
