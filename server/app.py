@@ -20,6 +20,7 @@ from server.apis.codeface.identity.routes import TOKEN_PATH
 from server.apis.openai.chat_completions.serving import ChatCompletions
 from server.apis.openai.completions.serving import Completions
 from server.apis.openai.conversations.service import OpenAIConversations
+from server.apis.openai.responses.background import BackgroundResponses
 from server.apis.openai.responses.serving import Responses
 from server.apis.openai.responses.store import ResponseStore
 from server.apis.openai.tokenize.serving import Tokenization
@@ -155,15 +156,21 @@ def build_services(settings: Settings, engine: EngineClient, database: Database,
                                                  max_bytes=settings.conversation_max_bytes))
     response_store = ResponseStore(database, conversations, retention=timedelta(days=settings.responses_retention_days),
                                    context_tokens=lambda: engine.max_model_len)
+    responses = Responses(engine, generator, settings.sse_heartbeat_s, salter, response_store)
+    background = BackgroundResponses(responses, response_store, registry, flush_s=settings.conversation_flush_s,
+                                     heartbeat_s=settings.conversation_heartbeat_s,
+                                     store_timeout_s=settings.reply_store_timeout_s,
+                                     stale_after_s=settings.reply_stale_after_s,
+                                     database_settled=conversations.database_settled)
     return AppServices(settings=settings, engine=engine, database=database, limits=limits, registry=registry,
                        generator=generator, lifecycle=Lifecycle(settings.drain_timeout_s),
                        chat=ChatCompletions(engine, generator, settings.sse_heartbeat_s, salter),
                        messages=Messages(engine, generator, settings.sse_heartbeat_s, salter),
                        completions=Completions(engine, generator, salter), tokenization=Tokenization(engine),
-                       responses=Responses(engine, generator, settings.sse_heartbeat_s, salter, response_store),
+                       responses=responses,
                        conversations=conversations,
                        openai_conversations=OpenAIConversations(database, conversations),
-                       response_store=response_store,
+                       response_store=response_store, background_responses=background,
                        identity=IdentityService(
                            database, tokens, authenticator, max_keys_per_user=settings.max_keys_per_user,
                            login_guard=LoginGuard(limits, per_address=settings.login_attempts_per_minute_per_address,

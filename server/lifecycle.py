@@ -43,6 +43,14 @@ class Swept(Protocol):
     async def sweep(self) -> int: ...
 
 
+class Background(Protocol):
+    """Background responses: reconciled as replies are, and their final writes drained."""
+
+    async def reconcile(self) -> int: ...
+
+    async def drain(self, timeout_s: float) -> None: ...
+
+
 class Served(Protocol):
     """What the lifecycle drains, watches and reconciles: the app's services."""
 
@@ -57,6 +65,9 @@ class Served(Protocol):
 
     @property
     def response_store(self) -> Swept: ...
+
+    @property
+    def background_responses(self) -> Background: ...
 
 
 class Lifecycle:
@@ -116,6 +127,7 @@ class Lifecycle:
             while admission.admitted > 0 and time.monotonic() < grace:
                 await asyncio.sleep(POLL_S)
         await services.conversations.writer.drain(max(1.0, deadline - time.monotonic()))
+        await services.background_responses.drain(max(1.0, deadline - time.monotonic()))
         logger.info("drained in %.1f s; exiting", time.monotonic() - started)
         self._exit()
 
@@ -131,6 +143,7 @@ class Lifecycle:
         self.exit_code = ENGINE_DIED_EXIT_CODE
         await asyncio.sleep(ENGINE_DEATH_GRACE_S)  # in-flight streams send their error events meanwhile
         await services.conversations.writer.drain(ENGINE_DEATH_GRACE_S * 5)
+        await services.background_responses.drain(ENGINE_DEATH_GRACE_S * 5)
         self._exit()
 
     async def _reconcile(self, services: Served) -> None:
@@ -139,6 +152,7 @@ class Lifecycle:
             try:
                 if await conversations.check_database():
                     await conversations.reconcile()
+                    await services.background_responses.reconcile()
             except Exception as exc:  # the database may be down; the next round retries
                 logger.warning("reconciling stale replies failed: %s", type(exc).__name__)
             await asyncio.sleep(min(RECONCILE_EVERY_S, conversations.stale_after_s))

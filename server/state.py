@@ -12,6 +12,7 @@ from server.apis.anthropic.serving import Messages
 from server.apis.openai.chat_completions.serving import ChatCompletions
 from server.apis.openai.completions.serving import Completions
 from server.apis.openai.conversations.service import OpenAIConversations
+from server.apis.openai.responses.background import BackgroundResponses
 from server.apis.openai.responses.serving import Responses
 from server.apis.openai.responses.store import ResponseStore
 from server.apis.openai.tokenize.serving import Tokenization
@@ -48,6 +49,7 @@ class AppServices:
     # OpenAI's Conversations API and the Responses API's stored state, over the same conversations.
     openai_conversations: OpenAIConversations
     response_store: ResponseStore
+    background_responses: BackgroundResponses
     identity: IdentityService
     operator: OperatorEndpoints
 

@@ -131,3 +131,7 @@ class StoredResponse(Base):
     # The whole Response object as it was returned, and its input items (each with its id).
     body: Mapped[dict[str, Any]] = mapped_column(JSON)
     input_items: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # A background response's heartbeat (its replica writes it while generating: a stale one is reconciled), and the
+    # sequence number of its last streamed event once it has ended (a replay from storage ends with it).
+    updated_at: Mapped[datetime | None] = mapped_column(default=utcnow, onupdate=utcnow, index=True)
+    last_sequence: Mapped[int | None] = mapped_column()

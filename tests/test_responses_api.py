@@ -127,7 +127,7 @@ def test_input_tokens(client: openai.OpenAI, model_name: str) -> None:
 
 def test_refusals_in_openais_envelope(http: httpx.Client, model_name: str) -> None:
     for body, param in [({"tools": [{"type": "web_search_preview"}]}, "tools[0].type"),
-                        ({"background": True}, "background"),
+                        ({"background": True, "store": False}, "background"),
                         ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type")]:
         refused = http.post("/v1/responses", json={"model": model_name, "input": "Hi", **body})
         assert refused.status_code == 400, refused.text

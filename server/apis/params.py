@@ -85,6 +85,20 @@ def whole_number(raw: str) -> int | None:
     return int(raw)
 
 
+BOOLEAN_WORDS = {"true": True, "false": False}
+
+
+def bool_query(request: Request, name: str) -> bool:
+    """A boolean query parameter, true or false as OpenAI's clients send it (absent: false); anything else is a
+    400 naming it."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return False
+    if raw.lower() not in BOOLEAN_WORDS:
+        raise InvalidRequest(f"{name} must be true or false", param=name)
+    return BOOLEAN_WORDS[raw.lower()]
+
+
 def int_query(request: Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:

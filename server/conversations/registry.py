@@ -183,6 +183,7 @@ class Registry:
             if self.shared is not None:
                 self._background(self.shared.request_cancel(run))
             return True
+        run.cancel_requested = True
         run.task.cancel()
         return True
 
@@ -197,6 +198,8 @@ class Registry:
             await self.shared.bus.close()
 
     def _arm_grace(self, run: Run) -> None:
+        if run.background:
+            return
         def expire() -> None:
             run.grace_timer = None
             if run.listeners == 0 and not run.done:

@@ -70,6 +70,10 @@ class Run:
         self.finishing = False
         # A mirror that ended early (a gap, or Redis unreachable): forgotten, so that a resume mirrors afresh.
         self.abandoned = False
+        # background: the run goes on without listeners (a background response): no grace clock ever cancels it.
+        self.background = False
+        # Set by an explicit cancel (a client's, here or through another replica), not by a shutdown's.
+        self.cancel_requested = False
 
     @property
     def last_id(self) -> int:
@@ -81,6 +85,16 @@ class Run:
         self._append(frames, final)
         if self.forward is not None:
             self.forward(StreamEntry(event_id, frames[Framing.NAMED], frames[Framing.PLAIN], final))
+
+    async def publish_built(self, build: Callable[[int], bytes], *, final: bool = False) -> int:
+        """An event framed by the caller from its id (one framing serves both: e.g. a Responses API event whose
+        sequence_number follows the id); shared like a reply's events. Returns the id."""
+        event_id = self.last_id + 1
+        framed = build(event_id)
+        self._append({Framing.NAMED: framed, Framing.PLAIN: framed}, final)
+        if self.forward is not None:
+            self.forward(StreamEntry(event_id, framed, framed, final))
+        return event_id
 
     def mirror(self, entry: StreamEntry) -> bool:
         """An event read from the shared stream, in order (the stream may have dropped its oldest; one sent twice

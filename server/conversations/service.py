@@ -93,6 +93,12 @@ class ConversationService(ConversationStore):
             self._reachable_since = time.monotonic()
         return reachable
 
+    def database_settled(self) -> bool:
+        """Whether the database has been reachable for stale_after_s: only then may a reconciler end what a
+        heartbeat no longer keeps (after an outage, live replicas' heartbeats get the time to land first)."""
+        since = self._reachable_since
+        return since is not None and time.monotonic() - since >= self.stale_after_s
+
     # --- conversations ------------------------------------------------------------------------------------------
 
     async def delete(self, owner_id: uuid.UUID, conversation_id: uuid.UUID) -> None:
@@ -300,8 +306,7 @@ class ConversationService(ConversationStore):
         keeping their last flushed text. Every replica runs it at start and every stale_after_s. Not while the
         database has been reachable for less than stale_after_s: after an outage, live replicas' heartbeats (which
         failed during it) get the time to land first. Never this replica's own running or storing replies."""
-        now = time.monotonic()
-        if self._reachable_since is None or now - self._reachable_since < self.stale_after_s:
+        if not self.database_settled():
             return 0
         older_than = datetime.now(UTC) - timedelta(seconds=self.stale_after_s)
         own = ({run.message_id for run in self.registry.runs.values() if not run.done and not run.remote}

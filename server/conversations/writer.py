@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from engine import EngineUnavailableError, GenerationFailedError, InvalidRequestError
@@ -37,6 +38,31 @@ class FinalReply:
     status: MessageStatus
     finish_reason: str | None
     completion_tokens: int
+
+
+async def store_until_taken(attempt: Callable[[], Awaitable[None]], on_refused: Callable[[str], bool], *,
+                            timeout_s: float, what: str) -> None:
+    """A final write, retried with backoff while the database does not answer, until it takes it (or `timeout_s`
+    passes, logged: the reconciler then finds the row stale). A write the database refuses (bad data) is not
+    retried as it was: `on_refused(reason)` changes what the next attempt writes and says whether to try it (False:
+    give up). `reason` is the driver's message alone: the statement's parameters (the text) stay out of logs."""
+    deadline = time.monotonic() + timeout_s
+    delay = FIRST_RETRY_S
+    while True:
+        try:
+            await attempt()
+            return
+        except Exception as exc:  # any driver failure: connection refused, reset, timeout, server gone, refusal
+            if refused(exc):
+                if not on_refused(str(getattr(exc, "orig", None) or type(exc).__name__)):
+                    return
+                continue
+            if time.monotonic() + delay > deadline:
+                logger.error("could not store %s within %.0f s: %s", what, timeout_s, type(exc).__name__)
+                return
+            logger.warning("storing %s failed (%s); retrying in %.1f s", what, type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_S)
 
 
 class ReplyWriter:
@@ -108,42 +134,31 @@ class ReplyWriter:
             run.stored.set()  # a stream's end waits for this (bounded): see Run.settled
 
     async def store_final(self, final: FinalReply) -> None:
-        """Retried with backoff while the database does not answer, until it takes it (or store_timeout_s passes,
-        logged: the reconciler then finds the row stale and keeps its last flushed text). A write the database
-        refuses (bad data) is not retried: the reply is stored failed at once, keeping its last flushed text."""
-        deadline = time.monotonic() + self.store_timeout_s
-        delay = FIRST_RETRY_S
+        """Retried until the database takes it (store_until_taken; past store_timeout_s the reconciler finds the row
+        stale and keeps its last flushed text). A write the database refuses (bad data) is stored failed at once,
+        keeping its last flushed text."""
         keep_text = False
-        while True:
-            try:
-                async with self.database.session() as session:
-                    await Messages(session).finish(final.message_id, content=None if keep_text else final.text,
-                                                   status=final.status, finish_reason=final.finish_reason,
-                                                   completion_tokens=final.completion_tokens)
-                    await session.commit()
-                return
-            except Exception as exc:  # any driver failure: connection refused, reset, timeout, server gone, refusal
-                if refused(exc):
-                    # The driver's message alone: the statement's parameters (the reply's text) stay out of logs.
-                    reason = str(getattr(exc, "orig", None) or type(exc).__name__)
-                    if keep_text:
-                        logger.error("the database refused reply %s even without its text: %s", final.message_id,
-                                     reason)
-                        return
-                    logger.error("the database refused reply %s (%s, %d tokens): stored failed with its last "
-                                 "flushed text: %s", final.message_id, final.status, final.completion_tokens, reason)
-                    keep_text = True
-                    final = FinalReply(final.message_id, final.text, MessageStatus.FAILED, None,
-                                       final.completion_tokens)
-                    continue
-                if time.monotonic() + delay > deadline:
-                    logger.error("could not store reply %s (%s, %d tokens) within %.0f s: %s", final.message_id,
-                                 final.status, final.completion_tokens, self.store_timeout_s, type(exc).__name__)
-                    return
-                logger.warning("storing reply %s failed (%s); retrying in %.1f s", final.message_id,
-                               type(exc).__name__, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_RETRY_S)
+
+        async def attempt() -> None:
+            async with self.database.session() as session:
+                await Messages(session).finish(final.message_id, content=None if keep_text else final.text,
+                                               status=final.status, finish_reason=final.finish_reason,
+                                               completion_tokens=final.completion_tokens)
+                await session.commit()
+
+        def on_refused(reason: str) -> bool:
+            nonlocal keep_text, final
+            if keep_text:
+                logger.error("the database refused reply %s even without its text: %s", final.message_id, reason)
+                return False
+            logger.error("the database refused reply %s (%s, %d tokens): stored failed with its last flushed text: "
+                         "%s", final.message_id, final.status, final.completion_tokens, reason)
+            keep_text = True
+            final = FinalReply(final.message_id, final.text, MessageStatus.FAILED, None, final.completion_tokens)
+            return True
+
+        await store_until_taken(attempt, on_refused, timeout_s=self.store_timeout_s,
+                                what=f"reply {final.message_id} ({final.status}, {final.completion_tokens} tokens)")
 
     async def drain(self, timeout_s: float) -> None:
         """Wait for the final writes still running (shutdown)."""
@@ -151,25 +166,23 @@ class ReplyWriter:
             await asyncio.wait(set(self.pending), timeout=timeout_s)
 
 
-class _Flusher:
-    """Writes the partial reply from a task of its own, at most every `interval_s`, and touches the row every
-    `heartbeat_s` even without new text (a reply waiting in the engine's queue is alive; a row whose heartbeat
-    stopped belongs to a replica that died, and the reconciler marks it interrupted)."""
+class Flusher:
+    """Writes what a run has so far from a task of its own, at most every `interval_s` when it changed, and touches
+    the row every `heartbeat_s` even without a change (a run waiting in the engine's queue is alive; a row whose
+    heartbeat stopped belongs to a replica that died, and the reconciler ends it). `write` reads the run's state
+    when it is called; a failed write is logged, and the final write carries what it would have."""
 
-    def __init__(self, database: Database, message_id: uuid.UUID, interval_s: float, heartbeat_s: float) -> None:
-        self.database = database
-        self.message_id = message_id
+    def __init__(self, write: Callable[[], Awaitable[None]], interval_s: float, heartbeat_s: float,
+                 what: str) -> None:
+        self.write = write
         self.interval_s = interval_s
         self.heartbeat_s = heartbeat_s
-        self.parts: list[str] = []
-        self.completion_tokens = 0
+        self.what = what
         self.changed = False
         self._stopping = asyncio.Event()
         self.task = asyncio.create_task(self._loop())
 
-    def update(self, parts: list[str], completion_tokens: int) -> None:
-        self.parts = parts
-        self.completion_tokens = completion_tokens
+    def touched(self) -> None:
         self.changed = True
 
     async def _loop(self) -> None:
@@ -182,19 +195,36 @@ class _Flusher:
                 pass
             if self.changed or time.monotonic() - last_write >= self.heartbeat_s:
                 self.changed = False
-                await self._write("".join(self.parts), self.completion_tokens)
+                try:
+                    await self.write()
+                except Exception:
+                    logger.warning("interim write of %s failed; the final write will carry it", self.what)
                 last_write = time.monotonic()
-
-    async def _write(self, text: str, completion_tokens: int) -> None:
-        try:
-            async with self.database.session() as session:
-                await Messages(session).finish(self.message_id, content=text, status=MessageStatus.IN_PROGRESS,
-                                               finish_reason=None, completion_tokens=completion_tokens)
-                await session.commit()
-        except Exception:
-            logger.warning("interim write of reply %s failed; the final write will carry the text", self.message_id)
 
     async def stop(self) -> None:
         """Ends the loop after the write in progress, if any: the final write must land after any interim one."""
         self._stopping.set()
         await asyncio.gather(self.task, return_exceptions=True)
+
+
+class _Flusher(Flusher):
+    """A reply's partial text and its token count, written as the reply in progress."""
+
+    def __init__(self, database: Database, message_id: uuid.UUID, interval_s: float, heartbeat_s: float) -> None:
+        self.database = database
+        self.message_id = message_id
+        self.parts: list[str] = []
+        self.completion_tokens = 0
+        super().__init__(self._write, interval_s, heartbeat_s, f"reply {message_id}")
+
+    def update(self, parts: list[str], completion_tokens: int) -> None:
+        self.parts = parts
+        self.completion_tokens = completion_tokens
+        self.touched()
+
+    async def _write(self) -> None:
+        async with self.database.session() as session:
+            await Messages(session).finish(self.message_id, content="".join(self.parts),
+                                           status=MessageStatus.IN_PROGRESS, finish_reason=None,
+                                           completion_tokens=self.completion_tokens)
+            await session.commit()

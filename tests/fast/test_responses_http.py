@@ -128,7 +128,7 @@ def test_fields_map_to_vllms_chat_fields() -> None:
     ({**HI, "tools": [{"type": "web_search"}]}, "tools[0].type"),
     ({**HI, "tools": [WEATHER, {"type": "code_interpreter", "container": {"type": "auto"}}]}, "tools[1].type"),
     ({**HI, "tools": [{**WEATHER, "name": ""}]}, "tools[0].name"),
-    ({**HI, "background": True}, "background"),
+    ({**HI, "background": True, "store": False}, "background"),
     ({**HI, "input": [{"type": "web_search_call", "id": "ws_1"}]}, "input[0].type"),
     ({**HI, "input": [{"type": "hologram"}]}, "input[0].type"),
     ({**HI, "input": [{"type": ["message"]}]}, "input[0].type"),
@@ -186,7 +186,7 @@ async def sdk(client: httpx.AsyncClient) -> AsyncIterator[openai.AsyncOpenAI]:
 async def test_bad_input_is_a_400_in_openais_envelope_and_nothing_is_generated(
         client: httpx.AsyncClient, engine: FakeEngine) -> None:
     for body, param in [({**HI, "tools": [{"type": "file_search", "vector_store_ids": []}]}, "tools[0].type"),
-                        ({**HI, "background": True}, "background"),
+                        ({**HI, "background": True, "store": False}, "background"),
                         ({**HI, "input": [{"type": "computer_call_output", "call_id": "c"}]}, "input[0].type"),
                         ({**HI, "frobnicate": 1}, "frobnicate")]:
         error = assert_envelope(await client.post(RESPONSES, json=body), 400, param)
@@ -195,8 +195,8 @@ async def test_bad_input_is_a_400_in_openais_envelope_and_nothing_is_generated(
     for body, param in [({**HI, "previous_response_id": "resp_" + "0" * 32}, "previous_response_id"),
                         ({**HI, "conversation": {"id": "conv_" + "0" * 32}}, "conversation")]:
         assert_envelope(await client.post(RESPONSES, json=body), 404, param)
-    assert "background is not served yet" in str(
-        assert_envelope(await client.post(RESPONSES, json={**HI, "background": True}), 400)["message"])
+    assert "background requires store" in str(assert_envelope(
+        await client.post(RESPONSES, json={**HI, "background": True, "store": False}), 400)["message"])
     assert_envelope(await client.post(RESPONSES, json={**HI, "model": "gpt-5"}), 404, "model")
     assert engine.prepared == []
 

@@ -1,10 +1,11 @@
-"""A CodeFace server killed twice: SIGKILL of the server mid-reply, then a restart that reconciles the reply it left
-in progress and still holds the Responses API's stored responses and conversations; then kill -9 of its engine core
-process under running streams."""
+"""A CodeFace server killed twice: SIGKILL of the server mid-reply (and mid background response), then a restart
+that reconciles the reply and the background response it left in progress and still holds the Responses API's
+stored responses and conversations; then kill -9 of its engine core process under running streams."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 import uuid
@@ -90,9 +91,35 @@ def kept_before_the_kill(first_server: SpawnedServer, key: str) -> dict[str, dic
         return {"response": response.json(), "conversation": conversation.json(), "items": items.json()}
 
 
+async def background_deltas(http: httpx.AsyncClient, count: int) -> dict[str, str]:
+    """Starts a long background response with stream, reads `count` text deltas, and drops the connection (the
+    response goes on); returns its id and the text so far."""
+    body = {"input": "Tell me a long story.", "background": True, "stream": True, "max_output_tokens": 400,
+            "ignore_eos": True}
+    text: list[str] = []
+    response_id = ""
+    async with http.stream("POST", RESPONSES, json=body) as response:
+        assert response.status_code == 200, await response.aread()
+        async for event in aiter_events(response.aiter_lines()):
+            data = event.json()
+            response_id = response_id or data["response"]["id"]
+            if data["type"] == "response.output_text.delta":
+                text.append(data["delta"])
+                if len(text) == count:
+                    break
+    return {"id": response_id, "streamed": "".join(text)}
+
+
+@pytest.fixture(scope="module")
+def background_before_the_kill() -> dict[str, str]:
+    """A background response running when the server is killed (filled by the kill test)."""
+    return {}
+
+
 def test_sigkill_mid_reply_then_restart_reconciles(first_server: SpawnedServer, key: str,
                                                     servers: list[SpawnedServer],
                                                     kept_before_the_kill: dict[str, dict],
+                                                    background_before_the_kill: dict[str, str],
                                                     measured: Callable[[str, object], None]) -> None:
     """The reply a killed server left in progress is stored `interrupted` with the text it had flushed, within
     STALE_AFTER_S of the restart; the conversation then accepts a new post. (Responses API state is made before
@@ -105,6 +132,7 @@ def test_sigkill_mid_reply_then_restart_reconciles(first_server: SpawnedServer, 
 
     async def stream_then_kill() -> tuple[str, str]:
         async with httpx.AsyncClient(base_url=first.url, headers=headers(key), timeout=120) as http:
+            background_before_the_kill.update(await background_deltas(http, 12))
             message_id, text = await first_deltas(http, conversation_id, 12)
             await asyncio.sleep(1.5)  # a flush (every 0.5 s) carries the text so far
             first.signal_group(signal.SIGKILL)  # as a container runtime kills it: the engine processes too
@@ -129,6 +157,32 @@ def test_sigkill_mid_reply_then_restart_reconciles(first_server: SpawnedServer, 
         measured("streamed / kept characters", f"{len(streamed)} / {len(reply['content'])}")
         following = http.post(f"{API}/{conversation_id}/messages", json={"content": "Continue.", "max_tokens": 2})
         assert following.status_code == 201, following.text
+
+
+def test_a_background_response_left_running_is_reconciled_incomplete(
+        key: str, servers: list[SpawnedServer], background_before_the_kill: dict[str, str],
+        measured: Callable[[str, object], None]) -> None:
+    """The background response the killed server was generating: after the restart, within STALE_AFTER_S, it reads
+    back incomplete (reason interrupted) with the text written before the kill, which starts with what was streamed;
+    a fresh stream of it ends with that end; a chain from it is served."""
+    response_id, streamed = background_before_the_kill["id"], background_before_the_kill["streamed"]
+    assert streamed
+    restarted = time.monotonic()
+    with httpx.Client(base_url=servers[-1].url, headers=headers(key), timeout=120) as http:
+        while (body := http.get(f"{RESPONSES}/{response_id}").json())["status"] in ("queued", "in_progress"):
+            assert time.monotonic() - restarted < STALE_AFTER_S + 15, body["status"]
+            time.sleep(0.5)
+        assert body["status"] == "incomplete" and body["incomplete_details"] == {"reason": "interrupted"}
+        text = "".join(part["text"] for item in body["output"] if item["type"] == "message"
+                       for part in item["content"])
+        assert text.startswith(streamed), (text, streamed)
+        measured("background response reconciled, s after this check began / streamed, kept characters",
+                 f"{time.monotonic() - restarted:.1f} / {len(streamed)}, {len(text)}")
+        with http.stream("GET", f"{RESPONSES}/{response_id}", params={"stream": "true"}) as replay:
+            events = [json.loads(line[len("data: "):]) for line in replay.iter_lines() if line.startswith("data: ")]
+        assert [event["type"] for event in events] == ["response.incomplete"] and events[0]["response"] == body
+        chained = http.post(RESPONSES, json={"input": "Go on.", "previous_response_id": response_id, **SHORT})
+        assert chained.status_code == 200, chained.text
 
 
 def test_responses_and_conversations_survive_the_restart(key: str, servers: list[SpawnedServer],

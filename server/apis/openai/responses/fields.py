@@ -48,7 +48,9 @@ RESPONSES_FIELDS: dict[str, Field] = {
     "store": honoured("default true: the response is kept for previous_response_id (see the state below)"),
     "previous_response_id": honoured("the chain's input and output items come before this input"),
     "stream": honoured("OpenAI's semantic events with sequence_number; keep-alive comments while queued"),
-    "background": refused("background is not served yet", False),
+    "background": honoured("needs store true; answers at once (queued), the generation runs in a task of its own "
+                           "that outlives the connection: retrieve, resume the stream with starting_after on any "
+                           "replica, cancel (see docs/responses.md)"),
     "truncation": honoured("disabled; auto keeps the prompt's last tokens so that max_output_tokens fits (needs "
                            "max_output_tokens)"),
     "prompt_cache_key": honoured("echoed; deploy/haproxy.cfg routes on it (prefix-cache affinity); not a cache salt; "

@@ -128,5 +128,21 @@ class OutputBuilder:
         events.append(("response.output_item.done", {"output_index": current.index, "item": item}))
         return events
 
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The output so far, the open item with its text so far (in_progress): a background response's body while
+        it runs. Copies: the builder goes on changing its own."""
+        output = [dict(item) for item in self.output]
+        current = self.open
+        if current is not None:
+            item, text = output[current.index], "".join(current.text)
+            if current.kind == Kind.MESSAGE:
+                item["content"] = [{"type": "output_text", "text": text, "annotations": [],
+                                    "logprobs": list(current.logprobs)}]
+            elif current.kind == Kind.REASONING:
+                item["content"] = [{"type": "reasoning_text", "text": text}]
+            else:
+                item["arguments"] = text
+        return output
+
     def finish(self, incomplete: bool) -> list[Event]:
         return self.close(Status.INCOMPLETE if incomplete else Status.COMPLETED)

@@ -212,6 +212,7 @@ class ResponsesRequest(Prompt, frozen=True, kw_only=True, forbid_unknown_fields=
     safety_identifier: Annotated[str, Meta(max_length=256)] | None = None
     store: bool = True
     stream: bool | None = None
+    background: bool | None = None
     stream_options: StreamOptions | None = None
     prompt_cache_key: Annotated[str, Meta(max_length=256)] | None = None
     priority: Annotated[int, Meta(ge=-INT32_MAX, le=INT32_MAX)] | None = None
@@ -220,7 +221,6 @@ class ResponsesRequest(Prompt, frozen=True, kw_only=True, forbid_unknown_fields=
     vllm_xargs: dict[str, str | int | float | list[str | int | float]] | None = None
     # Refused unless they ask for nothing (see server.apis.openai.responses.fields): declared so that they are never
     # ignored.
-    background: Any = None
     max_tool_calls: Any = None
     service_tier: Any = None
     prompt: Any = None
@@ -244,6 +244,9 @@ class ResponsesRequest(Prompt, frozen=True, kw_only=True, forbid_unknown_fields=
         for index, value in enumerate(self.include or []):
             if value not in INCLUDES:
                 raise InvalidRequest(f"unknown include value {value!r}", param=f"include[{index}]")
+        if self.background and not self.store:
+            raise InvalidRequest("background requires store to be true: a background response is retrieved by id",
+                                 param="background")
         if self.stream_options is not None and not self.stream:
             raise InvalidRequest("stream_options requires stream to be true", param="stream_options")
         if self.structured_outputs is not None and self.text is not None and self.text.format is not None:

@@ -43,7 +43,7 @@ class ResponseObject(msgspec.Struct):
     id: str
     object: Literal["response"]
     created_at: int
-    status: Literal["completed", "incomplete", "in_progress", "failed"]
+    status: Literal["completed", "incomplete", "in_progress", "failed", "queued", "cancelled"]
     model: str
     output: list[OutputItem]
     usage: ResponseUsage | None

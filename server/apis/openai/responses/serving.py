@@ -34,6 +34,9 @@ INPUT = "input"
 FAILED_CODES: dict[int, str] = {HTTPStatus.BAD_REQUEST: "invalid_prompt",
                                  HTTPStatus.TOO_MANY_REQUESTS: "rate_limit_exceeded"}
 SERVER_ERROR = "server_error"
+MAX_OUTPUT_TOKENS = "max_output_tokens"
+# A response's statuses before it ends (a background one is queued first).
+RUNNING = ("queued", "in_progress")
 
 @dataclass(slots=True)
 class StartedResponse:
@@ -77,7 +80,7 @@ def echoed(request: ResponsesRequest) -> dict[str, Any]:
         "text": text, "truncation": request.truncation or "disabled",
         "parallel_tool_calls": request.parallel_tool_calls if request.parallel_tool_calls is not None else True,
         "user": request.user, "safety_identifier": request.safety_identifier,
-        "prompt_cache_key": request.prompt_cache_key, "background": False, "service_tier": "default",
+        "prompt_cache_key": request.prompt_cache_key, "background": bool(request.background), "service_tier": "default",
         "top_logprobs": request.top_logprobs, "max_tool_calls": None,
         "reasoning": ({"effort": reasoning.effort, "summary": reasoning.summary} if reasoning is not None else None),
     }
@@ -111,13 +114,14 @@ class Responses:
         return StartedResponse(generation, request, principal.user_id, RESPONSE_ID_PREFIX + uuid.uuid4().hex, model)
 
     def body(self, started: StartedResponse, status: str, output: list[dict[str, Any]],
-             reasoning_tokens: int = 0, error: dict[str, Any] | None = None) -> dict[str, Any]:
+             reasoning_tokens: int = 0, error: dict[str, Any] | None = None,
+             incomplete_reason: str = MAX_OUTPUT_TOKENS) -> dict[str, Any]:
         """The Response object; usage once it has ended."""
         tally = started.generation.tally
-        ended = status != "in_progress"
+        ended = status not in RUNNING
         return {"id": started.response_id, "object": "response", "created_at": started.created_at,
                 "status": status, "error": error, "model": started.model, "output": output,
-                "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+                "incomplete_details": {"reason": incomplete_reason} if status == "incomplete" else None,
                 "usage": usage(tally.prompt_tokens, tally.completion_tokens, tally.cached_tokens, reasoning_tokens)
                 if ended else None, **echoed(started.request)}
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,11 +19,11 @@ from server.apis.openai.responses.items import item_list, new_items, wire_item
 from server.apis.openai.responses.state import Item
 from server.conversations.items import NewItem
 from server.conversations.store import READ_BYTES_PER_TOKEN, ConversationStore
-from server.exceptions import ConversationBusy, ConversationFull, InvalidRequest, NotFound
+from server.exceptions import Conflict, ConversationBusy, ConversationFull, InvalidRequest, NotFound
 from storage import Database
 from storage.models import Message, MessageRole, MessageStatus, StoredResponse, utcnow
 from storage.repository import Messages
-from storage.responses import Responses
+from storage.responses import RUNNING, Responses
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,11 @@ SWEEP_BATCH = 500
 SWEEP_MAX_BATCHES = 20
 # Rows of a conversation that are not context: a reply still being generated, or one that failed.
 NOT_CONTEXT = {MessageStatus.IN_PROGRESS, MessageStatus.FAILED}
+IN_PROGRESS = "in_progress"
+INCOMPLETE = "incomplete"
+# incomplete_details.reason of a background response whose replica stopped (OpenAI's reasons are max_output_tokens
+# and content_filter; this one is CodeFace's).
+INTERRUPTED = "interrupted"
 
 
 class ResponseStore:
@@ -62,20 +68,86 @@ class ResponseStore:
 
     async def save(self, owner_id: uuid.UUID, response: dict[str, Any], input_items: list[Item], *, store: bool,
                    conversation_id: str | None) -> None:
-        inputs = new_items(input_items, "input", ours=False)
+        inputs = prepare_inputs(input_items)
         conversation = conversation_uuid(conversation_id, "conversation") if conversation_id is not None else None
         async with self.database.session() as session:
             if store:
-                now = utcnow()
-                normal = [{**wire_item(_transient(new)), "id": item["id"]} for item, new in inputs]
-                await Responses(session).add(StoredResponse(
-                    id=response["id"], owner_id=owner_id, conversation_id=conversation,
-                    previous_response_id=response.get("previous_response_id"), status=response["status"],
-                    created_at=now, expires_at=now + self.retention, body=response, input_items=normal))
+                await Responses(session).add(self._row(owner_id, response, inputs, conversation))
             if conversation is not None:
-                outputs = new_items(response.get("output") or [], "output", ours=True)
-                await self._append(session, owner_id, conversation, [new for _, new in [*inputs, *outputs]])
+                await self._append_turn(session, owner_id, conversation, inputs, response)
             await _commit(session)
+
+    # --- background responses: the row is written before, while and after the generation ----------------------
+
+    async def begin(self, owner_id: uuid.UUID, response: dict[str, Any], inputs: PreparedInputs) -> None:
+        """A background response's row, committed before it runs (queued): retrievable, and found by the reconciler
+        if its replica dies."""
+        conversation = response.get("conversation")
+        conversation_id = conversation_uuid(conversation["id"], "conversation") if conversation else None
+        async with self.database.session() as session:
+            await Responses(session).add(self._row(owner_id, response, inputs, conversation_id))
+            await session.commit()
+
+    async def write(self, response: dict[str, Any]) -> None:
+        """An interim write: the body so far and the heartbeat, only while the row is still running."""
+        async with self.database.session() as session:
+            await Responses(session).write(response["id"], status=response["status"], body=response,
+                                           only_if_running=True)
+            await session.commit()
+
+    async def finish(self, owner_id: uuid.UUID, response: dict[str, Any], inputs: PreparedInputs,
+                     last_sequence: int) -> None:
+        """The ended response, and its turn appended to its conversation (as save does), in one transaction; a
+        conversation that refuses the turn (deleted, full, another item at the same time) is logged and the
+        response is stored alone: the response must not be lost to it."""
+        conversation = response.get("conversation")
+        conversation_id = conversation_uuid(conversation["id"], "conversation") if conversation else None
+        if conversation_id is not None:
+            try:
+                async with self.database.session() as session:
+                    await Responses(session).write(response["id"], status=response["status"], body=response,
+                                                   last_sequence=last_sequence)
+                    await self._append_turn(session, owner_id, conversation_id, inputs, response)
+                    await _commit(session)
+                return
+            except (NotFound, ConversationFull, ConversationBusy) as error:
+                logger.warning("background response %s: its turn was not appended to its conversation: %s",
+                               response["id"], error.message)
+        async with self.database.session() as session:
+            await Responses(session).write(response["id"], status=response["status"], body=response,
+                                           last_sequence=last_sequence)
+            await session.commit()
+
+    async def stored(self, owner_id: uuid.UUID, wire_id: str) -> StoredResponse:
+        return await self._stored(owner_id, wire_id)
+
+    async def reconcile(self, older_than: datetime, exclude: set[str]) -> int:
+        """Background responses left queued or in_progress by a replica that died (no heartbeat since
+        `older_than`): incomplete, reason interrupted, keeping the output last written; not appended to their
+        conversation (their turn never ended). A bounded number a round (the next round takes the rest)."""
+        count = 0
+        async with self.database.session() as session:
+            responses = Responses(session)
+            for row in await responses.stale(older_than, exclude, SWEEP_BATCH):
+                if await responses.settle_stale(row.id, older_than, status=INCOMPLETE, body=interrupted(row.body)):
+                    count += 1
+            await session.commit()
+        if count:
+            logger.warning("reconciled %d background response(s) left running by a replica that stopped", count)
+        return count
+
+    def _row(self, owner_id: uuid.UUID, response: dict[str, Any], inputs: PreparedInputs,
+             conversation_id: uuid.UUID | None) -> StoredResponse:
+        now = utcnow()
+        return StoredResponse(id=response["id"], owner_id=owner_id, conversation_id=conversation_id,
+                              previous_response_id=response.get("previous_response_id"), status=response["status"],
+                              created_at=now, updated_at=now, expires_at=now + self.retention, body=response,
+                              input_items=inputs.stored)
+
+    async def _append_turn(self, session: AsyncSession, owner_id: uuid.UUID, conversation_id: uuid.UUID,
+                           inputs: PreparedInputs, response: dict[str, Any]) -> None:
+        outputs = new_items(response.get("output") or [], "output", ours=True)
+        await self._append(session, owner_id, conversation_id, [new for _, new in [*inputs.pairs, *outputs]])
 
     # --- stored responses -------------------------------------------------------------------------------------
 
@@ -141,6 +213,9 @@ class ResponseStore:
         if (missing := links[-1].previous_response_id) is not None:
             raise NotFound(f"response {missing!r}, earlier in the chain of previous_response_id, was deleted or "
                            "has expired", param=param)
+        if running := next((link.id for link in links if link.body.get("status") in RUNNING), None):
+            raise Conflict(f"response {running!r} is still being generated: wait for it to end, or cancel it",
+                           param=param)
         items: list[Item] = []
         for link in reversed(links):
             items.extend(link.input_items)
@@ -175,6 +250,26 @@ class ResponseStore:
             await self.conversations.append(session, owner_id, conversation_id, items)
         except (NotFound, ConversationFull) as error:
             raise type(error)(error.message, param="conversation") from None
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedInputs:
+    """A response's input items with their ids (given, or new): as conversation rows, and as stored."""
+
+    pairs: list[tuple[Item, NewItem]]
+    stored: list[Item]
+
+
+def prepare_inputs(input_items: list[Item]) -> PreparedInputs:
+    pairs = new_items(input_items, "input", ours=False)
+    return PreparedInputs(pairs, [{**wire_item(_transient(new)), "id": item["id"]} for item, new in pairs])
+
+
+def interrupted(body: dict[str, Any]) -> dict[str, Any]:
+    """A body left running by a replica that died, as it ends: incomplete (reason interrupted), its items too."""
+    output = [{**item, "status": INCOMPLETE} if item.get("status") == IN_PROGRESS else item
+              for item in body.get("output") or []]
+    return {**body, "status": INCOMPLETE, "output": output, "incomplete_details": {"reason": INTERRUPTED}}
 
 
 def _transient(new: NewItem) -> Message:
