@@ -4,6 +4,7 @@ vLLM's AsyncEngineArgs: the one place that knows vLLM versions differ."""
 from __future__ import annotations
 
 import dataclasses
+import glob
 import logging
 import os
 from collections.abc import MutableMapping
@@ -15,14 +16,19 @@ from pydantic import BaseModel, ConfigDict
 logger = logging.getLogger(__name__)
 
 KV_CACHE_SPACE_VARIABLE = "VLLM_CPU_KVCACHE_SPACE"
+PRELOAD_VARIABLE = "LD_PRELOAD"
+# Where Debian's libtcmalloc-minimal4 (and its kin on other distributions) puts the allocator vLLM's CPU guide asks
+# for; vLLM preloads it itself only when its wheel bundles a copy, and the CPU wheel on PyPI does not.
+TCMALLOC_PATTERNS = ("/usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib64/libtcmalloc_minimal.so.4",
+                     "/usr/lib/libtcmalloc_minimal.so.4")
 
 # Sampling defaults a profile may set: they override the model's generation_config, as vllm serve's
 # --override-generation-config does; a request's own values override both.
 SAMPLING_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
                      "frequency_penalty", "max_tokens")
 # Options that are CodeFace's own (or vllm serve's frontend flags), not AsyncEngineArgs fields.
-NOT_ENGINE_ARGS = frozenset({"kv_cache_space_gib", "tool_call_parser", "enable_auto_tool_choice", "chat_template",
-                             *SAMPLING_DEFAULTS})
+NOT_ENGINE_ARGS = frozenset({"kv_cache_space_gib", "cpu_allocator", "tool_call_parser", "enable_auto_tool_choice",
+                             "chat_template", *SAMPLING_DEFAULTS})
 
 
 class EngineOptions(BaseModel):
@@ -38,6 +44,9 @@ class EngineOptions(BaseModel):
     # GPU: fraction of device memory. CPU backend: fraction of host RAM; kv_cache_space_gib is clearer there.
     gpu_memory_utilization: float | None = None
     kv_cache_space_gib: int | None = None
+    # CPU backend: the engine process's memory allocator. tcmalloc (preloaded where installed) as vLLM's CPU guide
+    # asks; "system" keeps glibc's malloc. Comparisons give vllm serve the same (engine_environment).
+    cpu_allocator: Literal["tcmalloc", "system"] = "tcmalloc"
     enforce_eager: bool = False
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
@@ -140,8 +149,10 @@ def build_engine_args(config: EngineConfig) -> Any:
     for name in sorted(set(kwargs) - known):
         logger.warning("this vLLM has no engine option %r; ignoring it", name)
         kwargs.pop(name)
-    # The CPU backend sizes its KV cache from this variable; the engine core process inherits it.
+    # The CPU backend sizes its KV cache from this variable; the engine core process inherits it (and the allocator
+    # preload: it applies to processes started from here on, the engine core among them).
     _set_kv_cache_space(config, os.environ)
+    _preload_allocator(config, os.environ)
     return AsyncEngineArgs(**kwargs)
 
 
@@ -149,7 +160,28 @@ def engine_environment(config: EngineConfig) -> dict[str, str]:
     """The environment a separate engine process (vllm serve, in the load tests) needs for the same options."""
     env = dict(os.environ)
     _set_kv_cache_space(config, env)
+    _preload_allocator(config, env)
     return env
+
+
+def tcmalloc_path() -> str | None:
+    return next((path for pattern in TCMALLOC_PATTERNS for path in sorted(glob.glob(pattern))), None)
+
+
+def _preload_allocator(config: EngineConfig, env: MutableMapping[str, str]) -> None:
+    """tcmalloc first in LD_PRELOAD for the CPU build's engine process, where the library is installed and nothing
+    preloads an allocator already; logged once if it is wanted but missing."""
+    if config.cpu_allocator != "tcmalloc" or not is_cpu_build():
+        return
+    preloaded = env.get(PRELOAD_VARIABLE, "")
+    if "tcmalloc" in preloaded or "jemalloc" in preloaded:
+        return
+    path = tcmalloc_path()
+    if path is None:
+        logger.info("cpu_allocator is tcmalloc but libtcmalloc_minimal.so.4 is not installed (Debian: "
+                    "libtcmalloc-minimal4): the engine uses the system allocator")
+        return
+    env[PRELOAD_VARIABLE] = f"{path}:{preloaded}" if preloaded else path
 
 
 def _set_kv_cache_space(config: EngineConfig, env: MutableMapping[str, str]) -> None:

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
 import pytest
 
-from engine.config import KV_CACHE_SPACE_VARIABLE, EngineConfig, build_engine_args, engine_environment
+from engine import config as engine_config
+from engine.config import KV_CACHE_SPACE_VARIABLE, PRELOAD_VARIABLE, EngineConfig, build_engine_args, engine_environment
+
+
+@pytest.fixture(autouse=True)
+def _process_environment_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """build_engine_args sets variables in this process's environment for the engine core it would start: each is
+    put back after the test, so that the rest of the session (browsers, servers, balancers) does not inherit it."""
+    for name in (KV_CACHE_SPACE_VARIABLE, PRELOAD_VARIABLE):
+        monkeypatch.delenv(name, raising=False)
 
 
 def test_engine_args_carry_the_config() -> None:
@@ -55,3 +65,30 @@ def test_the_profiles_kv_cache_space_wins_over_an_inherited_variable(monkeypatch
     build_engine_args(config)
     assert os.environ[KV_CACHE_SPACE_VARIABLE] == "1"
     assert "overridden by kv_cache_space_gib=1" in caplog.text
+
+
+def test_the_engine_process_preloads_tcmalloc_where_installed(monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
+    """vLLM's CPU guide asks for tcmalloc in LD_PRELOAD; the engine core and vllm serve in comparisons get it
+    first, after nothing another preload already chose, and never twice."""
+    library = tmp_path / "libtcmalloc_minimal.so.4"
+    library.touch()
+    monkeypatch.setattr(engine_config, "TCMALLOC_PATTERNS", (str(library),))
+    monkeypatch.setattr(engine_config, "is_cpu_build", lambda: True)
+    config = EngineConfig(model="/models/m", served_model_name="m")
+
+    monkeypatch.setenv(PRELOAD_VARIABLE, "/torch/lib/libgomp.so.1")
+    assert engine_environment(config)[PRELOAD_VARIABLE] == f"{library}:/torch/lib/libgomp.so.1"
+    build_engine_args(config)
+    assert os.environ[PRELOAD_VARIABLE] == f"{library}:/torch/lib/libgomp.so.1"
+    build_engine_args(config)
+    assert os.environ[PRELOAD_VARIABLE].count("tcmalloc") == 1
+
+    monkeypatch.setenv(PRELOAD_VARIABLE, "/usr/lib/libjemalloc.so.2")
+    assert engine_environment(config)[PRELOAD_VARIABLE] == "/usr/lib/libjemalloc.so.2"
+    monkeypatch.delenv(PRELOAD_VARIABLE)
+    system = EngineConfig(model="/models/m", served_model_name="m", cpu_allocator="system")
+    assert PRELOAD_VARIABLE not in engine_environment(system)
+    monkeypatch.setattr(engine_config, "TCMALLOC_PATTERNS", (str(tmp_path / "absent.so"),))
+    assert PRELOAD_VARIABLE not in engine_environment(config)
+    assert "cpu_allocator" not in config.engine_kwargs()
