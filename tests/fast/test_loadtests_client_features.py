@@ -86,8 +86,10 @@ async def test_users_arrive_evenly_over_the_ramp() -> None:
     begin = time.perf_counter()
     await run_closed_loop(send, jobs, concurrency=4, ramp_up_s=0.4)
     offsets = sorted(at - begin for at in started)
-    assert offsets[0] < 0.05
-    assert offsets[-1] == pytest.approx(0.3, abs=0.08)  # the 4th of 4 users arrives 3/4 into the ramp
+    # User i of 4 arrives no sooner than i/4 of the ramp (a sleep never ends early; how late it ends depends on the
+    # machine's load, so only the lower bound is asserted: without the ramp all four would start at once).
+    for index, offset in enumerate(offsets):
+        assert offset >= 0.1 * index - 0.005, offsets
 
 
 def test_the_servers_counters_gained_over_a_level_and_its_gauges_at_the_end() -> None:
