@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -200,6 +201,19 @@ def running_server(server_database_url: str, redis_url: str,
         yield RunningServer(url, app)
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server_url: str, admin_key: str) -> openai.OpenAI:
+    """The official openai SDK as the admin, without its retries (a test sees each answer as it came)."""
+    return openai.OpenAI(base_url=f"{server_url}/v1", api_key=admin_key, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def http(server_url: str, auth_headers: dict[str, str]) -> Iterator[httpx.Client]:
+    """Plain HTTP as the admin, for what the SDK does not send (raw bodies, headers, the seed's routes)."""
+    with httpx.Client(base_url=server_url, headers=auth_headers, timeout=120) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

@@ -12,12 +12,6 @@ CHAT = "/v1/chat/completions"
 HELLO = [{"role": "user", "content": "hello"}]
 
 
-@pytest.fixture(scope="module")
-def http(server_url: str, auth_headers: dict[str, str]) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server_url, timeout=60, headers=auth_headers) as client:
-        yield client
-
-
 def assert_envelope(response: httpx.Response, status: int, *, param: str | None = None,
                     mentions: str | None = None) -> dict[str, object]:
     assert response.status_code == status, response.text

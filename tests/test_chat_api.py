@@ -29,16 +29,6 @@ from support.sdk_contract import (  # noqa: F401
 CHAT = "/v1/chat/completions"
 
 
-@pytest.fixture(scope="module")
-def client(server_url: str, admin_key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server_url}/v1", api_key=admin_key, max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def http(server_url: str, auth_headers: dict[str, str]) -> httpx.Client:
-    return httpx.Client(base_url=server_url, headers=auth_headers, timeout=120)
-
-
 # --- structured output ---------------------------------------------------------------------------------------------
 
 def test_json_object_is_parseable(client: openai.OpenAI, model_name: str) -> None:

@@ -6,20 +6,9 @@ from __future__ import annotations
 
 import httpx
 import openai
-import pytest
 
 from loadtests.sse import iter_events
 from server.apis.openai.fields import COMPLETION_FIELDS
-
-
-@pytest.fixture(scope="module")
-def client(server_url: str, admin_key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server_url}/v1", api_key=admin_key, max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def http(server_url: str, auth_headers: dict[str, str]) -> httpx.Client:
-    return httpx.Client(base_url=server_url, headers=auth_headers, timeout=120)
 
 
 def test_completion_stream_and_not(client: openai.OpenAI, model_name: str) -> None:

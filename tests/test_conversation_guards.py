@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 
 import httpx
-import pytest
 
 from support.conversation_client import SSEReader, messages_of, new_conversation
 
@@ -16,12 +14,6 @@ API = "/api/v1/conversations"
 # SmolLM2's token for the byte 0x00: a reply made only of it is text full of NUL.
 NUL_TOKEN = 190
 REPLACEMENT_CHARACTER = "\ufffd"
-
-
-@pytest.fixture(scope="module")
-def http(server_url: str, auth_headers: dict[str, str]) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server_url, headers=auth_headers, timeout=60) as client:
-        yield client
 
 
 def test_a_reply_of_nul_is_stored_and_the_conversation_answers(http: httpx.Client) -> None:

@@ -17,12 +17,6 @@ from engine_faults import engine_fails
 from support.conversation_client import API, SSEReader, messages_of, new_conversation, wait_for_status
 
 
-@pytest.fixture(scope="module")
-def http(server_url: str, auth_headers: dict[str, str]) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server_url, headers=auth_headers, timeout=120) as client:
-        yield client
-
-
 def test_multi_turn_history_reaches_the_model(http: httpx.Client) -> None:
     conversation_id = new_conversation(http)
     prompt_tokens = []

@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import jsonschema
 import openai
-import pytest
 from openai.types.responses import Response
 
 WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["C", "F"]}},
@@ -26,16 +25,6 @@ ROUND_TRIP = [
      "arguments": json.dumps({"city": "Rome", "unit": "C"})},
     {"type": "function_call_output", "call_id": "call_1", "output": "21 C, sunny"},
 ]
-
-
-@pytest.fixture(scope="module")
-def client(server_url: str, admin_key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server_url}/v1", api_key=admin_key, max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def http(server_url: str, auth_headers: dict[str, str]) -> httpx.Client:
-    return httpx.Client(base_url=server_url, headers=auth_headers, timeout=120)
 
 
 def test_create_with_a_string(client: openai.OpenAI, model_name: str) -> None:

@@ -22,11 +22,6 @@ RUNNING = ("queued", "in_progress")
 
 
 @pytest.fixture(scope="module")
-def client(server_url: str, admin_key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server_url}/v1", api_key=admin_key, max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
 def other(start_replica, server_database_url: str, redis_url: str) -> str:
     """A second replica: same Postgres, same Redis, shared reply streams, no engine."""
     return start_replica(server_database_url, redis_url, reply_streams_url=redis_url)

@@ -154,11 +154,6 @@ def model_name(server_url: str, auth_headers: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def client(server_url: str, admin_key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server_url}/v1", api_key=admin_key, max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
 def async_client(server_url: str, admin_key: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{server_url}/v1", api_key=admin_key, max_retries=0, timeout=120)
 

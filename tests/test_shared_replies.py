@@ -6,7 +6,6 @@ receives a reply generated here, and a listener on the other keeps the reply ali
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -15,12 +14,6 @@ from support.conversation_client import API, SeedListener, SSEReader, new_conver
 
 GRACE_S = 3.0  # the suite server's conversation_grace_s
 LONG = {"stream": True, "max_tokens": 1500, "ignore_eos": True}
-
-
-@pytest.fixture(scope="module")
-def http(server_url: str, auth_headers: dict[str, str]) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server_url, headers=auth_headers, timeout=120) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")
