@@ -69,6 +69,9 @@ class Settings(BaseSettings, EngineOptions):
     model_path: str | None = None
     served_model_name: str | None = None
     model_cache_dir: Path | None = None
+    # LoRA adapters served over the base model, each under its own model name: name -> the adapter's folder (PEFT's
+    # layout: adapter_config.json and the weights). Needs enable_lora; see docs/adapters.md.
+    lora_adapters: dict[str, str] = {}
 
     # Conversations
     conversation_max_tokens: int = 512      # reply length when a message does not say
