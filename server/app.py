@@ -155,7 +155,7 @@ def build_services(settings: Settings, engine: EngineClient, database: Database,
     writer = ReplyWriter(database, flush_s=settings.conversation_flush_s,
                          heartbeat_s=settings.conversation_heartbeat_s, store_timeout_s=settings.reply_store_timeout_s)
     conversations = ConversationService(
-        engine=engine, database=database, registry=registry, generator=generator, writer=writer,
+        engine=engine, models=models, database=database, registry=registry, generator=generator, writer=writer,
         default_max_tokens=settings.conversation_max_tokens, stale_after_s=settings.reply_stale_after_s,
         salter=salter, limits=ConversationLimits(max_messages=settings.conversation_max_messages,
                                                  max_bytes=settings.conversation_max_bytes))
