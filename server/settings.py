@@ -3,13 +3,14 @@ layered by pydantic-settings sources and parsed in one place."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -195,6 +196,17 @@ class Settings(BaseSettings, EngineOptions):
     # Retry-After before any database lookup (a block that doubles on repeats, as for logins).
     failed_auth_per_minute_per_address: int = 60
     max_concurrent_password_hashes: int = 2
+
+    @field_validator("lora_adapters", mode="before")
+    @classmethod
+    def _adapters_as_json(cls, value: Any) -> Any:
+        """`--set lora_adapters={"name": "/path"}` (JSON), as the environment variable is read."""
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError('lora_adapters takes a JSON object: {"name": "/path/to/adapter"}') from None
+        return value
 
     @property
     def fairness_enabled(self) -> bool:
