@@ -73,6 +73,9 @@ class Settings(BaseSettings, EngineOptions):
     # LoRA adapters served over the base model, each under its own model name: name -> the adapter's folder (PEFT's
     # layout: adapter_config.json and the weights). Needs enable_lora; see docs/adapters.md.
     lora_adapters: dict[str, str] = {}
+    # Adapters loaded or unloaded through the API on another API process or replica are served here within this
+    # many seconds (read from the database); 0: only at start.
+    adapter_sync_s: float = Field(default=5.0, ge=0)
 
     # Conversations
     conversation_max_tokens: int = 512      # reply length when a message does not say

@@ -43,6 +43,8 @@ class AdapterService:
         self.sources: dict[str, AdapterSource] = {}
         # One change at a time in this process: a name is checked, loaded and recorded as one step.
         self._changing = asyncio.Lock()
+        # Recorded adapters the engine refused here (name, path): said once in the log, not at every sync.
+        self._refused: set[tuple[str, str]] = set()
 
     async def start(self) -> None:
         """Load the profile's adapters (one the engine refuses stops the start: the profile is wrong), then the
@@ -54,24 +56,37 @@ class AdapterService:
             except AdapterLoadError as exc:
                 raise RuntimeError(f"lora_adapters: the adapter {name!r} ({path}) does not load: {exc}") from None
             self._serve(adapter, AdapterSource.PROFILE)
-        async with self.database.session() as session:
-            recorded = [(row.name, row.path) for row in await LoraAdapters(session).all()]
-        for name, path in recorded:
-            if name in self.catalog.adapters:
-                logger.warning("the recorded LoRA adapter %r is also declared in the profile: the profile's is served",
-                               name)
-                continue
-            adapter = Adapter(name, path)
-            try:
-                await self.catalog.engine.add_adapter(adapter)
-            except AdapterLoadError as exc:
-                logger.error("the recorded LoRA adapter %r (%s) does not load, so it is not served: %s", name, path,
-                             exc)
-                continue
-            self._serve(adapter, AdapterSource.RUNTIME)
+        await self.sync()
         if self.catalog.adapters:
             logger.info("serving %d LoRA adapter(s) over %s: %s", len(self.catalog.adapters), self.catalog.base_name,
                         ", ".join(sorted(self.catalog.adapters)))
+
+    async def sync(self) -> None:
+        """Serve what the database records, as another process or replica loaded or unloaded it: run at the start
+        and every adapter_sync_s. A recorded adapter the engine refuses (its folder gone, say) is left out, with an
+        error in the log."""
+        async with self.database.session() as session:
+            recorded = {row.name: row.path for row in await LoraAdapters(session).all()}
+        async with self._changing:
+            for name, path in recorded.items():
+                served = self.catalog.adapters.get(name)
+                if self.sources.get(name) == AdapterSource.PROFILE or (served is not None and served.path == path):
+                    continue
+                adapter = Adapter(name, path)
+                try:
+                    await self.catalog.engine.add_adapter(adapter)
+                except AdapterLoadError as exc:
+                    if (name, path) not in self._refused:
+                        self._refused.add((name, path))
+                        logger.error("the recorded LoRA adapter %r (%s) does not load, so it is not served: %s",
+                                     name, path, exc)
+                    continue
+                self._serve(adapter, AdapterSource.RUNTIME)
+            for name in [n for n, source in self.sources.items() if source == AdapterSource.RUNTIME
+                         and n not in recorded]:
+                # Unloaded elsewhere: the engine core may be this process's too, where it is dropped already.
+                del self.sources[name]
+                self.catalog.adapters.pop(name, None)
 
     def entries(self, principal: Principal) -> list[AdapterEntry]:
         require_admin(principal)

@@ -157,6 +157,29 @@ async def test_another_app_on_the_database_serves_what_was_loaded(migrated_datab
         assert [c["id"] for c in (await client.get("/v1/models")).json()["data"]] == [FAKE_MODEL]
 
 
+async def test_a_running_app_follows_loads_and_unloads_made_elsewhere(migrated_database: Path,
+                                                                      tmp_path: Path) -> None:
+    path = tmp_path / "synced.db"
+    shutil.copyfile(migrated_database, path)
+    url = f"sqlite+aiosqlite:///{path}"
+    first = make_app(migrated_database, tmp_path, FakeEngine(), enable_lora=True, database_url=url)
+    second = make_app(migrated_database, tmp_path, FakeEngine(), enable_lora=True, database_url=url)
+    async with await started(first) as one, await started(second) as other:
+        assert (await one.post(LOAD, json={"lora_name": "gamma", "lora_path": "/adapters/gamma"})).status_code == 200
+        assert (await chat_text(other, "gamma")).status_code == 404
+        await second.state.services.adapters.sync()  # what its lifecycle runs every adapter_sync_s
+        assert (await chat_text(other, "gamma")).json()["model"] == "gamma"
+        assert (await one.post(UNLOAD, json={"lora_name": "gamma"})).status_code == 200
+        await second.state.services.adapters.sync()
+        assert (await chat_text(other, "gamma")).status_code == 404
+        # A recorded adapter that does not load here is left out, and the others still served.
+        assert (await one.post(LOAD, json={"lora_name": "delta", "lora_path": "/adapters/delta"})).status_code == 200
+        second.state.services.engine.lora_enabled = False
+        await second.state.services.adapters.sync()
+        assert (await chat_text(other, "delta")).status_code == 404
+        assert (await chat_text(one, "delta")).status_code == 200
+
+
 async def test_lora_off_refuses_loads_and_profile_adapters(migrated_database: Path, tmp_path: Path) -> None:
     engine = FakeEngine()
     engine.lora_enabled = False
@@ -233,6 +256,20 @@ async def test_only_an_admin_sets_a_keys_models(migrated_database: Path, tmp_pat
         response = await client.post("/api/v1/keys", headers=bearer, json={"models": [FAKE_MODEL]})
         plain = await client.post("/api/v1/keys", headers=bearer, json={})
     assert response.status_code == 403 and plain.status_code == 201 and plain.json()["models"] is None
+
+
+def test_the_adapter_is_on_the_request_span() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from server.telemetry.tracing import LORA_ADAPTER_ATTRIBUTE, GenerationSpans
+
+    with TracerProvider().get_tracer("test").start_as_current_span("request") as span:
+        GenerationSpans("alpha", "id-1", 4, adapter="alpha")
+    with TracerProvider().get_tracer("test").start_as_current_span("request") as base_span:
+        GenerationSpans(FAKE_MODEL, "id-2", 4)
+    assert span.attributes is not None and base_span.attributes is not None
+    assert span.attributes["gen_ai.request.model"] == "alpha" and span.attributes[LORA_ADAPTER_ATTRIBUTE] == "alpha"
+    assert LORA_ADAPTER_ATTRIBUTE not in base_span.attributes
 
 
 async def test_per_model_metrics(lora_app: Callable[..., Starlette]) -> None:
