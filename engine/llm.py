@@ -217,7 +217,7 @@ class ChatEngine:
             raise AdapterLoadError(_worker_reason(str(exc))) from None
 
     async def remove_adapter(self, adapter: Adapter) -> None:
-        """Drop a LoRA adapter from the engine's cache (its running requests finish first)."""
+        """Drop a LoRA adapter from the engine's cache."""
         self._require_running()
         await self._llm.remove_lora(adapter.lora_id)
 
