@@ -6,6 +6,8 @@ from engine.config import EngineConfig, EngineOptions
 from engine.llm import ChatEngine
 from engine.protocol import EngineClient
 from engine.types import (
+    Adapter,
+    AdapterLoadError,
     ChatInput,
     ChatTemplateError,
     ChoiceDelta,
@@ -23,6 +25,7 @@ from engine.types import (
 )
 
 __all__ = [
+    "Adapter", "AdapterLoadError",
     "ChatEngine", "ChatInput", "ChatTemplateError", "ChoiceDelta", "CompletionInput", "EngineClient", "EngineConfig",
     "EngineOptions", "EngineStats", "EngineUnavailableError", "GenerationFailedError", "InvalidRequestError",
     "PreparedRequest", "Prompt", "PromptTooLongError", "StepOutput", "TokenLogprob", "ToolCallDelta", "ToolChoice",

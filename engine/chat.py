@@ -11,7 +11,7 @@ from typing import Any
 
 from engine.errors import Stage, vllm_errors
 from engine.output import OutputShaper, choice_parsers_factory
-from engine.types import ChatInput, InvalidRequestError, Prompt, PromptTooLongError, ToolChoice
+from engine.types import Adapter, ChatInput, InvalidRequestError, Prompt, PromptTooLongError, ToolChoice
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ class PreparedRequest:
     params: Any
     shaper: OutputShaper
     submit_kwargs: dict[str, Any]
+    # The LoRA adapter the request's model names; None: the base model.
+    adapter: Adapter | None = None
 
     @property
     def prompt_logprobs(self) -> int | None:

@@ -61,6 +61,12 @@ class EngineOptions(BaseModel):
     seed: int = 0
     # fcfs (vllm serve's default) or priority: lower values first, arrival order within a value.
     scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
+    # LoRA adapters over the base model (vllm serve's flags of the same names): adapters in one batch at most,
+    # the largest rank an adapter may have, adapters kept in host memory (None: max_loras). docs/adapters.md.
+    enable_lora: bool = False
+    max_loras: int | None = None
+    max_lora_rank: int | None = None
+    max_cpu_loras: int | None = None
 
     # Chat features, as vllm serve's flags of the same names: a registered tool parser (hermes, llama3_json, ...)
     # and whether tool_choice "auto" uses it; a registered reasoning parser; a chat template file that replaces

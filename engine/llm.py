@@ -17,6 +17,8 @@ from engine.frontends import EngineClientSlot
 from engine.protocol import EngineClient
 from engine.stats import SchedulerStatsRecorder
 from engine.types import (
+    Adapter,
+    AdapterLoadError,
     ChatInput,
     CompletionInput,
     EngineStats,
@@ -167,9 +169,11 @@ class ChatEngine:
         """Hand the request to the engine and return its steps. vLLM's own checks run here, before anything is
         streamed, so a refusal is still a plain 4xx. Closing the stream early aborts the request in the engine."""
         self._require_running()
+        kwargs = prepared.submit_kwargs
+        if prepared.adapter is not None:
+            kwargs = {**kwargs, "lora_request": _lora_request(prepared.adapter)}
         with vllm_errors(Stage.PARAMS):
-            queue = await self._llm.add_request(prepared.request_id, prepared.engine_input, prepared.params,
-                                                **prepared.submit_kwargs)
+            queue = await self._llm.add_request(prepared.request_id, prepared.engine_input, prepared.params, **kwargs)
         return self._stream(queue, prepared)
 
     async def _stream(self, queue: Any, prepared: PreparedRequest) -> AsyncIterator[StepOutput]:
@@ -196,6 +200,27 @@ class ChatEngine:
                 abort.add_done_callback(self._aborts.discard)
             queue.close()
 
+    @property
+    def lora_enabled(self) -> bool:
+        return self.config.enable_lora
+
+    async def add_adapter(self, adapter: Adapter) -> None:
+        """Load a LoRA adapter into the engine (it checks the folder, the format and the rank); raises
+        AdapterLoadError with the engine's reason. The engine keeps it in its cache; a request naming an adapter the
+        cache dropped loads it again from its folder."""
+        self._require_running()
+        if not self.lora_enabled:
+            raise AdapterLoadError("LoRA adapters need enable_lora: true in the server's profile")
+        try:
+            await self._llm.add_lora(_lora_request(adapter))
+        except Exception as exc:  # vLLM wraps the worker's error in a plain Exception
+            raise AdapterLoadError(_worker_reason(str(exc))) from None
+
+    async def remove_adapter(self, adapter: Adapter) -> None:
+        """Drop a LoRA adapter from the engine's cache."""
+        self._require_running()
+        await self._llm.remove_lora(adapter.lora_id)
+
     async def abort(self, request_id: str) -> None:
         """Stop a submitted request: its stream ends (finish reason "abort")."""
         if self._llm is not None:
@@ -211,6 +236,22 @@ class ChatEngine:
             raise EngineUnavailableError("the engine is not running")
         if self._llm.errored:
             raise EngineUnavailableError(ENGINE_DEAD)
+
+
+def _lora_request(adapter: Adapter) -> Any:
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(lora_name=adapter.name, lora_int_id=adapter.lora_id, lora_path=adapter.path)
+
+
+def _worker_reason(message: str) -> str:
+    """vLLM's "Call to add_lora method failed: Worker failed with error '...', please check ..." as its reason."""
+    start, end = message.find(WORKER_ERROR_OPEN), message.rfind(WORKER_ERROR_CLOSE)
+    return message[start + len(WORKER_ERROR_OPEN):end] if 0 <= start < end else message
+
+
+WORKER_ERROR_OPEN = "with error '"
+WORKER_ERROR_CLOSE = "', please check"
 
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from engine.chat import PreparedRequest
-from engine.types import ChatInput, CompletionInput, EngineStats, Prompt, StepOutput
+from engine.types import Adapter, ChatInput, CompletionInput, EngineStats, Prompt, StepOutput
 
 
 class EngineClient(Protocol):
@@ -69,3 +69,12 @@ class EngineClient(Protocol):
         ...
 
     async def abort(self, request_id: str) -> None: ...
+
+    @property
+    def lora_enabled(self) -> bool: ...
+
+    async def add_adapter(self, adapter: Adapter) -> None:
+        """Load a LoRA adapter; AdapterLoadError says why the engine refused it."""
+        ...
+
+    async def remove_adapter(self, adapter: Adapter) -> None: ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
@@ -14,6 +15,25 @@ class ToolChoice(StrEnum):
     AUTO = "auto"
     REQUIRED = "required"
     NAMED = "named"
+
+
+@dataclass(frozen=True, slots=True)
+class Adapter:
+    """A LoRA adapter served over the base model: its model name, its local folder (PEFT's layout) and the id the
+    engine knows it by. The id is derived from the name and the folder, so that every API process and replica gives
+    the same adapter the same id (and a name loaded again from another folder a new one: no stale cached weights)."""
+
+    name: str
+    path: str
+
+    @property
+    def lora_id(self) -> int:
+        digest = hashlib.sha256(f"{self.name}\0{self.path}".encode()).digest()
+        return int.from_bytes(digest[:4], "big") % LORA_ID_SPACE + 1
+
+
+# vLLM's LoRA ids are positive ints (0 means "no adapter"); 31 bits keep them in any int32 the engine may use.
+LORA_ID_SPACE = (1 << 31) - 1
 
 
 @dataclass(slots=True)
@@ -116,6 +136,11 @@ class ChatTemplateError(InvalidRequestError):
 
 class EngineUnavailableError(RuntimeError):
     """The engine is not running (not started, shut down, or dead)."""
+
+
+class AdapterLoadError(ValueError):
+    """The engine could not load a LoRA adapter (no adapter in the folder, a malformed one, a rank above
+    max_lora_rank, LoRA not enabled); the message is the engine's."""
 
 
 class GenerationFailedError(RuntimeError):

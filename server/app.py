@@ -15,6 +15,8 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from engine import ChatEngine, EngineClient
+from server.adapters.catalog import ModelCatalog
+from server.adapters.service import AdapterService
 from server.apis.anthropic.serving import Messages
 from server.apis.codeface.identity.routes import TOKEN_PATH
 from server.apis.openai.chat_completions.serving import ChatCompletions
@@ -114,6 +116,9 @@ def check_settings(settings: Settings) -> None:
                              f"the processes: set {' and '.join(name.upper() for name in missing)} to a Redis URL "
                              "(async+redis://host:6379 for rate_limit_storage, redis://host:6379/0 for "
                              "reply_streams_url), or run one API process")
+    if settings.lora_adapters and not settings.enable_lora:
+        raise ValueError(f"lora_adapters declares {len(settings.lora_adapters)} adapter(s): set enable_lora: true "
+                         "(and max_lora_rank at least their rank)")
     if settings.fairness == "on" and settings.scheduling_policy != "priority":
         raise ValueError("fairness: on needs scheduling_policy: priority (under fcfs the engine ignores priorities)")
     if settings.fairness == "auto" and settings.auth_enabled and not settings.fairness_enabled:
@@ -146,27 +151,31 @@ def build_services(settings: Settings, engine: EngineClient, database: Database,
     fair = FairShare(settings.fairness_enabled, engine_slots=settings.max_num_seqs,
                      reserve_fraction=settings.fairness_reserve)
     generator = Generator(engine, admission, fair)
+    models = ModelCatalog(engine)
     salter = CacheSalter(CacheIsolation(settings.prefix_cache_isolation), settings.secret_key)
     writer = ReplyWriter(database, flush_s=settings.conversation_flush_s,
                          heartbeat_s=settings.conversation_heartbeat_s, store_timeout_s=settings.reply_store_timeout_s)
     conversations = ConversationService(
-        engine=engine, database=database, registry=registry, generator=generator, writer=writer,
+        engine=engine, models=models, database=database, registry=registry, generator=generator, writer=writer,
         default_max_tokens=settings.conversation_max_tokens, stale_after_s=settings.reply_stale_after_s,
         salter=salter, limits=ConversationLimits(max_messages=settings.conversation_max_messages,
                                                  max_bytes=settings.conversation_max_bytes))
     response_store = ResponseStore(database, conversations, retention=timedelta(days=settings.responses_retention_days),
                                    context_tokens=lambda: engine.max_model_len)
-    responses = Responses(engine, generator, settings.sse_heartbeat_s, salter, response_store)
+    responses = Responses(engine, models, generator, settings.sse_heartbeat_s, salter, response_store)
     background = BackgroundResponses(responses, response_store, registry, flush_s=settings.conversation_flush_s,
                                      heartbeat_s=settings.conversation_heartbeat_s,
                                      store_timeout_s=settings.reply_store_timeout_s,
                                      stale_after_s=settings.reply_stale_after_s,
                                      database_settled=conversations.database_settled)
-    return AppServices(settings=settings, engine=engine, database=database, limits=limits, registry=registry,
-                       generator=generator, lifecycle=Lifecycle(settings.drain_timeout_s),
-                       chat=ChatCompletions(engine, generator, settings.sse_heartbeat_s, salter),
-                       messages=Messages(engine, generator, settings.sse_heartbeat_s, salter),
-                       completions=Completions(engine, generator, salter), tokenization=Tokenization(engine),
+    return AppServices(settings=settings, engine=engine, models=models,
+                       adapters=AdapterService(models, database, settings.lora_adapters), database=database,
+                       limits=limits, registry=registry, generator=generator,
+                       lifecycle=Lifecycle(settings.drain_timeout_s, settings.adapter_sync_s),
+                       chat=ChatCompletions(engine, models, generator, settings.sse_heartbeat_s, salter),
+                       messages=Messages(engine, models, generator, settings.sse_heartbeat_s, salter),
+                       completions=Completions(engine, models, generator, salter),
+                       tokenization=Tokenization(engine, models),
                        responses=responses,
                        conversations=conversations,
                        openai_conversations=OpenAIConversations(database, conversations),
@@ -213,6 +222,7 @@ def create_app(settings: Settings, model_path: str, *, tracing: bool | None = No
         engine.load_backend()
         adopt_loggers("vllm")  # vLLM set its own handler on import: its lines go through ours instead
         await engine.start()
+        await held.adapters.start()
         await limits.storage.warm_up()
         freeze_startup_heap()  # again: the engine client and the tokenizer are built now
         # uvicorn binds the socket right after this returns.

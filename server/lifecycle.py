@@ -1,8 +1,8 @@
 """The process around the app: a graceful drain on SIGTERM (not ready at once, new generations refused, running
 ones finished or interrupted by the deadline, replies stored, then exit), an engine watchdog (a dead engine makes
 the process not ready and exit non-zero, so that its supervisor restarts it), the reconciler of replies that a
-dead replica left in progress, the sweep of stored responses past their retention, and the event loop's lag
-sampler."""
+dead replica left in progress, the sweep of stored responses past their retention, the LoRA adapters other replicas
+loaded or unloaded, and the event loop's lag sampler."""
 
 from __future__ import annotations
 
@@ -51,6 +51,12 @@ class Background(Protocol):
     async def drain(self, timeout_s: float) -> None: ...
 
 
+class Synced(Protocol):
+    """What follows state other processes change (LoRA adapters loaded or unloaded on another replica)."""
+
+    async def sync(self) -> None: ...
+
+
 class Served(Protocol):
     """What the lifecycle drains, watches and reconciles: the app's services."""
 
@@ -69,10 +75,14 @@ class Served(Protocol):
     @property
     def background_responses(self) -> Background: ...
 
+    @property
+    def adapters(self) -> Synced: ...
+
 
 class Lifecycle:
-    def __init__(self, drain_timeout_s: float) -> None:
+    def __init__(self, drain_timeout_s: float, adapter_sync_s: float = 0.0) -> None:
         self.drain_timeout_s = drain_timeout_s
+        self.adapter_sync_s = adapter_sync_s
         self.draining = False
         self.engine_dead = False
         self.exit_code = 0
@@ -92,6 +102,8 @@ class Lifecycle:
         self._spawn(watch_loop_lag())
         self._spawn(self._reconcile(services))
         self._spawn(self._sweep(services.response_store))
+        if self.adapter_sync_s > 0:
+            self._spawn(self._sync_adapters(services.adapters))
 
     def begin_drain(self, services: Served) -> bool:
         """SIGTERM: start draining (thread-safe: a signal handler calls it). False if a drain already runs."""
@@ -145,6 +157,14 @@ class Lifecycle:
         await services.conversations.writer.drain(ENGINE_DEATH_GRACE_S * 5)
         await services.background_responses.drain(ENGINE_DEATH_GRACE_S * 5)
         self._exit()
+
+    async def _sync_adapters(self, adapters: Synced) -> None:
+        while True:
+            await asyncio.sleep(self.adapter_sync_s)
+            try:
+                await adapters.sync()
+            except Exception:  # the database down, say: the next round tries again
+                logger.warning("could not sync the LoRA adapters with the database", exc_info=True)
 
     async def _reconcile(self, services: Served) -> None:
         conversations = services.conversations

@@ -3,13 +3,14 @@ layered by pydantic-settings sources and parsed in one place."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -69,6 +70,12 @@ class Settings(BaseSettings, EngineOptions):
     model_path: str | None = None
     served_model_name: str | None = None
     model_cache_dir: Path | None = None
+    # LoRA adapters served over the base model, each under its own model name: name -> the adapter's folder (PEFT's
+    # layout: adapter_config.json and the weights). Needs enable_lora; see docs/adapters.md.
+    lora_adapters: dict[str, str] = {}
+    # Adapters loaded or unloaded through the API on another API process or replica are served here within this
+    # many seconds (read from the database); 0: only at start.
+    adapter_sync_s: float = Field(default=5.0, ge=0)
 
     # Conversations
     conversation_max_tokens: int = 512      # reply length when a message does not say
@@ -192,6 +199,17 @@ class Settings(BaseSettings, EngineOptions):
     # Retry-After before any database lookup (a block that doubles on repeats, as for logins).
     failed_auth_per_minute_per_address: int = 60
     max_concurrent_password_hashes: int = 2
+
+    @field_validator("lora_adapters", mode="before")
+    @classmethod
+    def _adapters_as_json(cls, value: Any) -> Any:
+        """`--set lora_adapters={"name": "/path"}` (JSON), as the environment variable is read."""
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError('lora_adapters takes a JSON object: {"name": "/path/to/adapter"}') from None
+        return value
 
     @property
     def fairness_enabled(self) -> bool:

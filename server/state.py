@@ -8,6 +8,8 @@ from typing import Any
 from starlette.requests import Request
 
 from engine import EngineClient
+from server.adapters.catalog import ModelCatalog
+from server.adapters.service import AdapterService
 from server.apis.anthropic.serving import Messages
 from server.apis.openai.chat_completions.serving import ChatCompletions
 from server.apis.openai.completions.serving import Completions
@@ -35,6 +37,9 @@ PRINCIPAL = "principal"
 class AppServices:
     settings: Settings
     engine: EngineClient
+    # The base model and its LoRA adapters (what a request's `model` may name), and the adapters as state.
+    models: ModelCatalog
+    adapters: AdapterService
     database: Database
     limits: RateLimits
     registry: Registry

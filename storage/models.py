@@ -1,4 +1,5 @@
-"""Typed SQLAlchemy models: users, API keys, conversations and their messages (items), and stored responses."""
+"""Typed SQLAlchemy models: users, API keys, conversations and their messages (items), stored responses and LoRA
+adapters."""
 
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ class User(Base):
     password_hash: Mapped[str | None] = mapped_column(String(255))
     is_admin: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The models (base model, adapters) this user may use, set by an admin; NULL: all.
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSON)
 
     api_keys: Mapped[list[ApiKey]] = relationship(back_populates="owner", cascade="all, delete-orphan")
 
@@ -69,6 +72,8 @@ class ApiKey(Base):
     max_concurrent_streams: Mapped[int | None]
     # The key's share of the engine's queue under overload, relative to other tenants (NULL = 1).
     weight: Mapped[int | None]
+    # The models this key may use, within its user's; NULL: all of its user's.
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSON)
 
     owner: Mapped[User] = relationship(back_populates="api_keys")
 
@@ -111,6 +116,17 @@ class Message(Base):
     item: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
+
+
+class LoraAdapter(Base):
+    """A LoRA adapter an admin loaded at run time: every API process and replica loads it at its start."""
+
+    __tablename__ = "lora_adapters"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class StoredResponse(Base):

@@ -76,8 +76,9 @@ class Users:
     async def by_username(self, username: str) -> User | None:
         return await self.session.scalar(select(User).where(User.username == username))
 
-    async def create(self, username: str, *, password_hash: str | None = None, is_admin: bool = False) -> User:
-        user = User(username=username, password_hash=password_hash, is_admin=is_admin)
+    async def create(self, username: str, *, password_hash: str | None = None, is_admin: bool = False,
+                     allowed_models: list[str] | None = None) -> User:
+        user = User(username=username, password_hash=password_hash, is_admin=is_admin, allowed_models=allowed_models)
         self.session.add(user)
         await self.session.flush()
         return user
@@ -93,10 +94,10 @@ class ApiKeys:
     async def create(self, owner_id: uuid.UUID, *, key_hash: str, prefix: str, name: str = "",
                      expires_at: datetime | None = None, requests_per_minute: int | None = None,
                      tokens_per_minute: int | None = None, max_concurrent_streams: int | None = None,
-                     weight: int | None = None) -> ApiKey:
+                     weight: int | None = None, allowed_models: list[str] | None = None) -> ApiKey:
         key = ApiKey(owner_id=owner_id, key_hash=key_hash, prefix=prefix, name=name, expires_at=expires_at,
                      requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
-                     max_concurrent_streams=max_concurrent_streams, weight=weight)
+                     max_concurrent_streams=max_concurrent_streams, weight=weight, allowed_models=allowed_models)
         self.session.add(key)
         await self.session.flush()
         return key

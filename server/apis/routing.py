@@ -4,6 +4,7 @@ one service function and builds the response in its dialect's format."""
 
 from starlette.routing import BaseRoute
 
+from server.adapters import routes as adapters
 from server.apis import pages, system
 from server.apis.anthropic import routes as anthropic
 from server.apis.codeface import seed
@@ -17,7 +18,8 @@ from server.apis.openai.responses import store_routes as stored_responses
 
 ENDPOINTS: tuple[Endpoint, ...] = (*openai.endpoints, *responses.endpoints, *stored_responses.endpoints,
                                    *openai_conversations.endpoints, *anthropic.endpoints, *conversations.endpoints,
-                                   *seed.endpoints, *identity.endpoints, *system.endpoints)
+                                   *seed.endpoints, *identity.endpoints, *adapters.endpoints,
+                                   *system.endpoints)
 
 
 def all_routes() -> list[BaseRoute]:

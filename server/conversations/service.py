@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from engine import EngineClient, InvalidRequestError, PromptTooLongError
+from server.adapters.catalog import ModelCatalog
 from server.conversations.history import assemble, visible_turns
 from server.conversations.listeners import Listener, Wake
 from server.conversations.registry import Registry
@@ -50,6 +51,8 @@ class ReplyRequest:
 
     content: str
     engine_fields: dict[str, Any]
+    # The model the reply is generated with: the base model (None) or one of its LoRA adapters.
+    model: str | None = None
 
 
 @dataclass(slots=True)
@@ -69,11 +72,12 @@ class Following:
 
 
 class ConversationService(ConversationStore):
-    def __init__(self, *, engine: EngineClient, database: Database, registry: Registry, generator: Generator,
-                 writer: ReplyWriter, default_max_tokens: int, stale_after_s: float, salter: CacheSalter,
-                 limits: ConversationLimits | None = None) -> None:
+    def __init__(self, *, engine: EngineClient, models: ModelCatalog, database: Database, registry: Registry,
+                 generator: Generator, writer: ReplyWriter, default_max_tokens: int, stale_after_s: float,
+                 salter: CacheSalter, limits: ConversationLimits | None = None) -> None:
         super().__init__(database, limits or ConversationLimits())
         self.engine = engine
+        self.models = models
         self.registry = registry
         self.generator = generator
         self.writer = writer
@@ -133,6 +137,7 @@ class ConversationService(ConversationStore):
                     usage_sink: MutableMapping[str, Any]) -> Started:
         owner_id = principal.user_id
         conversation_id = conversation.id
+        served = self.models.resolve(principal, spec.model)
         # Only what the prompt could hold is read (posts are one at a time: a reply in progress is the newest).
         recent = await self.recent(conversation_id, self.engine.max_model_len)
         if any(m.status == MessageStatus.IN_PROGRESS for m in recent.messages):
@@ -152,6 +157,7 @@ class ConversationService(ConversationStore):
                                           min_tokens=fields["max_tokens"] * (fields.get("n") or 1))
             self.salter.apply(fields, principal)
             assembled = await assemble(self.engine, turns, fields, str(reply_id))
+            assembled.prepared.adapter = served.adapter
             # Deferred: the engine gets the request only once the turn below is committed (fairness on or off).
             generation = await self.generator.start(principal, assembled.prepared, usage_sink=usage_sink,
                                                     deferred=True)

@@ -25,6 +25,10 @@ from server.security.auth import Principal
 from server.security.ratelimit import Limit, LimitExceeded, RateLimits, Reservation
 from server.telemetry.metrics import (
     admission_rejections,
+    model_generation_tokens,
+    model_generations,
+    model_prompt_tokens,
+    model_ttft,
     rate_limit_rejections,
     slo_refusals,
     slo_ttft_estimate,
@@ -165,7 +169,7 @@ class Tally:
 
     def __init__(self, prompt_tokens: int, n: int, spans: GenerationSpans, usage_sink: MutableMapping[str, Any],
                  reservation: Reservation | None, admission: Admission, place: Place, fair: FairShare,
-                 ticket: Ticket | None = None) -> None:
+                 ticket: Ticket | None = None, model: str | None = None) -> None:
         self.created = int(time.time())
         self.started = time.monotonic()
         self.prompt_tokens = prompt_tokens
@@ -179,6 +183,8 @@ class Tally:
         self.place = place
         self.fair = fair
         self.ticket = ticket
+        # The model the request named (a LoRA adapter's name, or the base model's).
+        self.model = model or admission.engine.model_name
         self.closed = False
         self.first_seen = False
 
@@ -187,7 +193,9 @@ class Tally:
             self.first_seen = True
             self.spans.first_token()
             model, share = self.admission.engine.model_name, self.place.share_class
-            tenant_ttft.labels(model, share).observe(time.monotonic() - self.started)
+            ttft = time.monotonic() - self.started
+            tenant_ttft.labels(model, share).observe(ttft)
+            model_ttft.labels(self.model).observe(ttft)
             if step.queue_time_s is not None:
                 tenant_queue_time.labels(model, share).observe(step.queue_time_s)
             slo, ticket = self.admission.slo, self.ticket
@@ -216,6 +224,9 @@ class Tally:
         used["prompt_tokens"] += self.prompt_tokens
         used["completion_tokens"] += self.completion_tokens
         self.spans.finish(self.prompt_tokens, self.completion_tokens, [r or ABORTED for r in self.finish_reasons])
+        model_generations.labels(self.model).inc()
+        model_prompt_tokens.labels(self.model).inc(self.prompt_tokens)
+        model_generation_tokens.labels(self.model).inc(self.completion_tokens)
         if self.reservation is not None:
             # Shielded: a cancelled request (client gone) would otherwise have this await cancelled too.
             with anyio.CancelScope(shield=True):
@@ -304,14 +315,16 @@ class Generator:
             LogprobBudget("top_logprobs", "n, max_tokens or top_logprobs").charge(prepared)
         self.fair.check(prepared.priority)
         prompt_tokens = prepared.prompt.num_tokens
-        spans = GenerationSpans(self.engine.model_name, prepared.request_id, prepared.max_tokens)
+        adapter = prepared.adapter.name if prepared.adapter is not None else None
+        spans = GenerationSpans(adapter or self.engine.model_name, prepared.request_id, prepared.max_tokens,
+                                adapter=adapter)
         reservation, ticket = await self.admission.admit(
             principal, prompt_tokens + prepared.max_tokens * prepared.n, prepared.n, prompt_tokens)
         place = self.fair.place(tenant_of(principal), principal.weight if principal else 1, prepared.n,
                                 prepared.priority)
         prepared.submit_kwargs["priority"] = place.priority
         tally = Tally(prompt_tokens, prepared.n, spans, usage_sink, reservation, self.admission, place, self.fair,
-                      ticket)
+                      ticket, model=adapter)
         if self.fair.tenant_cap is not None or deferred:
             steps = self._gated(place, prepared)
         else:

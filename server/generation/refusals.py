@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from engine import ChatTemplateError, EngineClient, InvalidRequestError, PromptTooLongError
-from server.exceptions import InvalidRequest, NotFound
+from engine import ChatTemplateError, InvalidRequestError, PromptTooLongError
+from server.adapters.catalog import ModelCatalog, ServedModel
+from server.exceptions import InvalidRequest
+from server.security.auth import Principal
 
 
-def served_model(engine: EngineClient, requested: str | None) -> str:
-    """The model a request names, when this server serves it (None: the one it serves); any other is a 404."""
-    if requested is not None and requested != engine.model_name:
-        raise NotFound(f"the model {requested!r} does not exist; this server serves {engine.model_name!r}",
-                       param="model")
-    return engine.model_name
+def served_model(models: ModelCatalog, principal: Principal | None, requested: str | None) -> ServedModel:
+    """The model a request names (None: the base model): the base model or one of its adapters, when served and the
+    caller may use it; any other is a 404 (server.adapters.catalog)."""
+    return models.resolve(principal, requested)
 
 
 def engine_refusal(exc: PromptTooLongError | InvalidRequestError, param: str) -> InvalidRequest:

@@ -246,6 +246,7 @@ class KeyView(msgspec.Struct):
     tokens_per_minute: int | None
     max_concurrent_streams: int | None
     weight: int | None
+    models: list[str] | None
 
 
 class KeyCreated(KeyView):
@@ -261,6 +262,22 @@ class UserView(msgspec.Struct):
     id: str
     username: str
     is_admin: bool
+    models: list[str] | None
+
+
+class AdapterView(msgspec.Struct):
+    """A LoRA adapter served under its own model name; `source`: profile (declared there) or runtime (loaded
+    through the API, recorded in the database)."""
+
+    name: str
+    path: str
+    parent: str
+    source: str
+
+
+class AdapterList(msgspec.Struct):
+    object: str
+    data: list[AdapterView]
 
 
 class AccessToken(msgspec.Struct):

@@ -36,6 +36,8 @@ class Principal:
     user_quota: Quota | None = None
     # The key's share of the engine's queue under overload (fairness); tokens and keys without one weigh 1.
     weight: int = 1
+    # The models (base model, adapters) this caller may use, set by an admin on the user or the key; None: all.
+    models: frozenset[str] | None = None
 
     @property
     def tenant(self) -> str:
@@ -88,7 +90,8 @@ class Authenticator:
             logger.info("rejected a token: %s", exc)
             raise AuthenticationFailed(INVALID_CREDENTIALS) from None
         # A token's budget is its user's aggregate (admins: the default quota).
-        return Principal(claims.user_id, claims.is_admin, self.default_quota if claims.is_admin else self.user_quota)
+        return Principal(claims.user_id, claims.is_admin, self.default_quota if claims.is_admin else self.user_quota,
+                         models=claims.models)
 
     async def _api_key(self, key: str) -> Principal:
         digest = api_key_hash(key)
@@ -117,7 +120,8 @@ class Authenticator:
                                              self.default_quota.max_concurrent_streams),
         )
         principal = Principal(user.id, user.is_admin, quota, key_id=record.id,
-                              user_quota=None if user.is_admin else self.user_quota, weight=record.weight or 1)
+                              user_quota=None if user.is_admin else self.user_quota, weight=record.weight or 1,
+                              models=allowed_models(user.allowed_models, record.allowed_models))
         self._keys[digest] = (now + self.cache_seconds, principal, expires_at)
         return principal
 
@@ -131,6 +135,12 @@ class Authenticator:
     def forget_key(self, key_hash: str) -> None:
         """Drop a revoked key from this process's cache at once (other replicas drop it within cache_seconds)."""
         self._keys.pop(key_hash, None)
+
+
+def allowed_models(*limits: list[str] | None) -> frozenset[str] | None:
+    """The models every one of `limits` allows (None: no limit)."""
+    sets = [frozenset(limit) for limit in limits if limit is not None]
+    return frozenset.intersection(*sets) if sets else None
 
 
 def _override(value: int | None, default: int | None) -> int | None:

@@ -74,7 +74,7 @@ class IdentityService:
             raise AuthenticationFailed("incorrect username or password")
         if self.tokens is None:
             raise Forbidden("this server issues no tokens")
-        token, lifetime = self.tokens.issue(user.id, user.username, user.is_admin)
+        token, lifetime = self.tokens.issue(user.id, user.username, user.is_admin, user.allowed_models)
         return IssuedToken(token, lifetime)
 
     def _hashing(self) -> AbstractAsyncContextManager[None]:
@@ -83,7 +83,7 @@ class IdentityService:
     async def issue_key(self, principal: Principal, spec: NewKey) -> IssuedKey:
         self._require_key_manager(principal)
         if spec.sets_limits and not principal.is_admin:
-            raise Forbidden("only an admin may set a key's own limits or weight")
+            raise Forbidden("only an admin may set a key's own limits, weight or models")
         return await self.issue_key_for(principal.user_id, spec, capped=not principal.is_admin)
 
     async def issue_key_for(self, owner_id: uuid.UUID, spec: NewKey, *, capped: bool = False) -> IssuedKey:
@@ -103,7 +103,7 @@ class IdentityService:
                 owner_id, key_hash=api_key_hash(secret), prefix=visible_prefix(secret), name=spec.name,
                 expires_at=expires_at, requests_per_minute=spec.requests_per_minute,
                 tokens_per_minute=spec.tokens_per_minute, max_concurrent_streams=spec.max_concurrent_streams,
-                weight=spec.weight)
+                weight=spec.weight, allowed_models=spec.models)
             await session.commit()
         return IssuedKey(record, secret)
 
@@ -125,8 +125,10 @@ class IdentityService:
         if self.authenticator is not None:
             self.authenticator.forget_key(record.key_hash)
 
-    async def create_user(self, principal: Principal | None, username: str, password: str, is_admin: bool) -> User:
-        """`principal` None: the admin CLI, which needs no credentials."""
+    async def create_user(self, principal: Principal | None, username: str, password: str, is_admin: bool,
+                          models: list[str] | None = None) -> User:
+        """`principal` None: the admin CLI, which needs no credentials. `models`: what the user may use (None:
+        all)."""
         if principal is not None:
             self._require_auth()
             if not principal.is_admin:
@@ -135,7 +137,8 @@ class IdentityService:
             password_hash = await hash_password(password)
         async with self.database.session() as session:
             try:
-                user = await Users(session).create(username, password_hash=password_hash, is_admin=is_admin)
+                user = await Users(session).create(username, password_hash=password_hash, is_admin=is_admin,
+                                                   allowed_models=models)
                 await session.commit()
             except IntegrityError:
                 raise Conflict(f"the username {username!r} is taken", param="username") from None

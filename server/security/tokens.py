@@ -14,6 +14,8 @@ from joserfc.jwk import ECKey, OctKey, RSAKey
 from joserfc.jwt import JWTClaimsRegistry
 
 Key = OctKey | RSAKey | ECKey
+# The models a token's user may use (absent: all).
+MODELS_CLAIM = "mdl"
 
 
 class InvalidTokenError(Exception):
@@ -25,6 +27,8 @@ class TokenClaims:
     user_id: uuid.UUID
     username: str
     is_admin: bool
+    # The user's allowed models when the token was issued (None: all); a change applies to tokens issued after it.
+    models: frozenset[str] | None = None
 
 
 class TokenService:
@@ -53,11 +57,15 @@ class TokenService:
             jti={"essential": True},
         )
 
-    def issue(self, user_id: uuid.UUID, username: str, is_admin: bool) -> tuple[str, int]:
+    def issue(self, user_id: uuid.UUID, username: str, is_admin: bool,
+              models: list[str] | None = None) -> tuple[str, int]:
         """A signed token and its lifetime in seconds."""
         now = int(time.time())
-        claims = {"iss": self.issuer, "aud": self.audience, "sub": str(user_id), "iat": now,
-                  "exp": now + self.lifetime_s, "jti": uuid.uuid4().hex, "name": username, "adm": is_admin}
+        claims: dict[str, object] = {"iss": self.issuer, "aud": self.audience, "sub": str(user_id), "iat": now,
+                                     "exp": now + self.lifetime_s, "jti": uuid.uuid4().hex, "name": username,
+                                     "adm": is_admin}
+        if models is not None:
+            claims[MODELS_CLAIM] = list(models)
         return jwt.encode({"alg": self.algorithm}, claims, self.signing_key, algorithms=[self.algorithm]), \
             self.lifetime_s
 
@@ -67,6 +75,8 @@ class TokenService:
             decoded = jwt.decode(token, self.verifying_key, algorithms=[self.algorithm])
             self.registry.validate(decoded.claims)
             claims = decoded.claims
-            return TokenClaims(uuid.UUID(claims["sub"]), str(claims.get("name", "")), bool(claims.get("adm")))
+            models = claims.get(MODELS_CLAIM)
+            return TokenClaims(uuid.UUID(claims["sub"]), str(claims.get("name", "")), bool(claims.get("adm")),
+                               frozenset(str(m) for m in models) if isinstance(models, list) else None)
         except (JoseError, ValueError, KeyError, TypeError) as exc:
             raise InvalidTokenError(str(exc) or type(exc).__name__) from None

@@ -60,6 +60,15 @@ tenant_queue_time = Histogram("codeface_tenant_queue_time_seconds", "Time a gene
 tenant_ttft = Histogram("codeface_tenant_time_to_first_token_seconds", "Time from admission to the first token, by "
                         "the tenant's share class", ["model", "share"], buckets=LATENCY_BUCKETS)
 
+# Per served model (the base model's name, or a LoRA adapter's): vLLM's own counters carry the base model's name
+# alone, whatever adapter a request used.
+model_generations = Counter("codeface_model_generations", "Generations ended, by the model they named (base model "
+                            "or LoRA adapter)", ["model"])
+model_prompt_tokens = Counter("codeface_model_prompt_tokens", "Prompt tokens of ended generations, by model",
+                              ["model"])
+model_generation_tokens = Counter("codeface_model_generation_tokens", "Tokens generated, by model", ["model"])
+model_ttft = Histogram("codeface_model_time_to_first_token_seconds", "Time from admission to the first token, by "
+                       "model", ["model"], buckets=LATENCY_BUCKETS)
 
 # SLO-aware admission (server.generation.slo): what it refused and why, and how its TTFT estimate compares with the
 # TTFT then observed (observed / estimated: near 1 means the estimate can be trusted; above 1, it is optimistic).

@@ -53,11 +53,15 @@ def setup_tracing(kind: TraceExporter, *, endpoint: str | None = None, sample_ra
     return provider
 
 
+# The LoRA adapter a generation ran with (absent: the base model).
+LORA_ADAPTER_ATTRIBUTE = "codeface.lora_adapter"
+
 class GenerationSpans:
     """The queue-and-prefill and decode phases of one generation, as child spans of the request's span, plus the
     GenAI semantic-convention attributes on the request span itself."""
 
-    def __init__(self, model: str, response_id: str, max_tokens: int | None) -> None:
+    def __init__(self, model: str, response_id: str, max_tokens: int | None, *, adapter: str | None = None) -> None:
+        """`model`: what the request named (a LoRA adapter's name, or the base model's); `adapter`: the adapter."""
         self.request_span = trace.get_current_span()
         self.recording = self.request_span.is_recording()
         self.submitted_ns = time.time_ns()
@@ -68,6 +72,7 @@ class GenerationSpans:
                 "gen_ai.request.model": model,
                 "gen_ai.response.id": response_id,
                 **({"gen_ai.request.max_tokens": max_tokens} if max_tokens is not None else {}),
+                **({LORA_ADAPTER_ATTRIBUTE: adapter} if adapter is not None else {}),
             })
 
     def first_token(self) -> None:

@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from engine import (
+    Adapter,
+    AdapterLoadError,
     ChatInput,
     CompletionInput,
     EngineClient,
@@ -42,6 +44,8 @@ TEMPLATE_REFUSES = "<refuse>"
 ENGINE_FAILS = "<fail>"
 # Without ignore_eos the fake model "ends its sentence" after this many words.
 SENTENCE_WORDS = 12
+# An adapter folder whose name starts with this fails to load, as a folder without an adapter does.
+FAKE_BAD_ADAPTER = "bad"
 
 
 class FakeEngine:
@@ -54,6 +58,8 @@ class FakeEngine:
         self.in_flight = 0
         self.prepared: list[tuple[Prompt, dict[str, Any]]] = []
         self.aborted: list[str] = []
+        self.lora_enabled = True
+        self.adapters: dict[str, Adapter] = {}
 
     @property
     def model_name(self) -> str:
@@ -109,6 +115,17 @@ class FakeEngine:
         """Recorded only: the fake's streams are short, and a consumer that stops reading closes them."""
         self.aborted.append(request_id)
 
+    async def add_adapter(self, adapter: Adapter) -> None:
+        """Any folder whose name does not start with FAKE_BAD_ADAPTER "loads" (the fake reads nothing)."""
+        if not self.lora_enabled:
+            raise AdapterLoadError("LoRA adapters need enable_lora: true in the server's profile")
+        if adapter.path.rstrip("/").rsplit("/", 1)[-1].startswith(FAKE_BAD_ADAPTER):
+            raise AdapterLoadError(f"No adapter found for {adapter.path}")
+        self.adapters[adapter.name] = adapter
+
+    async def remove_adapter(self, adapter: Adapter) -> None:
+        self.adapters.pop(adapter.name, None)
+
     async def render(self, chat: ChatInput) -> Prompt:
         if any(m.get("content") == TEMPLATE_REFUSES for m in chat.messages):
             raise ChatTemplateError("the model's chat template rejected these messages: refused", "messages")
@@ -150,6 +167,8 @@ class FakeEngine:
         fields: dict[str, Any] = prepared.params
         stop = fields.get("stop") or []
         stop = [stop] if isinstance(stop, str) else stop
+        # An adapter's "model" says its name before each word: a test sees which model answered.
+        adapter = f"{prepared.adapter.name}:" if prepared.adapter is not None else ""
         self.in_flight += 1
         try:
             texts = ["" for _ in range(prepared.n)]
@@ -161,7 +180,7 @@ class FakeEngine:
                     raise GenerationFailedError("generation failed: injected")
                 choices = []
                 for index in range(prepared.n):
-                    word = f"w{position}" + (f"c{index}" if index else "") + " "
+                    word = adapter + f"w{position}" + (f"c{index}" if index else "") + " "
                     texts[index] += word
                     hit = next((s for s in stop if s in texts[index]), None)
                     last = position == length - 1

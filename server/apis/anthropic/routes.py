@@ -51,7 +51,7 @@ async def create_message(request: Request) -> RouteResponse:
            response=TokenCount, request=CountTokensRequest, errors=(HTTPStatus.BAD_REQUEST, HTTPStatus.NOT_FOUND))
 async def count_tokens(request: Request) -> RouteResponse:
     body = decode_body(await request.body(), CountTokensRequest, empty_means=None)
-    return json_response(await services(request).messages.count_tokens(body))
+    return json_response(await services(request).messages.count_tokens(body, principal_of(request)))
 
 
 endpoints: tuple[Endpoint, ...] = (create_message, count_tokens)

@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from engine import ChoiceDelta, EngineClient, InvalidRequestError, PromptTooLongError
+from server.adapters.catalog import ModelCatalog, ServedModel
 from server.apis.anthropic.protocol import Conversation, CountTokensRequest, MessagesRequest
 from server.apis.openai.chunks import StreamErrorFraming
 from server.exceptions import InvalidRequest
@@ -171,27 +172,30 @@ class BlockFramer:
 
 
 class Messages:
-    def __init__(self, engine: EngineClient, generator: Generator, heartbeat_s: float, salter: CacheSalter) -> None:
+    def __init__(self, engine: EngineClient, models: ModelCatalog, generator: Generator, heartbeat_s: float,
+                 salter: CacheSalter) -> None:
         self.engine = engine
+        self.models = models
         self.generator = generator
         self.heartbeat_s = heartbeat_s
         self.salter = salter
 
-    def check(self, request: Conversation) -> None:
-        served_model(self.engine, request.model)
+    def check(self, request: Conversation, principal: Principal | None) -> ServedModel:
+        served = served_model(self.models, principal, request.model)
         if request.thinking is not None and self.engine.reasoning_parser is None:
             raise InvalidRequest("thinking is not supported: this model has no reasoning_parser in the server's "
                                  "profile", param="thinking")
+        return served
 
     async def start(self, request: MessagesRequest, principal: Principal | None,
                     usage_sink: MutableMapping[str, Any], request_id: str) -> StartedMessage:
         """Everything that can refuse the request happens here, before a byte of the response is sent."""
-        self.check(request)
+        served = self.check(request, principal)
         message_id = MESSAGE_ID_PREFIX + request_id
         generation = await start_chat(self.engine, self.generator, self.salter, principal, request.chat_input(),
                                       request_id=message_id, choices=1, priority=0, min_tokens=request.max_tokens,
-                                      usage_sink=usage_sink)
-        return StartedMessage(generation, request, message_id, self.engine.model_name)
+                                      usage_sink=usage_sink, adapter=served.adapter)
+        return StartedMessage(generation, request, message_id, served.name)
 
     def head(self, started: StartedMessage) -> dict[str, Any]:
         return {"id": started.message_id, "type": "message", "role": "assistant", "content": [],
@@ -257,9 +261,9 @@ class Messages:
                            tally.prompt_tokens, tally.completion_tokens, tally.cached_tokens)})
                        + event(Event.MESSAGE_STOP, {}))
 
-    async def count_tokens(self, request: CountTokensRequest) -> dict[str, Any]:
+    async def count_tokens(self, request: CountTokensRequest, principal: Principal | None) -> dict[str, Any]:
         """The prompt's tokens, rendered exactly as a message with these fields would render it."""
-        self.check(request)
+        self.check(request, principal)
         try:
             prompt = await self.engine.render(request.chat_input())
         except (PromptTooLongError, InvalidRequestError) as exc:

@@ -89,27 +89,29 @@ async def completions(request: Request) -> RouteResponse:
     return await respond(request, run, events, lambda: service.collect(run))
 
 
-@Operation(Method.GET, "/v1/models", "List the served model", "openai", response=ModelList, errors=())
+@Operation(Method.GET, "/v1/models", "List the models the caller may use: the base model and its LoRA adapters",
+           "openai", response=ModelList, errors=())
 async def list_models(request: Request) -> RouteResponse:
-    """vLLM's model card: id, root (the model folder), max_model_len and a permission entry."""
-    engine = services(request).engine
+    """vLLM's model cards: id, root (the model's or the adapter's folder), parent (an adapter's base model),
+    max_model_len and a permission entry."""
+    held = services(request)
     return json_response({
         "object": "list",
         "data": [{
-            "id": engine.model_name,
+            "id": card.id,
             "object": "model",
             "created": STARTED_AT,
             "owned_by": "codeface",
-            "root": engine.model_path,
-            "parent": None,
-            "max_model_len": engine.max_model_len,
+            "root": card.root,
+            "parent": card.parent,
+            "max_model_len": held.engine.max_model_len,
             "permission": [{
                 "id": f"modelperm-{MODEL_PERMISSION_ID}", "object": "model_permission", "created": STARTED_AT,
                 "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
                 "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
                 "organization": "*", "group": None, "is_blocking": False,
             }],
-        }],
+        } for card in held.models.cards(principal_of(request))],
     })
 
 
@@ -117,14 +119,14 @@ async def list_models(request: Request) -> RouteResponse:
            request=TokenizeRequest, errors=TOKENIZE_ERRORS)
 async def tokenize(request: Request) -> RouteResponse:
     body = decode_body(await request.body(), TokenizeRequest, empty_means=None)
-    return json_response(await services(request).tokenization.tokenize(body))
+    return json_response(await services(request).tokenization.tokenize(body, principal_of(request)))
 
 
 @Operation(Method.POST, "/detokenize", "Turn token ids back into text (vLLM's shapes)", "vllm",
            response=DetokenizeResponse, request=DetokenizeRequest, errors=TOKENIZE_ERRORS)
 async def detokenize(request: Request) -> RouteResponse:
     body = decode_body(await request.body(), DetokenizeRequest, empty_means=None)
-    return json_response(await services(request).tokenization.detokenize(body))
+    return json_response(await services(request).tokenization.detokenize(body, principal_of(request)))
 
 
 endpoints: tuple[Endpoint, ...] = (chat_completions, completions, list_models, tokenize, detokenize)

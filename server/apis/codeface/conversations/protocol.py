@@ -35,6 +35,8 @@ class NewMessage(GenerationFields, frozen=True, kw_only=True, forbid_unknown_fie
 
     content: MessageText
     stream: bool = False
+    # The base model (unset) or one of its LoRA adapters, by name (GET /v1/models).
+    model: Annotated[str, Meta(max_length=200)] | None = None
 
     def __post_init__(self) -> None:
         # A conversation stores one reply per message, as text: what cannot be stored is refused, never dropped.
@@ -47,7 +49,7 @@ class NewMessage(GenerationFields, frozen=True, kw_only=True, forbid_unknown_fie
         super().__post_init__()
 
     def reply_request(self) -> ReplyRequest:
-        return ReplyRequest(self.content, self.engine_fields(frozenset({"content", "stream"})))
+        return ReplyRequest(self.content, self.engine_fields(frozenset({"content", "stream", "model"})), self.model)
 
 
 class SeedChat(msgspec.Struct, forbid_unknown_fields=True):

@@ -78,8 +78,9 @@ async def revoke_key(request: Request) -> Response:
 async def create_user(request: Request) -> Response:
     spec = decode_body(await request.body(), NewUser)
     user = await services(request).identity.create_user(principal_of(request), spec.username, spec.password,
-                                                        spec.is_admin)
-    return json_response({"id": str(user.id), "username": user.username, "is_admin": user.is_admin},
+                                                        spec.is_admin, spec.models)
+    return json_response({"id": str(user.id), "username": user.username, "is_admin": user.is_admin,
+                          "models": user.allowed_models},
                          status_code=create_user.ok)
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import EngineClient, InvalidRequestError
+from server.adapters.catalog import ModelCatalog
 from server.apis.openai.chat_completions.protocol import ChatCompletionRequest
 from server.apis.openai.chunks import (
     COMPLETION_ID_PREFIX,
@@ -40,8 +41,10 @@ class ChatCompletion:
 
 
 class ChatCompletions:
-    def __init__(self, engine: EngineClient, generator: Generator, heartbeat_s: float, salter: CacheSalter) -> None:
+    def __init__(self, engine: EngineClient, models: ModelCatalog, generator: Generator, heartbeat_s: float,
+                 salter: CacheSalter) -> None:
         self.engine = engine
+        self.models = models
         self.generator = generator
         self.heartbeat_s = heartbeat_s
         self.salter = salter
@@ -49,14 +52,15 @@ class ChatCompletions:
     async def start(self, request: ChatCompletionRequest, principal: Principal | None,
                     usage_sink: MutableMapping[str, Any], request_id: str) -> ChatCompletion:
         """Everything that can refuse the request happens here, before a byte of the response is sent."""
-        model = served_model(self.engine, request.model)
+        served = served_model(self.models, principal, request.model)
         completion_id = COMPLETION_ID_PREFIX + request_id
         choices = request.n or 1
         generation = await start_chat(
             self.engine, self.generator, self.salter, principal, request.chat_input(), request_id=completion_id,
             choices=choices, priority=request.priority or 0,
-            min_tokens=(request.max_completion_tokens or request.max_tokens or 0) * choices, usage_sink=usage_sink)
-        return ChatCompletion(generation, request, completion_id, model)
+            min_tokens=(request.max_completion_tokens or request.max_tokens or 0) * choices, usage_sink=usage_sink,
+            adapter=served.adapter)
+        return ChatCompletion(generation, request, completion_id, served.name)
 
     async def collect(self, completion: ChatCompletion) -> dict[str, Any]:
         """The whole reply as one chat.completion body."""

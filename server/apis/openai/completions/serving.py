@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine import EngineClient, InvalidRequestError, PromptTooLongError, StepOutput, TokenLogprob
+from server.adapters.catalog import ModelCatalog
 from server.apis.openai.chunks import ABORTED, STOP, StreamErrorFraming, usage
 from server.apis.openai.completions.protocol import CompletionRequest
 from server.generation.generator import STREAM_ERRORS, Generation, Generator, LogprobBudget
@@ -73,16 +74,17 @@ class CompletionLogprobs:
 
 
 class Completions:
-    def __init__(self, engine: EngineClient, generator: Generator, salter: CacheSalter) -> None:
+    def __init__(self, engine: EngineClient, models: ModelCatalog, generator: Generator, salter: CacheSalter) -> None:
         self.engine = engine
+        self.models = models
         self.generator = generator
         self.salter = salter
 
     async def start(self, request: CompletionRequest, principal: Principal | None,
                     usage_sink: MutableMapping[str, Any], request_id: str) -> CompletionRun:
-        model = served_model(self.engine, request.model)
+        served = served_model(self.models, principal, request.model)
         completion_id = COMPLETION_ID_PREFIX + request_id
-        run = CompletionRun([], request, completion_id, model)
+        run = CompletionRun([], request, completion_id, served.name)
         inputs = request.completion_inputs()
         choices = len(inputs) * (request.n or 1)
         await self.generator.precheck(principal, choices=choices, priority=request.priority or 0,
@@ -94,6 +96,7 @@ class Completions:
             for index, item in enumerate(inputs):
                 self.salter.apply(item.fields, principal)
                 prepared.append(await self.engine.prepare_completion(item, f"{completion_id}-{index}"))
+                prepared[-1].adapter = served.adapter
                 logprobs.charge(prepared[-1])
             for one in prepared:
                 run.generations.append(await self.generator.start(principal, one, usage_sink=usage_sink,

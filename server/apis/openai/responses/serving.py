@@ -13,6 +13,7 @@ from http import HTTPStatus
 from typing import Any
 
 from engine import EngineClient, InvalidRequestError, PromptTooLongError
+from server.adapters.catalog import ModelCatalog
 from server.apis.openai.responses.output import Event, OutputBuilder
 from server.apis.openai.responses.protocol import InputTokensRequest, Prompt, ResponsesRequest
 from server.apis.openai.responses.state import RESPONSE_ID_PREFIX, Item, ResponseState
@@ -87,9 +88,10 @@ def echoed(request: ResponsesRequest) -> dict[str, Any]:
 
 
 class Responses:
-    def __init__(self, engine: EngineClient, generator: Generator, heartbeat_s: float, salter: CacheSalter,
-                 state: ResponseState) -> None:
+    def __init__(self, engine: EngineClient, models: ModelCatalog, generator: Generator, heartbeat_s: float,
+                 salter: CacheSalter, state: ResponseState) -> None:
         self.engine = engine
+        self.models = models
         self.generator = generator
         self.heartbeat_s = heartbeat_s
         self.salter = salter
@@ -104,14 +106,15 @@ class Responses:
     async def start(self, request: ResponsesRequest, principal: Principal, usage_sink: MutableMapping[str, Any],
                     request_id: str) -> StartedResponse:
         """Everything that can refuse the request happens here, before a byte of the response is sent."""
-        model = served_model(self.engine, request.model)
+        served = served_model(self.models, principal, request.model)
         context = await self.context(request, principal.user_id)
         chat = request.chat_input(context, self.engine.max_model_len)
         generation = await start_chat(self.engine, self.generator, self.salter, principal, chat,
                                       request_id=request_id, choices=1, priority=request.priority or 0,
                                       min_tokens=request.max_output_tokens or 0, usage_sink=usage_sink,
-                                      messages_param=INPUT)
-        return StartedResponse(generation, request, principal.user_id, RESPONSE_ID_PREFIX + uuid.uuid4().hex, model)
+                                      messages_param=INPUT, adapter=served.adapter)
+        return StartedResponse(generation, request, principal.user_id, RESPONSE_ID_PREFIX + uuid.uuid4().hex,
+                               served.name)
 
     def body(self, started: StartedResponse, status: str, output: list[dict[str, Any]],
              reasoning_tokens: int = 0, error: dict[str, Any] | None = None,
@@ -194,7 +197,7 @@ class Responses:
 
     async def input_tokens(self, request: InputTokensRequest, principal: Principal) -> dict[str, Any]:
         """The prompt's tokens, rendered exactly as a response with this input would render it."""
-        served_model(self.engine, request.model)
+        served_model(self.models, principal, request.model)
         context = await self.context(request, principal.user_id)
         try:
             prompt = await self.engine.render(request.chat_input(context))

@@ -6,19 +6,19 @@ from __future__ import annotations
 from typing import Any
 
 from engine import EngineClient, InvalidRequestError, PromptTooLongError
+from server.adapters.catalog import ModelCatalog
 from server.apis.openai.tokenize.protocol import DetokenizeRequest, TokenizeRequest
 from server.generation.refusals import engine_refusal, served_model
+from server.security.auth import Principal
 
 
 class Tokenization:
-    def __init__(self, engine: EngineClient) -> None:
+    def __init__(self, engine: EngineClient, models: ModelCatalog) -> None:
         self.engine = engine
+        self.models = models
 
-    def check_model(self, model: str | None) -> None:
-        served_model(self.engine, model)
-
-    async def tokenize(self, request: TokenizeRequest) -> dict[str, Any]:
-        self.check_model(request.model)
+    async def tokenize(self, request: TokenizeRequest, principal: Principal | None) -> dict[str, Any]:
+        served_model(self.models, principal, request.model)
         try:
             if request.prompt is not None:
                 add_special = True if request.add_special_tokens is None else request.add_special_tokens
@@ -30,8 +30,8 @@ class Tokenization:
         return {"count": len(tokens), "max_model_len": self.engine.max_model_len, "tokens": tokens,
                 "token_strs": self.engine.token_strings(tokens) if request.return_token_strs else None}
 
-    async def detokenize(self, request: DetokenizeRequest) -> dict[str, Any]:
-        self.check_model(request.model)
+    async def detokenize(self, request: DetokenizeRequest, principal: Principal | None) -> dict[str, Any]:
+        served_model(self.models, principal, request.model)
         try:
             return {"prompt": await self.engine.detokenize(request.tokens)}
         except InvalidRequestError as exc:
