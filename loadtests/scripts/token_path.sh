@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The token path (issue 28): API-process and engine-core CPU per 1,000 output tokens, output tok/s and median TTFT,
 # vllm serve against CodeFace with everything on (auth and an API key, limits in Redis, Postgres, metrics, OTLP
-# traces to a local sink; the key's and its user's budgets huge but checked), vLLM's bench client on the chat endpoint, same engine arguments, a fresh server per
-# (system, round), the systems in alternating order. Each run prints one line per concurrency level.
+# traces to a local sink; the key's and its user's budgets huge but checked), vLLM's bench client on the chat
+# endpoint, same engine arguments, a fresh server per (system, round), the systems in alternating order. Each
+# server serves the levels in turn (16, 64, 256 streams); each run prints one line per level.
 #   SYSTEMS="vllm cf=."          systems to run: vllm, and cf=LABEL=TREE (a CodeFace source tree; default: this one)
 #   LEVELS="16 64 256" REPEATS=3 CF_ENV="..." (extra settings for CodeFace, e.g. API_PROCESSES=2)
 #   LOCK=/tmp/cf-engine.lock     each server run holds it (a few minutes), so other engine users interleave
