@@ -4,7 +4,7 @@
 # traces to a local sink; the key's and its user's budgets huge but checked), vLLM's bench client on the chat
 # endpoint, same engine arguments, a fresh server per (system, round), the systems in alternating order. Each
 # server serves the levels in turn (16, 64, 256 streams); each run prints one line per level.
-#   SYSTEMS="vllm cf=."          systems to run: vllm, and cf=LABEL=TREE (a CodeFace source tree; default: this one)
+#   SYSTEMS="vllm cf=after=$PWD"  systems to run: vllm, and cf=LABEL=TREE (a CodeFace source tree, run as LABEL)
 #   LEVELS="16 64 256" REPEATS=3 CF_ENV="..." (extra settings for CodeFace, e.g. API_PROCESSES=2)
 #   LOCK=/tmp/cf-engine.lock     each server run holds it (a few minutes), so other engine users interleave
 set -u
