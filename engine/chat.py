@@ -79,6 +79,14 @@ class ChatPreparer:
         self.json_tools_parser_cls = _json_tools_parser_cls()
         self.has_reasoning_parser = features.reasoning_parser is not None
 
+    def warmup(self) -> None:
+        """What vllm serve does at start (OnlineRenderer.warmup): the template resolved and compiled, the processor
+        looked up once. Unwarmed, every request of the first wave did it at once in the renderer's threads (the
+        result is cached only once one finishes), on the CPU the first tokens need."""
+        from vllm.renderers import ChatParams
+
+        self.renderer.warmup(ChatParams(chat_template=self.chat_template, chat_template_content_format="auto"))
+
     def request(self, chat: ChatInput) -> Any:
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 

@@ -89,6 +89,7 @@ class ChatEngine:
                                 sampling_defaults=self.config.sampling_defaults(),
                                 priority_scheduling=self.config.scheduling_policy == "priority")
         self._chat = ChatPreparer(self._llm, features, self.max_model_len)
+        await asyncio.to_thread(self._chat.warmup)
         self._completion = CompletionPreparer(self._llm, self._chat)
 
     async def shutdown(self) -> None:

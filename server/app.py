@@ -58,6 +58,7 @@ from server.security.ratelimit import Quota, RateLimits
 from server.security.tokens import TokenService
 from server.settings import Settings
 from server.state import AppServices
+from server.streaming import StreamingApp
 from server.telemetry.db_telemetry import instrument
 from server.telemetry.logs import adopt_loggers
 from storage import Database
@@ -241,7 +242,7 @@ def create_app(settings: Settings, model_path: str, *, tracing: bool | None = No
     cors = ([Middleware(CORSMiddleware, allow_origins=settings.cors_allow_origins, allow_methods=["*"],
                         allow_headers=CORS_HEADERS, expose_headers=CORS_EXPOSED)]
             if settings.cors_allow_origins else [])
-    app = Starlette(
+    app = StreamingApp(
         routes=all_routes(),
         middleware=[
             Middleware(ObservabilityMiddleware, tracing=tracing, access_log=settings.access_log),

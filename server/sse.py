@@ -9,6 +9,8 @@ from typing import Any
 import msgspec
 
 _encode = msgspec.json.encode
+# JSON bytes of a value, as every frame encodes it.
+encode_json = _encode
 
 DONE = b"data: [DONE]\n\n"
 HEARTBEAT = b": keep-alive\n\n"

@@ -7,12 +7,28 @@ from contextlib import aclosing
 from typing import TypeVar
 
 import anyio
+from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from server.sse import EventStream
 
 T = TypeVar("T")
+
+# The scope key of the server's own `send`, under every middleware's wrapper (see StreamingApp).
+DIRECT_SEND = "codeface.direct_send"
+
+
+class StreamingApp(Starlette):
+    """Starlette that keeps the server's own `send` in the scope, so that an event stream sends its body chunks
+    past the middleware: each wrapper in the stack (ours, and Starlette's error and exception senders) acts on the
+    response's start message alone, and would otherwise be one more call per token on every stream. A middleware
+    that rewrites bodies must not sit above an event stream's route (none does)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[DIRECT_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 async def wait_for_disconnect(receive: Receive) -> None:
@@ -63,12 +79,14 @@ class EventStreamResponse:
             (b"x-accel-buffering", b"no"),
         ] + [(key.lower().encode("latin-1"), value.encode("latin-1")) for key, value in (headers or {}).items()]
 
-    async def __call__(self, _scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def stream() -> None:
             await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+            # The start went through the middleware; the body needs none of it (StreamingApp).
+            body_send: Send = scope.get(DIRECT_SEND, send)
             async for event in self.events:
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await body_send({"type": "http.response.body", "body": event, "more_body": True})
+            await body_send({"type": "http.response.body", "body": b"", "more_body": False})
 
         try:
             async with aclosing(self.events):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -80,6 +81,9 @@ class Authenticator:
         self.cache_seconds = cache_seconds
         self._keys: dict[str, tuple[float, Principal, datetime | None]] = {}
         self._unknown: dict[str, float] = {}  # digest -> until (monotonic), oldest first
+        # Lookups under way: the requests that miss the cache together (a wave of a new key's, or of any key's
+        # when its entry lapses) share one, rather than each taking a database connection.
+        self._lookups: dict[str, asyncio.Future[Principal]] = {}
 
     async def authenticate(self, token: str) -> Principal:
         if looks_like_api_key(token):
@@ -103,6 +107,20 @@ class Authenticator:
                 return principal
         if self._unknown.get(digest, 0.0) > now:
             raise AuthenticationFailed(INVALID_CREDENTIALS)
+        lookup = self._lookups.get(digest)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._look_up(digest, now))
+            self._lookups[digest] = lookup
+            lookup.add_done_callback(lambda done: self._looked_up(digest, done))
+        # Shielded: a caller that goes away does not cancel the lookup the others wait for.
+        return await asyncio.shield(lookup)
+
+    def _looked_up(self, digest: str, lookup: asyncio.Future[Principal]) -> None:
+        self._lookups.pop(digest, None)
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved here: every waiter may have gone
+
+    async def _look_up(self, digest: str, now: float) -> Principal:
         async with self.database.session() as session:
             record = await ApiKeys(session).by_hash(digest)
             user = await Users(session).get(record.owner_id) if record is not None else None

@@ -195,8 +195,9 @@ class RateLimits:
             item = RateLimitItemPerMinute(quota.tokens_per_minute, namespace=f"{self.key_prefix}-tpm")
             allowed = await self.storage.call(lambda: self.tokens.hit(item, subject, cost=tokens))
             if allowed is not None:
-                stats = await self.storage.call(lambda: self.tokens.get_window_stats(item, subject))
-                reset_at = stats.reset_time if stats is not None else time.time() + MINUTE_S
+                # The window's reset alone (get_window_stats would read the count too, one more round trip).
+                expiry = await self.storage.call(lambda: self.storage.storage.get_expiry(item.key_for(subject)))
+                reset_at = expiry if expiry is not None else time.time() + MINUTE_S
                 if not allowed:
                     # A fixed window counts the refused hit too: take it back.
                     await self.storage.call(lambda: self.storage.storage.incr(

@@ -9,7 +9,7 @@ from typing import Any
 
 from engine import ChoiceDelta, TokenLogprob, ToolCallDelta
 from server.errors import error_body, status_of
-from server.sse import frame
+from server.sse import encode_json, frame
 
 COMPLETION_ID_PREFIX = "chatcmpl-"
 # vLLM's finish reason for a request stopped before its end; OpenAI's format has no such value.
@@ -76,6 +76,24 @@ class ChunkWriter:
                      "model": model, "system_fingerprint": fingerprint}
         self.include_usage = include_usage
         self.continuous_usage = continuous_usage
+        # The frame of a step that brings one choice's content and nothing else (nearly every token of a reply),
+        # pre-encoded around the content: the bytes `chunk` makes of it, without a dict or an encode of the rest.
+        usage_tail = b',"usage":null' if include_usage and not continuous_usage else b""
+        head = encode_json({**self.head, "choices": []})[:-3]
+        self._content_head = b"data: " + head + b'[{"index":'
+        self._content_tail = b'},"logprobs":null,"finish_reason":null}]' + usage_tail + b"}\n\n"
+
+    def content_only(self, choices: list[ChoiceDelta]) -> bytes | None:
+        """The frame of a step whose one choice brings content alone (no finish, logprobs, ids or parsed parts),
+        unless usage goes with every chunk; else None, and `deltas` and `chunk` frame it."""
+        if len(choices) != 1 or self.continuous_usage:
+            return None
+        choice = choices[0]
+        if (not choice.content or choice.finish_reason is not None or choice.logprobs is not None
+                or choice.reasoning or choice.tool_calls or choice.token_ids is not None):
+            return None
+        return b"".join((self._content_head, b"%d" % choice.index, b',"delta":{"content":', encode_json(choice.content),
+                         self._content_tail))
 
     def chunk(self, choices: list[dict[str, Any]], usage_so_far: dict[str, Any] | None = None) -> bytes:
         body: dict[str, Any] = {**self.head, "choices": choices}

@@ -107,10 +107,13 @@ class ChatCompletions:
                     if step is None:
                         yield HEARTBEAT
                         continue
+                    if not role and (framed := writer.content_only(step.choices)) is not None:
+                        yield framed
+                        continue
                     choices = writer.deltas(step.choices)
                     if not choices:
                         continue
-                    so_far = usage(tally.prompt_tokens, tally.completion_tokens)
+                    so_far = usage(tally.prompt_tokens, tally.completion_tokens) if writer.continuous_usage else None
                     if role:
                         yield writer.chunk(role, so_far) + writer.chunk(choices, so_far)
                         role = []

@@ -1,0 +1,70 @@
+"""An event stream's body chunks go to the server's own send, past the middleware: each wrapper sees the response's
+start (its headers are still added) and nothing per token; other responses go through the wrappers as before."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import ClassVar
+
+import httpx
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.streaming import EventStreamResponse, StreamingApp
+
+EVENTS = [b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"]
+
+
+class Recording:
+    """A middleware that adds a header at the start and records every message it forwards."""
+
+    seen: ClassVar[list[str]] = []
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def recording_send(message: Message) -> None:
+            Recording.seen.append(message["type"])
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-wrapped", b"yes")]
+            await send(message)
+
+        await self.app(scope, receive, recording_send)
+
+
+async def stream(_request: Request) -> EventStreamResponse:
+    async def events() -> AsyncIterator[bytes]:
+        for event in EVENTS:
+            yield event
+
+    return EventStreamResponse(events())
+
+
+async def plain(_request: Request) -> PlainTextResponse:
+    return PlainTextResponse("hello")
+
+
+def app() -> StreamingApp:
+    return StreamingApp(routes=[Route("/stream", stream), Route("/plain", plain)], middleware=[Middleware(Recording)])
+
+
+async def test_stream_chunks_skip_the_wrappers_and_the_headers_do_not() -> None:
+    Recording.seen = []
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app()), base_url="http://t") as client:
+        response = await client.get("/stream")
+    assert response.content == b"".join(EVENTS)
+    assert response.headers["x-wrapped"] == "yes"
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert Recording.seen == ["http.response.start"]
+
+
+async def test_other_responses_still_go_through_the_wrappers() -> None:
+    Recording.seen = []
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app()), base_url="http://t") as client:
+        response = await client.get("/plain")
+    assert response.text == "hello"
+    assert Recording.seen == ["http.response.start", "http.response.body"]
