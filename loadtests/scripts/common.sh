@@ -11,3 +11,7 @@ wait_ready() {  # PORT [PATH]: up to 90 s
 }
 # The engine dtype CodeFace's CPU profile resolves to on this machine (vllm serve gets the same).
 DTYPE=$(.venv/bin/python -c "from engine.config import resolve_dtype; print(resolve_dtype('auto'))")
+# vllm serve started by hand gets the allocator CodeFace's engine gets by default (cpu_allocator: tcmalloc, preloaded
+# where installed): every process of a script inherits it, so both systems run with it (tcmalloc.sh unsets it).
+TCMALLOC=$(.venv/bin/python -c "from engine.config import tcmalloc_path; print(tcmalloc_path() or '')")
+[ -n "$TCMALLOC" ] && export LD_PRELOAD="$TCMALLOC${LD_PRELOAD:+:$LD_PRELOAD}"

@@ -5,6 +5,7 @@
 # ROUNDS=3 by default; results under /tmp/tcmalloc/<on|off>-<round>/results.json.
 set -u
 source "$(dirname "$0")/common.sh"
+unset LD_PRELOAD  # each mode sets its own, through cpu_allocator and the harness
 TCM=$(.venv/bin/python -c "from engine.config import tcmalloc_path; print(tcmalloc_path() or '')")
 [ -n "$TCM" ] || { echo "libtcmalloc_minimal.so.4 is not installed (apt-get install libtcmalloc-minimal4)" >&2; exit 1; }
 OUT=${OUT:-/tmp/tcmalloc}
