@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
@@ -30,6 +32,11 @@ READ_COUNT = 512
 ALIVE_EVERY_S = 2.0
 ALIVE_TTL_S = 10
 RESUBSCRIBE_AFTER_S = 1.0
+# A short call that times out or loses its connection is sent once more, at once, before it fails: one late answer
+# (a stalled process or Redis, for longer than the timeout) is not an outage, and a client should not get a 503 for
+# it. Safe for every call here: reads, key refreshes and SET/EXPIRE are idempotent, and a mirror skips a stream
+# entry appended twice. A hung Redis fails a call after (1 + SHORT_CALL_RETRIES) x timeout.
+SHORT_CALL_RETRIES = 1
 MAX_STREAM_EVENTS = 100_000
 # A running reply's keys outlive the owner's refresh period by this much; once it ends, they expire after the
 # resume window (retention) exactly.
@@ -68,10 +75,11 @@ class StreamEntry:
 
 class ReplyBus:
     """The Redis side of shared reply streams. Connects lazily; every call raises RedisError when Redis fails or
-    does not answer within `timeout_s` (a blocking read: within its block time plus `timeout_s`)."""
+    does not answer within `timeout_s` twice (a blocking read: once, within its block time plus `timeout_s`)."""
 
     def __init__(self, url: str, retention_s: float, timeout_s: float) -> None:
-        self.redis = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self.redis = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                             retry=Retry(NoBackoff(), SHORT_CALL_RETRIES))
         # Blocking reads wait on the server up to READ_BLOCK_MS: their own pool, whose timeout allows for it.
         self.reader = aioredis.Redis.from_url(url, socket_timeout=READ_BLOCK_MS / 1000 + timeout_s,
                                               socket_connect_timeout=timeout_s)
