@@ -235,7 +235,7 @@ def create_app(settings: Settings, model_path: str, *, tracing: bool | None = No
         finally:
             await held.lifecycle.stop()
             await held.registry.shutdown()
-            await held.conversations.writer.drain(settings.drain_timeout_s)
+            await held.conversations.writer.final_writes.drain(settings.drain_timeout_s)
             await engine.shutdown()
             await database.close()
 
