@@ -1,4 +1,5 @@
-"""Run work until the client goes away: streaming and non-streaming routes both stop the engine on disconnect."""
+"""Run work until the client goes away: streaming and non-streaming routes both stop the engine on disconnect; event
+streams send their body past the middleware, which must be declared start-only."""
 
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ class StreamingApp(Starlette):
     """Starlette that keeps the server's own `send` in the scope, so that an event stream sends its body chunks
     past the middleware: each wrapper in the stack (ours, and Starlette's error and exception senders) acts on the
     response's start message alone, and would otherwise be one more call per token on every stream. A middleware
-    that read or rewrote bodies would miss a stream's silently: so every middleware installed must be one of
-    `start_only`, the classes declared to act on a response's start alone, or the app refuses to be built."""
+    that read or rewrote bodies would silently miss a stream's, so every middleware installed must be one of
+    `start_only` (the classes declared to act on a response's start alone), or the app refuses to be built."""
 
     def __init__(self, routes: Sequence[BaseRoute], middleware: Sequence[Middleware], *,
                  start_only: Collection[MiddlewareClass],
