@@ -1,5 +1,4 @@
-"""Run work until the client goes away: streaming and non-streaming routes both stop the engine on disconnect; event
-streams send their body past the middleware, which must be declared start-only."""
+"""Run work until the client goes away (streamed or not); event streams' bodies pass by start-only middleware."""
 
 from __future__ import annotations
 
