@@ -58,7 +58,7 @@ from server.security.ratelimit import Quota, RateLimits
 from server.security.tokens import TokenService
 from server.settings import Settings
 from server.state import AppServices
-from server.streaming import StreamingApp
+from server.streaming import MiddlewareClass, StreamingApp
 from server.telemetry.db_telemetry import instrument
 from server.telemetry.logs import adopt_loggers
 from storage import Database
@@ -76,6 +76,12 @@ PUBLIC_PAGES = frozenset({"/", DOCS_PATH, OPENAPI_PATH})
 TOO_MANY_FAILURES = "too many requests with invalid credentials from this address; retry later"
 CORS_HEADERS = ["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID", TTFT_HEADER, TPOT_HEADER]
 CORS_EXPOSED = ["X-Request-ID", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Retry-After"]
+# The middleware that event streams' body chunks pass by (StreamingApp): each acts on a response's start message
+# alone (status, headers) or answers the request itself, never on a route's body. StreamingApp refuses to be built with
+# any other: one that reads or rewrites response bodies would silently miss every stream.
+START_ONLY_MIDDLEWARE: frozenset[MiddlewareClass] = frozenset({
+    ObservabilityMiddleware, SecurityHeadersMiddleware, CORSMiddleware, MediaTypeMiddleware, HostOriginMiddleware,
+    BodySizeLimitMiddleware, AccessControlMiddleware, SloHeadersMiddleware})
 
 logger = logging.getLogger("codeface")
 
@@ -235,7 +241,7 @@ def create_app(settings: Settings, model_path: str, *, tracing: bool | None = No
         finally:
             await held.lifecycle.stop()
             await held.registry.shutdown()
-            await held.conversations.writer.drain(settings.drain_timeout_s)
+            await held.conversations.writer.final_writes.drain(settings.drain_timeout_s)
             await engine.shutdown()
             await database.close()
 
@@ -259,6 +265,7 @@ def create_app(settings: Settings, model_path: str, *, tracing: bool | None = No
                        model=engine.model_name),
             Middleware(SloHeadersMiddleware),
         ],
+        start_only=START_ONLY_MIDDLEWARE,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

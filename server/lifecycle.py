@@ -43,12 +43,19 @@ class Swept(Protocol):
     async def sweep(self) -> int: ...
 
 
+class Drained(Protocol):
+    """Final writes still running, waited for at shutdown (FinalWrites)."""
+
+    async def drain(self, timeout_s: float) -> None: ...
+
+
 class Background(Protocol):
     """Background responses: reconciled as replies are, and their final writes drained."""
 
     async def reconcile(self) -> int: ...
 
-    async def drain(self, timeout_s: float) -> None: ...
+    @property
+    def final_writes(self) -> Drained: ...
 
 
 class Synced(Protocol):
@@ -138,8 +145,8 @@ class Lifecycle:
             grace = time.monotonic() + INTERRUPT_GRACE_S
             while admission.admitted > 0 and time.monotonic() < grace:
                 await asyncio.sleep(POLL_S)
-        await services.conversations.writer.drain(max(1.0, deadline - time.monotonic()))
-        await services.background_responses.drain(max(1.0, deadline - time.monotonic()))
+        await services.conversations.writer.final_writes.drain(max(1.0, deadline - time.monotonic()))
+        await services.background_responses.final_writes.drain(max(1.0, deadline - time.monotonic()))
         logger.info("drained in %.1f s; exiting", time.monotonic() - started)
         self._exit()
 
@@ -154,8 +161,8 @@ class Lifecycle:
                      "process", ENGINE_DIED_EXIT_CODE)
         self.exit_code = ENGINE_DIED_EXIT_CODE
         await asyncio.sleep(ENGINE_DEATH_GRACE_S)  # in-flight streams send their error events meanwhile
-        await services.conversations.writer.drain(ENGINE_DEATH_GRACE_S * 5)
-        await services.background_responses.drain(ENGINE_DEATH_GRACE_S * 5)
+        await services.conversations.writer.final_writes.drain(ENGINE_DEATH_GRACE_S * 5)
+        await services.background_responses.final_writes.drain(ENGINE_DEATH_GRACE_S * 5)
         self._exit()
 
     async def _sync_adapters(self, adapters: Synced) -> None:

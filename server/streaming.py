@@ -1,15 +1,17 @@
-"""Run work until the client goes away: streaming and non-streaming routes both stop the engine on disconnect."""
+"""Run work until the client goes away (streamed or not); event streams' bodies pass by start-only middleware."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import aclosing
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, ExceptionHandler, Lifespan, Receive, Scope, Send
 
 from server.sse import EventStream
 
@@ -18,17 +20,50 @@ T = TypeVar("T")
 # The scope key of the server's own `send`, under every middleware's wrapper (see StreamingApp).
 DIRECT_SEND = "codeface.direct_send"
 
+# A middleware class as Starlette's Middleware holds it: called with the app it wraps, it is an ASGI app.
+MiddlewareClass = Callable[..., ASGIApp]
+
+
+class BodyBypassError(TypeError):
+    """A middleware that is not declared start-only was installed in a StreamingApp."""
+
 
 class StreamingApp(Starlette):
     """Starlette that keeps the server's own `send` in the scope, so that an event stream sends its body chunks
     past the middleware: each wrapper in the stack (ours, and Starlette's error and exception senders) acts on the
     response's start message alone, and would otherwise be one more call per token on every stream. A middleware
-    that rewrites bodies must not sit above an event stream's route (none does)."""
+    that read or rewrote bodies would silently miss a stream's, so every middleware installed must be one of
+    `start_only` (the classes declared to act on a response's start alone), or the app refuses to be built."""
+
+    def __init__(self, routes: Sequence[BaseRoute], middleware: Sequence[Middleware], *,
+                 start_only: Collection[MiddlewareClass],
+                 exception_handlers: Mapping[Any, ExceptionHandler] | None = None,
+                 lifespan: Lifespan[Starlette] | None = None) -> None:
+        self.start_only = start_only
+        check_start_only(middleware, start_only)
+        super().__init__(routes=routes, middleware=middleware, exception_handlers=exception_handlers,
+                         lifespan=lifespan)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        check_start_only(self.user_middleware, self.start_only)  # again: add_middleware may have added one since
+        return super().build_middleware_stack()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             scope[DIRECT_SEND] = send
         await super().__call__(scope, receive, send)
+
+
+def check_start_only(middleware: Iterable[Middleware], start_only: Collection[MiddlewareClass]) -> None:
+    """Raise BodyBypassError naming the first middleware whose class is not in `start_only`."""
+    for entry in middleware:
+        if entry.cls not in start_only:
+            name = getattr(entry.cls, "__name__", repr(entry.cls))
+            raise BodyBypassError(
+                f"middleware {name} is not declared start-only: event streams send their body chunks past the "
+                "middleware (StreamingApp), so one that reads or rewrites response bodies would miss them. If "
+                f"{name} acts on a response's start message alone (status, headers), add it to START_ONLY_MIDDLEWARE "
+                "in server/app.py; if it touches bodies, it cannot sit above event streams as they are sent")
 
 
 async def wait_for_disconnect(receive: Receive) -> None:

@@ -316,7 +316,7 @@ class ConversationService(ConversationStore):
             return 0
         older_than = datetime.now(UTC) - timedelta(seconds=self.stale_after_s)
         own = ({run.message_id for run in self.registry.runs.values() if not run.done and not run.remote}
-               | self.writer.storing)
+               | self.writer.final_writes.storing)
         async with self.database.session() as session:
             count = await Messages(session).interrupt_stale(older_than, conversation_id, own)
             await session.commit()

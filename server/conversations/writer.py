@@ -11,8 +11,9 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from engine import EngineUnavailableError, GenerationFailedError, InvalidRequestError
 from server.conversations.run import Run
@@ -23,6 +24,8 @@ from storage.models import MessageStatus
 from storage.repository import Messages, refused, storable_text
 
 logger = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
 
 FIRST_RETRY_S = 0.2
 MAX_RETRY_S = 5.0
@@ -65,14 +68,60 @@ async def store_until_taken(attempt: Callable[[], Awaitable[None]], on_refused: 
             delay = min(delay * 2, MAX_RETRY_S)
 
 
+class FallbackOnRefusal:
+    """A final write's `on_refused` (store_until_taken): the first refusal is logged and answered with the fallback
+    (`falling_back` turns True: the attempt writes the fallback from then on); a refusal of the fallback, or of a
+    write with none (`fallback` None: it is already as bare as one), is logged and given up."""
+
+    def __init__(self, what: str, fallback: str | None, bare: str) -> None:
+        """`what` names the write, `fallback` says what the fallback stores, `bare` what it leaves out (for the
+        log)."""
+        self.what = what
+        self.fallback = fallback
+        self.bare = bare
+        self.falling_back = False
+
+    def __call__(self, reason: str) -> bool:
+        if self.falling_back or self.fallback is None:
+            logger.error("the database refused %s even %s: %s", self.what, self.bare, reason)
+            return False
+        logger.error("the database refused %s: %s: %s", self.what, self.fallback, reason)
+        self.falling_back = True
+        return True
+
+
+class FinalWrites(Generic[K]):
+    """The final writes still running, each in a task of its own: drained at shutdown; `storing` holds the keys of
+    those that have not landed yet (the reconciler leaves their rows alone)."""
+
+    def __init__(self) -> None:
+        self.pending: set[asyncio.Task[None]] = set()
+        self.storing: set[K] = set()
+
+    async def run(self, run: Run, key: K, finish: Coroutine[Any, Any, None]) -> None:
+        """Await `finish` in a task of its own: a second cancellation (grace timer, cancel, DELETE, shutdown) that
+        reaches the caller cannot stop it."""
+        finishing = asyncio.create_task(finish)
+        run.finishing = True
+        self.pending.add(finishing)
+        self.storing.add(key)
+        finishing.add_done_callback(self.pending.discard)
+        finishing.add_done_callback(lambda _: self.storing.discard(key))
+        await asyncio.shield(finishing)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait for the final writes still running (shutdown)."""
+        if self.pending:
+            await asyncio.wait(set(self.pending), timeout=timeout_s)
+
+
 class ReplyWriter:
     def __init__(self, database: Database, *, flush_s: float, heartbeat_s: float, store_timeout_s: float) -> None:
         self.database = database
         self.flush_s = flush_s
         self.heartbeat_s = heartbeat_s
         self.store_timeout_s = store_timeout_s
-        self.pending: set[asyncio.Task[None]] = set()
-        self.storing: set[uuid.UUID] = set()  # replies whose final write has not landed yet
+        self.final_writes = FinalWrites[uuid.UUID]()
 
     async def produce(self, run: Run, generation: Generation) -> None:
         """Generate the reply into `run`; then publish its final event and hand its storage to a task of its own."""
@@ -103,15 +152,7 @@ class ReplyWriter:
             logger.exception("reply %s failed", run.message_id)
             error = f"generation failed: {type(exc).__name__}"
         final = FinalReply(run.message_id, "".join(parts), status, finish_reason, generation.tally.completion_tokens)
-        # The rest runs in a task of its own: a second cancellation (grace timer, cancel, DELETE, shutdown) that
-        # reaches this one cannot stop it.
-        finishing = asyncio.create_task(self._finish(run, generation, flusher, final, error))
-        run.finishing = True
-        self.pending.add(finishing)
-        self.storing.add(final.message_id)
-        finishing.add_done_callback(self.pending.discard)
-        finishing.add_done_callback(lambda _: self.storing.discard(final.message_id))
-        await asyncio.shield(finishing)
+        await self.final_writes.run(run, final.message_id, self._finish(run, generation, flusher, final, error))
 
     async def _finish(self, run: Run, generation: Generation, flusher: _Flusher, final: FinalReply,
                       error: str | None) -> None:
@@ -137,33 +178,21 @@ class ReplyWriter:
         """Retried until the database takes it (store_until_taken; past store_timeout_s the reconciler finds the row
         stale and keeps its last flushed text). A write the database refuses (bad data) is stored failed at once,
         keeping its last flushed text."""
-        keep_text = False
+        refusals = FallbackOnRefusal(f"reply {final.message_id} ({final.status}, {final.completion_tokens} tokens)",
+                                     "stored failed with its last flushed text", "without its text")
 
         async def attempt() -> None:
+            # The fallback keeps the text last flushed (content None) and stores the reply failed.
+            status, finish_reason = ((MessageStatus.FAILED, None) if refusals.falling_back
+                                     else (final.status, final.finish_reason))
             async with self.database.session() as session:
-                await Messages(session).finish(final.message_id, content=None if keep_text else final.text,
-                                               status=final.status, finish_reason=final.finish_reason,
+                await Messages(session).finish(final.message_id,
+                                               content=None if refusals.falling_back else final.text,
+                                               status=status, finish_reason=finish_reason,
                                                completion_tokens=final.completion_tokens)
                 await session.commit()
 
-        def on_refused(reason: str) -> bool:
-            nonlocal keep_text, final
-            if keep_text:
-                logger.error("the database refused reply %s even without its text: %s", final.message_id, reason)
-                return False
-            logger.error("the database refused reply %s (%s, %d tokens): stored failed with its last flushed text: "
-                         "%s", final.message_id, final.status, final.completion_tokens, reason)
-            keep_text = True
-            final = FinalReply(final.message_id, final.text, MessageStatus.FAILED, None, final.completion_tokens)
-            return True
-
-        await store_until_taken(attempt, on_refused, timeout_s=self.store_timeout_s,
-                                what=f"reply {final.message_id} ({final.status}, {final.completion_tokens} tokens)")
-
-    async def drain(self, timeout_s: float) -> None:
-        """Wait for the final writes still running (shutdown)."""
-        if self.pending:
-            await asyncio.wait(set(self.pending), timeout=timeout_s)
+        await store_until_taken(attempt, refusals, timeout_s=self.store_timeout_s, what=refusals.what)
 
 
 class Flusher:

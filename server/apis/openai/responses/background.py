@@ -26,7 +26,7 @@ from server.conversations.listeners import Listener
 from server.conversations.registry import Registry
 from server.conversations.run import ResumeGap, Run
 from server.conversations.service import MIRROR_CATCH_UP_S, REMOTE_STORE_POLL_S, REMOTE_STORE_WAIT_S, Following
-from server.conversations.writer import Flusher, store_until_taken
+from server.conversations.writer import FallbackOnRefusal, FinalWrites, Flusher, store_until_taken
 from server.exceptions import Conflict, InvalidRequest, Unavailable
 from server.generation.generator import STREAM_ERRORS, Interrupted
 from server.security.auth import Principal
@@ -116,8 +116,7 @@ class BackgroundResponses:
         self.store_timeout_s = store_timeout_s
         self.stale_after_s = stale_after_s
         self.database_settled = database_settled
-        self.pending: set[asyncio.Task[None]] = set()
-        self.storing: set[str] = set()  # responses whose final write has not landed yet
+        self.final_writes = FinalWrites[str]()
 
     # --- create ---------------------------------------------------------------------------------------------------
 
@@ -187,14 +186,8 @@ class BackgroundResponses:
             if not isinstance(exc, STREAM_ERRORS):
                 logger.exception("background response %s failed", started.response_id)
             ending = Ending(FAILED, error=exc)
-        # The rest runs in a task of its own, which a second cancellation cannot stop (as ReplyWriter.produce).
-        finishing = asyncio.create_task(self._finish(run, started, builder, flusher, inputs, ending))
-        run.finishing = True
-        self.pending.add(finishing)
-        self.storing.add(started.response_id)
-        finishing.add_done_callback(self.pending.discard)
-        finishing.add_done_callback(lambda _: self.storing.discard(started.response_id))
-        await asyncio.shield(finishing)
+        await self.final_writes.run(run, started.response_id,
+                                    self._finish(run, started, builder, flusher, inputs, ending))
 
     async def _finish(self, run: Run, started: StartedResponse, builder: OutputBuilder, flusher: Flusher,
                       inputs: PreparedInputs, ending: Ending) -> None:
@@ -229,29 +222,17 @@ class BackgroundResponses:
                            last_sequence: int) -> None:
         """As a reply's final write (store_until_taken): retried while the database does not answer; a write it
         refuses (bad data) is stored failed, without its output."""
+        # A failed body without output is as bare as the fallback: a refusal of it gives up at once.
+        bare = body["status"] == FAILED and not body["output"]
+        refusals = FallbackOnRefusal(f"background response {started.response_id} ({body['status']})",
+                                     None if bare else "stored failed", "without its output")
+        failed = {**body, "status": FAILED, "output": [], "incomplete_details": None,
+                  "error": {"code": "server_error", "message": "the response could not be stored"}}
 
         async def attempt() -> None:
-            await self.store.finish(started.owner, body, inputs, last_sequence)
+            await self.store.finish(started.owner, failed if refusals.falling_back else body, inputs, last_sequence)
 
-        def on_refused(reason: str) -> bool:
-            nonlocal body
-            if body["status"] == FAILED and not body["output"]:
-                logger.error("the database refused background response %s even without its output: %s",
-                             started.response_id, reason)
-                return False
-            logger.error("the database refused background response %s: stored failed: %s", started.response_id,
-                         reason)
-            body = {**body, "status": FAILED, "output": [], "incomplete_details": None,
-                    "error": {"code": "server_error", "message": "the response could not be stored"}}
-            return True
-
-        await store_until_taken(attempt, on_refused, timeout_s=self.store_timeout_s,
-                                what=f"background response {started.response_id} ({body['status']})")
-
-    async def drain(self, timeout_s: float) -> None:
-        """Wait for the final writes still running (shutdown)."""
-        if self.pending:
-            await asyncio.wait(set(self.pending), timeout=timeout_s)
+        await store_until_taken(attempt, refusals, timeout_s=self.store_timeout_s, what=refusals.what)
 
     # --- resume, cancel, reconcile --------------------------------------------------------------------------------
 
@@ -325,5 +306,5 @@ class BackgroundResponses:
             return 0
         older_than = datetime.now(UTC) - timedelta(seconds=self.stale_after_s)
         own = {wire_id(run) for run in self.registry.runs.values()
-               if run.background and not run.done and not run.remote} | self.storing
+               if run.background and not run.done and not run.remote} | self.final_writes.storing
         return await self.store.reconcile(older_than, own)
