@@ -156,6 +156,7 @@ class Refusal:
     budget_s: float
     retry_after_s: int
     over_share: bool = False
+    admit_fraction: float = 1.0
 
     @property
     def reason(self) -> Reason:
@@ -165,8 +166,9 @@ class Refusal:
         what = ("time to the first token" if self.budget == Reason.TTFT
                 else "time per output token of the running streams")
         whose = ("; you hold more than an even share of this server's streams" if self.over_share else "")
+        room = (f", admitting up to {self.admit_fraction:.0%} of it" if self.admit_fraction < 1 else "")
         return (f"the server cannot serve this request within its latency budget now (estimated {what} "
-                f"{self.estimate_s * 1000:.0f} ms, budget {self.budget_s * 1000:.0f} ms){whose}; retry in "
+                f"{self.estimate_s * 1000:.0f} ms, budget {self.budget_s * 1000:.0f} ms{room}){whose}; retry in "
                 f"{self.retry_after_s} s" + ("" if self.over_share else " or on another replica"))
 
 
@@ -256,10 +258,14 @@ class LoadEstimator:
 class SloAdmission:
     """The server's budgets, a request's own, and the verdict on a new generation."""
 
-    def __init__(self, budgets: Budgets, estimator: LoadEstimator, *, fair: bool) -> None:
+    def __init__(self, budgets: Budgets, estimator: LoadEstimator, *, fair: bool,
+                 admit_fraction: float = 1.0) -> None:
+        """`admit_fraction`: admit while the estimate is at most this fraction of a budget (settings.py says why
+        the server runs below 1)."""
         self.budgets = budgets
         self.estimator = estimator
         self.fair = fair
+        self.admit_fraction = admit_fraction
 
     def verdict(self, tenant: str, prompt_tokens: int, choices: int, held: Mapping[str, int]) -> Refusal | None:
         """None to admit. `held`: the sequences each tenant has admitted. With fair share, a tenant's request counts
@@ -274,11 +280,14 @@ class SloAdmission:
             excluded = sum(max(0, count - level) for other, count in held.items() if other != tenant)
         estimate = self.estimator.estimate(prompt_tokens, choices, excluded=excluded)
         refusal = None
-        if budgets.ttft_s is not None and estimate.ttft_s is not None and estimate.ttft_s > budgets.ttft_s:
+        fraction = self.admit_fraction
+        if budgets.ttft_s is not None and estimate.ttft_s is not None and estimate.ttft_s > budgets.ttft_s * fraction:
             refusal = Refusal(Reason.TTFT, estimate.ttft_s, budgets.ttft_s,
-                              retry_after(max(estimate.retry_after_s, estimate.ttft_s - budgets.ttft_s)))
-        elif budgets.tpot_s is not None and estimate.tpot_s is not None and estimate.tpot_s > budgets.tpot_s:
-            refusal = Refusal(Reason.TPOT, estimate.tpot_s, budgets.tpot_s, estimate.retry_after_s)
+                              retry_after(max(estimate.retry_after_s, estimate.ttft_s - budgets.ttft_s * fraction)),
+                              admit_fraction=fraction)
+        elif budgets.tpot_s is not None and estimate.tpot_s is not None and estimate.tpot_s > budgets.tpot_s * fraction:
+            refusal = Refusal(Reason.TPOT, estimate.tpot_s, budgets.tpot_s, estimate.retry_after_s,
+                              admit_fraction=fraction)
         if refusal is not None and self.fair and self.over_share(tenant, choices, held):
             refusal = replace(refusal, over_share=True)
         return refusal

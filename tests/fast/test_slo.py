@@ -118,6 +118,18 @@ def test_below_the_budgets_nothing_is_refused_past_them_retry_after() -> None:
     assert slo.verdict("a", 100, 1, {"a": 8}) is None
 
 
+def test_with_an_admit_fraction_a_mean_estimate_keeps_room_below_the_budget() -> None:
+    """The estimate is a mean and the budget holds for each request: admitted up to a fraction of the budget."""
+    estimator, _ = trained()
+    slo = SloAdmission(Budgets(ttft_s=2.0, tpot_s=0.105), estimator, fair=False, admit_fraction=0.8)
+    hold(estimator, running=6)
+    assert slo.verdict("a", 100, 1, {"a": 6}) is None      # batch 7: 80 ms, under 84 ms (80 % of 105)
+    hold(estimator, running=1)
+    refusal = slo.verdict("a", 100, 1, {"a": 7})           # batch 8: 90 ms, under the budget, over 80 % of it
+    assert refusal is not None and refusal.reason == Reason.TPOT and refusal.budget_s == 0.105
+    assert "budget 105 ms, admitting up to 80% of it" in refusal.message()
+
+
 def test_a_long_queue_is_refused_on_its_ttft() -> None:
     estimator, _ = trained()
     slo = SloAdmission(Budgets(ttft_s=1.0), estimator, fair=False)

@@ -14,8 +14,10 @@ from fast.conftest import UNLIMITED
 from fast.fake_engine import FakeEngine
 from support.openai_envelope import CHAT, HELLO, assert_envelope
 
-# One step: 4 ms, plus 4 ms per sequence in the batch. With a TPOT budget of 40 ms, about 9 sequences fit.
+# One step: 4 ms, plus 4 ms per sequence in the batch. With a TPOT budget of 40 ms, about 9 sequences fit when the
+# server admits up to the whole budget (ADMIT_ALL: the counts below are set by it; the fraction has its own test).
 BASE_S, PER_SEQUENCE_S, TPOT_BUDGET_S = 0.004, 0.004, 0.04
+ADMIT_ALL = {"slo_admit_fraction": 1.0}
 BODY = {"messages": HELLO, "max_tokens": 12, "ignore_eos": True}
 
 
@@ -53,7 +55,7 @@ async def warm_up(http: httpx.AsyncClient, headers: dict[str, str] | None = None
 
 async def test_below_capacity_nothing_is_refused_past_it_refusals_at_once(client_for) -> None:
     engine = BatchedEngine()
-    async with client_for(engine, slo_tpot_s=TPOT_BUDGET_S, max_num_seqs=64) as http:
+    async with client_for(engine, slo_tpot_s=TPOT_BUDGET_S, **ADMIT_ALL, max_num_seqs=64) as http:
         await warm_up(http)
         for _ in range(3):
             assert all(r.status_code == 200 for r, _ in await burst(http, 6))
@@ -88,7 +90,7 @@ async def test_the_heaviest_tenant_gets_429_a_light_one_is_served(auth_client) -
     engine = BatchedEngine()
     client, headers = await auth_client(engine, {"heavy": UNLIMITED, "light": UNLIMITED}, fairness="on",
                                         scheduling_policy="priority", max_num_seqs=64, slo_tpot_s=TPOT_BUDGET_S,
-                                        metrics_public=True)
+                                        metrics_public=True, **ADMIT_ALL)
     long = {**BODY, "max_tokens": 60}
     async with client as http:
         await warm_up(http, headers["heavy"])
@@ -134,7 +136,7 @@ async def test_the_budget_headers(client_for) -> None:
 
 async def test_anthropic_overload_is_529(client_for) -> None:
     engine = BatchedEngine()
-    async with client_for(engine, max_num_seqs=64, slo_tpot_s=TPOT_BUDGET_S) as http:
+    async with client_for(engine, max_num_seqs=64, slo_tpot_s=TPOT_BUDGET_S, **ADMIT_ALL) as http:
         await warm_up(http)
         held = asyncio.create_task(burst(http, 14, {**BODY, "max_tokens": 40}))
         await asyncio.sleep(0.1)
