@@ -5,6 +5,7 @@ generates and the replica that mirrors keep their rate limits in the suite's Red
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -57,6 +58,17 @@ def client(url: str, key: str, timeout_s: float = 120) -> httpx.Client:
     return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout_s)
 
 
+@contextlib.contextmanager
+def long_reply(http: httpx.Client) -> Iterator[tuple[str, str, SSEReader]]:
+    """A new conversation's reply of 1,500 tokens, streaming: its conversation and message ids, and its reader
+    past the first event."""
+    conversation_id = new_conversation(http)
+    with http.stream("POST", f"{API}/{conversation_id}/messages", json={"content": "Go on.", **LONG}) as posted:
+        reader = SSEReader(posted)
+        reader.next()
+        yield conversation_id, posted.headers["x-message-id"], reader
+
+
 def open_listeners(url: str) -> float:
     for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=5).text):
         if family.name == "codeface_sse_listeners":
@@ -103,32 +115,28 @@ def test_redis_late_once_is_asked_again_not_refused(generator: SpawnedServer, mi
     """Redis stalls for longer than the timeout, once, while a replica looks a reply up (a stalled process, a fork):
     the call is sent again and the resume is served, not refused with 503 (CI once got that 503 from one late
     answer on a loaded machine). A hung Redis still fails within twice the timeout (the test above)."""
-    with client(generator.url, key) as http, client(mirror, key) as other:
-        conversation_id = new_conversation(http)
-        with http.stream("POST", f"{API}/{conversation_id}/messages", json={"content": "Go on.", **LONG}) as posted:
-            message_id = posted.headers["x-message-id"]
-            reader = SSEReader(posted)
-            reader.next()
-            path, params = f"{API}/{conversation_id}/stream", {"message_id": message_id}
-            # The mirror's connection to Redis is open before the stall (a lookup of another reply), and it holds
-            # no mirror of this one yet: the resume below must look it up.
-            assert other.get(path, params={"message_id": str(uuid.uuid4())}).status_code == 404
-            stall_s = TIMEOUT_S * 1.6
-            own_redis.pause()
-            resumer = threading.Timer(stall_s, own_redis.resume)
-            resumer.start()
-            began = time.monotonic()
-            try:
-                with other.stream("GET", path, params=params,
-                                  headers={"Last-Event-ID": str(reader.last_id)}) as resumed:
-                    answered_s = time.monotonic() - began
-                    assert resumed.status_code == 200, resumed.read()
-                    assert SSEReader(resumed).next().id == reader.last_id + 1
-            finally:
-                resumer.join()
-            assert stall_s - 0.1 < answered_s < 2 * TIMEOUT_S + 0.5, answered_s
-            measured("resume answered after a stall of 0.8 s (timeout 0.5 s), s", round(answered_s, 2))
-            assert other.post(f"{API}/{conversation_id}/messages/{message_id}/cancel").status_code == 200
+    with client(generator.url, key) as http, client(mirror, key) as other, \
+            long_reply(http) as (conversation_id, message_id, reader):
+        path, params = f"{API}/{conversation_id}/stream", {"message_id": message_id}
+        # The mirror's connection to Redis is open before the stall (a lookup of another reply), and it holds
+        # no mirror of this one yet: the resume below must look it up.
+        assert other.get(path, params={"message_id": str(uuid.uuid4())}).status_code == 404
+        stall_s = TIMEOUT_S * 1.6
+        own_redis.pause()
+        resumer = threading.Timer(stall_s, own_redis.resume)
+        resumer.start()
+        began = time.monotonic()
+        try:
+            with other.stream("GET", path, params=params,
+                              headers={"Last-Event-ID": str(reader.last_id)}) as resumed:
+                answered_s = time.monotonic() - began
+                assert resumed.status_code == 200, resumed.read()
+                assert SSEReader(resumed).next().id == reader.last_id + 1
+        finally:
+            resumer.join()
+        assert stall_s - 0.1 < answered_s < 2 * TIMEOUT_S + 0.5, answered_s
+        measured("resume answered after a stall of 0.8 s (timeout 0.5 s), s", round(answered_s, 2))
+        assert other.post(f"{API}/{conversation_id}/messages/{message_id}/cancel").status_code == 200
 
 
 def test_a_reply_longer_than_the_resume_window_resumes_and_cancels_elsewhere(
@@ -136,11 +144,7 @@ def test_a_reply_longer_than_the_resume_window_resumes_and_cancels_elsewhere(
     """The reply's keys in Redis expire the resume window after the reply ends, not after it starts: a reply
     running past the window is resumed and cancelled through the other replica, and its window starts at its end."""
     with client(generator.url, key) as http, client(mirror, key) as other:
-        conversation_id = new_conversation(http)
-        with http.stream("POST", f"{API}/{conversation_id}/messages", json={"content": "Go on.", **LONG}) as posted:
-            message_id = posted.headers["x-message-id"]
-            reader = SSEReader(posted)
-            reader.next()
+        with long_reply(http) as (conversation_id, message_id, reader):
             time.sleep(RETENTION_S + 2)
             with other.stream("GET", f"{API}/{conversation_id}/stream", params={"message_id": message_id},
                               headers={"Last-Event-ID": str(reader.last_id)}) as resumed:
