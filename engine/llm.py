@@ -15,7 +15,7 @@ from engine.config import EngineConfig, build_engine_args
 from engine.errors import ENGINE_DEAD, Stage, vllm_errors
 from engine.frontends import EngineClientSlot
 from engine.protocol import EngineClient
-from engine.stats import SchedulerStatsRecorder
+from engine.stats import DecodeObserver, SchedulerStatsRecorder
 from engine.types import (
     Adapter,
     AdapterLoadError,
@@ -114,6 +114,9 @@ class ChatEngine:
 
     def stats(self) -> EngineStats:
         return self._stats.snapshot(self.requests_in_flight)
+
+    def on_decode_step(self, observer: DecodeObserver) -> None:
+        self._stats.decode_observer = observer
 
     @property
     def vllm_version(self) -> str:

@@ -3,7 +3,7 @@ own EngineClient). ChatEngine implements it over vLLM; the fast tests' FakeEngin
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from engine.chat import PreparedRequest
@@ -51,6 +51,10 @@ class EngineClient(Protocol):
     async def check_health(self) -> bool: ...
 
     def stats(self) -> EngineStats: ...
+
+    def on_decode_step(self, observer: Callable[[int, float], None]) -> None:
+        """`observer(sequences, seconds per output token)` after each engine step that decoded (engine.stats)."""
+        ...
 
     async def tokenize(self, text: str, add_special_tokens: bool) -> list[int]: ...
 

@@ -153,6 +153,7 @@ def build_services(settings: Settings, engine: EngineClient, database: Database,
     slots = -(-(settings.max_num_seqs or DEFAULT_ENGINE_SLOTS) // settings.api_processes)
     slo = SloAdmission(Budgets(settings.slo_ttft_s, settings.slo_tpot_s), LoadEstimator(slots),
                        fair=settings.fairness_enabled, admit_fraction=settings.slo_admit_fraction)
+    engine.on_decode_step(slo.estimator.decode_step)
     admission = Admission(engine, limits, max_inflight=per_process_cap, max_per_tenant=per_process_user_cap,
                           slo=slo)
     fair = FairShare(settings.fairness_enabled, engine_slots=settings.max_num_seqs,

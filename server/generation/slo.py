@@ -10,8 +10,9 @@ token, finished; O(1) each, nothing per token):
   windows, so a request's wait is the fit at (prompt tokens ahead of it + its own);
 - slots: past `max_num_seqs`, a new sequence also waits for running ones to finish: sequences over the slots x
   (mean decode time of a sequence) / slots, Little's law;
-- decode: each finished sequence's time per output token against the mean number of sequences decoding beside it
-  (the time integral of the running count), fitted as TPOT = c + d x batch, predicted at the batch with the new one.
+- decode: each engine step's time per output token against the sequences it decoded (vLLM's iteration stats, as
+  they come), and each finished sequence's against the mean number decoding beside it (the time integral of the
+  running count), fitted as TPOT = c + d x batch, predicted at the batch with the new one.
 Without data (a cold start, or no spread yet to fit a slope) the estimate is no more than what was measured, and
 nothing is refused on what was not measured: no false refusal below capacity."""
 
@@ -236,6 +237,11 @@ class LoadEstimator:
         if per_sequence >= 2:
             batch = (self._batch_area - ticket.batch_area_at_first) / decode_s
             self.decode.add(max(1.0, batch), decode_s / (per_sequence - 1))
+
+    def decode_step(self, sequences: int, seconds_per_token: float) -> None:
+        """One engine step's time per output token at the batch that saw it (engine.stats): the decode fit follows
+        the engine at once, not a reply later (sequences report at their end too, in `finished`)."""
+        self.decode.add(max(1.0, sequences), seconds_per_token)
 
     def estimate(self, prompt_tokens: int, choices: int, *, excluded: int = 0) -> Estimate:
         """The TTFT of a new generation and the TPOT of the batch with it. `excluded`: sequences left out of the

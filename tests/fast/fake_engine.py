@@ -8,7 +8,7 @@ prompt, and a reply of numbered words, one word per token. It reads the fields a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from engine import (
@@ -99,6 +99,9 @@ class FakeEngine:
 
     def stats(self) -> EngineStats:
         return EngineStats(requests_in_flight=self.in_flight, running=self.in_flight, waiting=0)
+
+    def on_decode_step(self, observer: Callable[[int, float], None]) -> None:
+        self.decode_observer = observer  # never called: the fake's steps feed the estimator at each finish only
 
     async def tokenize(self, text: str, add_special_tokens: bool) -> list[int]:
         return [ord(c) for c in text]

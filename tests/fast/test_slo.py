@@ -4,8 +4,11 @@ tenant shed first, and a request's budget headers that only tighten the server's
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
+from engine.stats import SchedulerStatsRecorder
 from server.generation.slo import Budgets, LinearFit, LoadEstimator, Reason, SloAdmission, Ticket, request_budgets
 
 
@@ -181,3 +184,19 @@ def test_a_generation_that_ends_before_its_first_token_leaves_no_load() -> None:
     assert (estimator.waiting_seqs, estimator.waiting_tokens) == (2, 500)
     estimator.finished(ticket, 0)
     assert (estimator.waiting_seqs, estimator.waiting_tokens, estimator.running_seqs) == (0, 0, 0)
+
+
+def test_engine_steps_feed_the_decode_fit_before_any_sequence_finishes() -> None:
+    """vLLM's iteration stats (each step's inter-token latencies) reach the estimate as they come: under a flood,
+    the running streams' TPOT refuses the next request before any of them has finished."""
+    recorder, estimator = SchedulerStatsRecorder(), LoadEstimator(max_num_seqs=64)
+    recorder.decode_observer = estimator.decode_step
+    slo = SloAdmission(Budgets(tpot_s=0.15), estimator, fair=False)
+    recorder.decode_step(SimpleNamespace(inter_token_latencies_iter=[]))  # a step of first tokens only
+    assert estimator.decode.predict(4) is None and slo.verdict("a", 100, 1, {}) is None
+    for _ in range(3):
+        recorder.decode_step(SimpleNamespace(inter_token_latencies_iter=[0.19, 0.2, 0.21]))
+    assert estimator.decode.predict(4) == pytest.approx(0.2)
+    hold(estimator, running=3)
+    refusal = slo.verdict("a", 100, 1, {"a": 3})
+    assert refusal is not None and refusal.reason == Reason.TPOT
