@@ -11,22 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from starlette.applications import Starlette
 
-from fast.conftest import SECRET, make_app
+from fast.conftest import PROFILE, SECRET, make_app, started, users_with_keys
 from fast.fake_engine import FAKE_MODEL, FakeEngine
-from fast.test_adapters_http import LOAD, PROFILE, UNLOAD, started, users_with_keys
 
 API = "/api/v1/conversations"
-
-
-@pytest.fixture
-def lora_app(migrated_database: Path, tmp_path: Path) -> Callable[..., Starlette]:
-    def make(engine: FakeEngine, **overrides: object) -> Starlette:
-        return make_app(migrated_database, tmp_path, engine, enable_lora=True, lora_adapters=PROFILE, **overrides)
-
-    return make
+LOAD = "/v1/load_lora_adapter"
+UNLOAD = "/v1/unload_lora_adapter"
 
 
 async def create(client: httpx.AsyncClient, headers: dict[str, str] | None = None, **body: Any) -> httpx.Response:
