@@ -89,6 +89,8 @@ class Conversation(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     # OpenAI's conversation metadata: up to 16 string pairs ("metadata" is taken on a declarative class).
     meta: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON)
+    # The model every reply is generated with (the base model or a LoRA adapter, by name); NULL: each message's.
+    model: Mapped[str | None] = mapped_column(String(200))
 
     messages: Mapped[list[Message]] = relationship(
         back_populates="conversation", cascade="all, delete-orphan", order_by="Message.seq"

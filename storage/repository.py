@@ -137,9 +137,9 @@ class Conversations:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def create(self, owner_id: uuid.UUID, title: str = "", meta: dict[str, str] | None = None
-                     ) -> Conversation:
-        conversation = Conversation(owner_id=owner_id, title=title, meta=meta)
+    async def create(self, owner_id: uuid.UUID, title: str = "", meta: dict[str, str] | None = None,
+                     model: str | None = None) -> Conversation:
+        conversation = Conversation(owner_id=owner_id, title=title, meta=meta, model=model)
         self.session.add(conversation)
         await self.session.flush()
         return conversation
@@ -163,9 +163,14 @@ class Conversations:
         return list(await self.session.scalars(query))
 
     async def rename(self, owner_id: uuid.UUID, conversation_id: uuid.UUID, title: str) -> Conversation | None:
+        return await self.update(owner_id, conversation_id, title=title)
+
+    async def update(self, owner_id: uuid.UUID, conversation_id: uuid.UUID, **values: Any) -> Conversation | None:
+        """Sets the given columns (title, model) of the owner's conversation."""
         conversation = await self.get(owner_id, conversation_id)
         if conversation is not None:
-            conversation.title = title
+            for name, value in values.items():
+                setattr(conversation, name, value)
             await self.session.flush()
         return conversation
 

@@ -1,8 +1,9 @@
 """LoRA adapters on the real CPU engine, with adapters made here (PEFT, rank 8, fixed seeds, non-zero B): an
 adapter's greedy output differs from the base model's and equals vLLM's offline LLM with the same LoRA request (the
 adapter is applied, not just accepted); two adapters and the base in one concurrent batch each give their own
-output; a key limited to one adapter gets 404 for another; an adapter an admin loads at run time is served again
-after a restart; a missing folder, a rank above max_lora_rank and a taken name are each a 4xx that changes nothing."""
+output; a key limited to one adapter gets 404 for another; a conversation pinned to an adapter replies with it; an
+adapter an admin loads at run time is served again after a restart; a missing folder, a rank above max_lora_rank
+and a taken name are each a 4xx that changes nothing."""
 
 from __future__ import annotations
 
@@ -160,6 +161,28 @@ def test_a_key_limited_to_one_adapter_gets_404_for_another(lora_server: LoraServ
         assert response.json()["error"]["message"].startswith(f"the model {model!r} does not exist")
     messages = httpx.post(f"{url}/v1/messages", headers=headers, json={**body, "model": B})
     assert messages.status_code == 404
+
+
+def test_a_pinned_conversation_replies_with_the_adapter(lora_server: LoraServer) -> None:
+    """A conversation pinned to A, a message naming no model: its greedy reply is A's chat completion of the same
+    message, not the base model's."""
+    url, headers = lora_server.server.url, lora_server.admin
+    turn = {"max_tokens": MAX_TOKENS, "temperature": 0}
+    with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
+        def chat(model: str) -> str:
+            response = client.post("/v1/chat/completions", json={
+                "model": model, "messages": [{"role": "user", "content": PROMPTS[0]}], **turn})
+            assert response.status_code == 200, response.text
+            text: str = response.json()["choices"][0]["message"]["content"]
+            return text
+
+        made = client.post("/api/v1/conversations", json={"model": A})
+        assert made.status_code == 201 and made.json()["model"] == A, made.text
+        reply = client.post(f"/api/v1/conversations/{made.json()['id']}/messages", json={"content": PROMPTS[0], **turn})
+        assert reply.status_code == 201, reply.text
+        adapter, base = chat(A), chat(BASE)
+    assert adapter != base
+    assert reply.json()["reply"] == adapter
 
 
 def test_bad_loads_are_4xx_and_change_nothing(lora_server: LoraServer, adapters: Adapters, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from support.storage_contract import (  # noqa: F401
     database,
+    test_a_conversations_pinned_model_is_stored_and_changed,
     test_a_refused_final_write_is_stored_failed_at_once,
     test_api_keys_store_only_hashes_and_revoke,
     test_conversation_with_messages_round_trip,

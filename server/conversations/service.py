@@ -19,9 +19,10 @@ from engine import EngineClient, InvalidRequestError, PromptTooLongError
 from server.adapters.catalog import ModelCatalog
 from server.conversations.history import assemble, visible_turns
 from server.conversations.listeners import Listener, Wake
+from server.conversations.pins import PinningStore
 from server.conversations.registry import Registry
 from server.conversations.run import Run
-from server.conversations.store import TITLE_FROM_MESSAGE_CHARS, ConversationLimits, ConversationStore
+from server.conversations.store import TITLE_FROM_MESSAGE_CHARS, ConversationLimits
 from server.conversations.writer import ReplyWriter
 from server.exceptions import Conflict, ConversationBusy, NotFound, Unavailable
 from server.generation.generator import Generator
@@ -51,7 +52,8 @@ class ReplyRequest:
 
     content: str
     engine_fields: dict[str, Any]
-    # The model the reply is generated with: the base model (None) or one of its LoRA adapters.
+    # The model the reply is generated with: the base model or one of its LoRA adapters (None: the conversation's
+    # pinned model, else the base model).
     model: str | None = None
 
 
@@ -71,13 +73,12 @@ class Following:
     close: Callable[[], Awaitable[None]]
 
 
-class ConversationService(ConversationStore):
+class ConversationService(PinningStore):
     def __init__(self, *, engine: EngineClient, models: ModelCatalog, database: Database, registry: Registry,
                  generator: Generator, writer: ReplyWriter, default_max_tokens: int, stale_after_s: float,
                  salter: CacheSalter, limits: ConversationLimits | None = None) -> None:
-        super().__init__(database, limits or ConversationLimits())
+        super().__init__(database, limits or ConversationLimits(), models)
         self.engine = engine
-        self.models = models
         self.registry = registry
         self.generator = generator
         self.writer = writer
@@ -137,7 +138,7 @@ class ConversationService(ConversationStore):
                     usage_sink: MutableMapping[str, Any]) -> Started:
         owner_id = principal.user_id
         conversation_id = conversation.id
-        served = self.models.resolve(principal, spec.model)
+        served = self.reply_model(principal, conversation, spec.model)
         # Only what the prompt could hold is read (posts are one at a time: a reply in progress is the newest).
         recent = await self.recent(conversation_id, self.engine.max_model_len)
         if any(m.status == MessageStatus.IN_PROGRESS for m in recent.messages):

@@ -1,4 +1,4 @@
-"""Conversations as stored: create, list, read and rename them, and what a post may read and add, both bounded (a
+"""Conversations as stored: create, list, read and change them, and what a post may read and add, both bounded (a
 post reads only what its prompt could hold; a conversation holds at most a set number of messages and bytes)."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum, auto
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,6 +34,24 @@ class ConversationLimits:
     max_bytes: int = 32 << 20
 
 
+class Keep(Enum):
+    """A field a change leaves as it is."""
+
+    KEEP = auto()
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationChange:
+    """What a PATCH changes: the title, and the pinned model (None unpins it)."""
+
+    title: str | Keep = Keep.KEEP
+    model: str | Keep | None = Keep.KEEP
+
+    def values(self) -> dict[str, str | None]:
+        return {name: value for name, value in (("title", self.title), ("model", self.model))
+                if not isinstance(value, Keep)}
+
+
 @dataclass(slots=True)
 class Page:
     items: list[Any]
@@ -53,9 +72,9 @@ class ConversationStore:
         self.database = database
         self.limits = limits
 
-    async def create(self, owner_id: uuid.UUID, title: str) -> Conversation:
+    async def create(self, owner_id: uuid.UUID, title: str, model: str | None = None) -> Conversation:
         async with self.database.session() as session:
-            conversation = await Conversations(session).create(owner_id, title)
+            conversation = await Conversations(session).create(owner_id, title, model=model)
             await session.commit()
         return conversation
 
@@ -78,9 +97,10 @@ class ConversationStore:
             page = await Messages(session).history(conversation_id, after_seq=after_seq, limit=limit + 1)
         return conversation, Page(page[:limit], len(page) > limit)
 
-    async def rename(self, owner_id: uuid.UUID, conversation_id: uuid.UUID, title: str) -> Conversation:
+    async def update(self, owner_id: uuid.UUID, conversation_id: uuid.UUID, change: ConversationChange
+                     ) -> Conversation:
         async with self.database.session() as session:
-            conversation = await Conversations(session).rename(owner_id, conversation_id, title)
+            conversation = await Conversations(session).update(owner_id, conversation_id, **change.values())
             await session.commit()
         if conversation is None:
             raise NotFound("no such conversation", param="conversation_id")

@@ -194,6 +194,7 @@ class Version(msgspec.Struct):
 class ConversationView(msgspec.Struct):
     id: str
     title: str
+    model: str | None
     created_at: str
     updated_at: str
 
@@ -219,6 +220,7 @@ class MessageView(msgspec.Struct):
 class ConversationWithMessages(msgspec.Struct):
     id: str
     title: str
+    model: str | None
     created_at: str
     updated_at: str
     messages: list[MessageView]

@@ -98,3 +98,39 @@ def auth_client(migrated_database: Path, tmp_path: Path) -> Callable[..., Any]:
         return client, {name: {"Authorization": f"Bearer {key}"} for name, key in keys.items()}
 
     return make
+
+
+# The LoRA adapters of the apps `lora_app` makes (FakeEngine "loads" any folder: its adapters say their name).
+PROFILE = {"alpha": "/adapters/alpha", "beta": "/adapters/beta"}
+
+
+async def started(app: Starlette) -> httpx.AsyncClient:
+    """A client of `app` once its adapters are loaded (the ASGI transport runs no lifespan: started here)."""
+    await app.state.services.adapters.start()
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fast.test", timeout=10)
+
+
+@pytest.fixture
+def lora_app(migrated_database: Path, tmp_path: Path) -> Callable[..., Starlette]:
+    def make(engine: FakeEngine, **overrides: object) -> Starlette:
+        return make_app(migrated_database, tmp_path, engine, enable_lora=True, lora_adapters=PROFILE, **overrides)
+
+    return make
+
+
+async def users_with_keys(template: Path, tmp_path: Path, spec: dict[str, tuple[bool, list[str] | None,
+                                                                               list[str] | None]]) -> tuple[str, dict]:
+    """A database with, per name, a user (admin?, its allowed models) and one key (its allowed models)."""
+    from server import admin
+    from server.settings import load_settings
+
+    path = tmp_path / f"access-{uuid.uuid4().hex[:8]}.db"
+    shutil.copyfile(template, path)
+    url = f"sqlite+aiosqlite:///{path}"
+    settings = load_settings(None, database_url=url, secret_key=SECRET)
+    headers = {}
+    for name, (is_admin, user_models, key_models) in spec.items():
+        await admin.create_user(settings, name, f"{name}-password-1", is_admin, user_models)
+        key = await admin.create_key(settings, name, "tests", None, {}, key_models)
+        headers[name] = {"Authorization": f"Bearer {key}"}
+    return url, headers

@@ -6,7 +6,6 @@ and a caller limited to some models gets 404 for the others, as if they did not 
 from __future__ import annotations
 
 import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,29 +14,14 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from fast.conftest import SECRET, make_app
+from fast.conftest import PROFILE, make_app, started, users_with_keys
 from fast.fake_engine import FAKE_BAD_ADAPTER, FAKE_MODEL, FakeEngine
 
 CHAT = "/v1/chat/completions"
 LOAD = "/v1/load_lora_adapter"
 UNLOAD = "/v1/unload_lora_adapter"
 ADAPTERS = "/v1/lora_adapters"
-PROFILE = {"alpha": "/adapters/alpha", "beta": "/adapters/beta"}
 HELLO = [{"role": "user", "content": "Hi"}]
-
-
-async def started(app: Starlette) -> httpx.AsyncClient:
-    """A client of `app` once its adapters are loaded (the ASGI transport runs no lifespan: started here)."""
-    await app.state.services.adapters.start()
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fast.test", timeout=10)
-
-
-@pytest.fixture
-def lora_app(migrated_database: Path, tmp_path: Path) -> Callable[..., Starlette]:
-    def make(engine: FakeEngine, **overrides: object) -> Starlette:
-        return make_app(migrated_database, tmp_path, engine, enable_lora=True, lora_adapters=PROFILE, **overrides)
-
-    return make
 
 
 async def chat_text(client: httpx.AsyncClient, model: str | None, **extra: Any) -> httpx.Response:
@@ -188,24 +172,6 @@ async def test_lora_off_refuses_loads_and_profile_adapters(migrated_database: Pa
     assert response.status_code == 400 and "enable_lora" in response.json()["error"]["message"]
     with pytest.raises(ValueError, match="enable_lora"):
         make_app(migrated_database, tmp_path, FakeEngine(), lora_adapters=PROFILE)
-
-
-async def users_with_keys(template: Path, tmp_path: Path, spec: dict[str, tuple[bool, list[str] | None,
-                                                                               list[str] | None]]) -> tuple[str, dict]:
-    """A database with, per name, a user (admin?, its allowed models) and one key (its allowed models)."""
-    from server import admin
-    from server.settings import load_settings
-
-    path = tmp_path / f"access-{uuid.uuid4().hex[:8]}.db"
-    shutil.copyfile(template, path)
-    url = f"sqlite+aiosqlite:///{path}"
-    settings = load_settings(None, database_url=url, secret_key=SECRET)
-    headers = {}
-    for name, (is_admin, user_models, key_models) in spec.items():
-        await admin.create_user(settings, name, f"{name}-password-1", is_admin, user_models)
-        key = await admin.create_key(settings, name, "tests", None, {}, key_models)
-        headers[name] = {"Authorization": f"Bearer {key}"}
-    return url, headers
 
 
 async def test_a_caller_limited_to_some_models_gets_404_for_the_others(migrated_database: Path,

@@ -231,6 +231,29 @@ async def test_message_items_and_conversation_metadata_are_stored_as_json(databa
         assert (await Conversations(session).get(owner, conversation.id)).meta is None
 
 
+async def test_a_conversations_pinned_model_is_stored_and_changed(database: Database) -> None:
+    owner = await make_user(database)
+    async with database.session() as session:
+        pinned = await Conversations(session).create(owner, "pinned", model="tenant-a")
+        plain = await Conversations(session).create(owner, "plain")
+        await session.commit()
+    async with database.session() as session:
+        conversations = Conversations(session)
+        assert (await conversations.get(owner, pinned.id)).model == "tenant-a"
+        assert (await conversations.get(owner, plain.id)).model is None
+        await conversations.rename(owner, pinned.id, "renamed")
+        await conversations.update(owner, plain.id, model="tenant-b")
+        await session.commit()
+    async with database.session() as session:
+        conversations = Conversations(session)
+        assert ((await conversations.get(owner, pinned.id)).model, (await conversations.get(owner, plain.id)).model
+                ) == ("tenant-a", "tenant-b")
+        await conversations.update(owner, pinned.id, model=None)
+        await session.commit()
+    async with database.session() as session:
+        assert (await Conversations(session).get(owner, pinned.id)).model is None
+
+
 async def test_stored_responses_chain_expire_and_outlive_their_conversation(database: Database) -> None:
     """The responses table (migration 0003): a chain read in one recursive query, newest first and bounded; what has
     expired is neither read nor kept by the sweep; a deleted conversation leaves its responses, a deleted user

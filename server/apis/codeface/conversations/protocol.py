@@ -8,11 +8,13 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
+from server.adapters.catalog import MAX_ADAPTER_NAME_CHARS
 from server.apis.decode import NO_NUL
 from server.apis.openai.sampling import GenerationFields
 from server.conversations.service import ReplyRequest
+from server.conversations.store import ConversationChange, Keep
 from server.exceptions import InvalidRequest
 from storage.models import Conversation, Message
 
@@ -20,14 +22,29 @@ MAX_TITLE_CHARS = 300
 MAX_MESSAGE_CHARS = 200_000
 Title = Annotated[str, Meta(max_length=MAX_TITLE_CHARS, pattern=NO_NUL)]
 MessageText = Annotated[str, Meta(min_length=1, max_length=MAX_MESSAGE_CHARS, pattern=NO_NUL)]
+# The base model or one of its LoRA adapters, by name (GET /v1/models).
+ModelName = Annotated[str, Meta(max_length=MAX_ADAPTER_NAME_CHARS)]
 
 
 class NewConversation(msgspec.Struct, forbid_unknown_fields=True):
     title: Title = ""
+    # Pins every reply to this model (a message may leave model out, or name this one); unset: each message's.
+    model: ModelName | None = None
 
 
-class Rename(msgspec.Struct, forbid_unknown_fields=True):
-    title: Title
+class ConversationUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    """A PATCH: the fields sent change (model null unpins the conversation), the others stay."""
+
+    title: Title | UnsetType = UNSET
+    model: ModelName | UnsetType | None = UNSET
+
+    def __post_init__(self) -> None:
+        if self.title is UNSET and self.model is UNSET:
+            raise InvalidRequest("send title, model or both: the fields to change")
+
+    def change(self) -> ConversationChange:
+        return ConversationChange(title=Keep.KEEP if isinstance(self.title, UnsetType) else self.title,
+                                  model=Keep.KEEP if isinstance(self.model, UnsetType) else self.model)
 
 
 class NewMessage(GenerationFields, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -35,8 +52,8 @@ class NewMessage(GenerationFields, frozen=True, kw_only=True, forbid_unknown_fie
 
     content: MessageText
     stream: bool = False
-    # The base model (unset) or one of its LoRA adapters, by name (GET /v1/models).
-    model: Annotated[str, Meta(max_length=200)] | None = None
+    # Unset: the conversation's pinned model, else the base model.
+    model: ModelName | None = None
 
     def __post_init__(self) -> None:
         # A conversation stores one reply per message, as text: what cannot be stored is refused, never dropped.
@@ -82,7 +99,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 def conversation_view(c: Conversation) -> dict[str, Any]:
-    return {"id": str(c.id), "title": c.title, "created_at": c.created_at.isoformat(),
+    return {"id": str(c.id), "title": c.title, "model": c.model, "created_at": c.created_at.isoformat(),
             "updated_at": c.updated_at.isoformat()}
 
 

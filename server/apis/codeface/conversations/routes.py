@@ -10,9 +10,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from server.apis.codeface.conversations.protocol import (
+    ConversationUpdate,
     NewConversation,
     NewMessage,
-    Rename,
     conversation_view,
     decode_cursor,
     encode_cursor,
@@ -70,8 +70,8 @@ def reply_headers(conversation_id: uuid.UUID, started: Started) -> dict[str, str
             "X-Dropped-Turns": str(started.dropped_turns)}
 
 
-@Operation(Method.POST, API, "Create a conversation", TAG, ok=HTTPStatus.CREATED, response=ConversationView,
-           request=NewConversation, body_optional=True, links=(
+@Operation(Method.POST, API, "Create a conversation, pinned to a model or not", TAG, ok=HTTPStatus.CREATED,
+           response=ConversationView, request=NewConversation, body_optional=True, errors=NOT_FOUND, links=(
                Link("Read", Method.GET, CONVERSATION, NEW_CONVERSATION),
                Link("Rename", Method.PATCH, CONVERSATION, NEW_CONVERSATION),
                Link("Post", Method.POST, MESSAGES, NEW_CONVERSATION),
@@ -79,7 +79,7 @@ def reply_headers(conversation_id: uuid.UUID, started: Started) -> dict[str, str
                Link("Delete", Method.DELETE, CONVERSATION, NEW_CONVERSATION)))
 async def create_conversation(request: Request) -> RouteResponse:
     spec = decode_body(await request.body(), NewConversation)
-    conversation = await services(request).conversations.create(owner(request), spec.title)
+    conversation = await services(request).conversations.open(principal_of(request), spec.title, spec.model)
     return json_response(conversation_view(conversation), status_code=create_conversation.ok)
 
 
@@ -104,12 +104,13 @@ async def get_conversation(request: Request) -> RouteResponse:
                           "next_after_seq": page.items[-1].seq if page.more else None})
 
 
-@Operation(Method.PATCH, CONVERSATION, "Rename a conversation", TAG, response=ConversationView, request=Rename,
-           errors=NOT_FOUND)
+@Operation(Method.PATCH, CONVERSATION, "Rename a conversation, or pin or unpin its model", TAG,
+           response=ConversationView, request=ConversationUpdate, errors=NOT_FOUND)
 async def rename_conversation(request: Request) -> RouteResponse:
     conversation_id = path_uuid(request, "conversation_id")
-    spec = decode_body(await request.body(), Rename)
-    conversation = await services(request).conversations.rename(owner(request), conversation_id, spec.title)
+    spec = decode_body(await request.body(), ConversationUpdate)
+    conversation = await services(request).conversations.change(principal_of(request), conversation_id,
+                                                                spec.change())
     return json_response(conversation_view(conversation))
 
 
