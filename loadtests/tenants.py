@@ -45,6 +45,15 @@ class Tenant:
                           seed=seed, tokenizer=tokenizer)
 
 
+def same_engine_step(config: Path, overrides: dict[str, str], systems: list[str]) -> dict[str, str]:
+    """The overrides with the engine step CodeFace with fair share derives (where the profile leaves it unset)
+    given to every system, so that all run the same engine arguments and differ only in their queue's order."""
+    if "codeface-fair" not in systems or "max_num_batched_tokens" in overrides:
+        return overrides
+    step = profile_engine_config(config, {**overrides, **SYSTEMS["codeface-fair"]}).derived_step_tokens
+    return overrides if step is None else {**overrides, "max_num_batched_tokens": str(step)}
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] if ordered else float("nan")
