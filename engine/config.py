@@ -165,7 +165,7 @@ def vllm_default_max_num_seqs(options: EngineOptions) -> int:
     if defaults is None:
         return FALLBACK_DEFAULT_MAX_NUM_SEQS
     _, seqs = defaults(options.pipeline_parallel_size * options.tensor_parallel_size)
-    return max([SchedulerConfig.DEFAULT_MAX_NUM_SEQS, *seqs.values()])
+    return int(max([SchedulerConfig.DEFAULT_MAX_NUM_SEQS, *seqs.values()]))
 
 
 AUTO = "auto"
