@@ -254,7 +254,7 @@ def cmd_tenants(args: argparse.Namespace) -> int:
     runs = asyncio.run(compare(args.config, overrides, folder, systems, args.repeats, heavy, light, args.tokenizer,
                                args.ramp))
     context = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(),
-               "overrides (every system)": overrides}
+               "overrides": overrides}
     text = report(runs, context)
     (folder / "report.md").write_text(text + "\n")
     print(text)

@@ -48,11 +48,12 @@ def test_vllm_serve_gets_the_step_codeface_derives_with_fair_share(tmp_path: Pat
     assert "--max-num-batched-tokens" not in fcfs
 
     systems = ["vllm", "codeface-fcfs", "codeface-fair"]
-    pinned = same_engine_step(profile, overrides, systems)
-    assert pinned == {**overrides, "max_num_batched_tokens": str(8 + FAIR_SHARE_PREFILL_CHUNK)}
+    per_system = same_engine_step(profile, overrides, systems)
+    assert per_system["codeface-fair"] == overrides  # it derives the step itself, as it would in production
     for name in systems:
-        config = profile_engine_config(profile, {**pinned, **TENANT_SYSTEMS[name]})
+        config = profile_engine_config(profile, {**per_system[name], **TENANT_SYSTEMS[name]})
         assert config.engine_kwargs()["max_num_batched_tokens"] == 8 + FAIR_SHARE_PREFILL_CHUNK
-    assert same_engine_step(profile, {**overrides, "max_num_batched_tokens": "512"}, systems)[
-        "max_num_batched_tokens"] == "512"
-    assert same_engine_step(profile, overrides, ["vllm", "codeface-fcfs"]) == overrides
+    chosen = same_engine_step(profile, {**overrides, "max_num_batched_tokens": "512"}, systems)
+    assert {system["max_num_batched_tokens"] for system in chosen.values()} == {"512"}
+    assert same_engine_step(profile, overrides, ["vllm", "codeface-fcfs"]) == {"vllm": overrides,
+                                                                               "codeface-fcfs": overrides}
