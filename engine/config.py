@@ -29,6 +29,15 @@ SAMPLING_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penal
 # Options that are CodeFace's own (or vllm serve's frontend flags), not AsyncEngineArgs fields.
 NOT_ENGINE_ARGS = frozenset({"kv_cache_space_gib", "cpu_allocator", "tool_call_parser", "enable_auto_tool_choice",
                              "chat_template", *SAMPLING_DEFAULTS})
+# With fair share on, the tokens one engine step may prefill beyond one decode token per sequence slot, where the
+# profile leaves max_num_batched_tokens unset. A request cannot join a step already running, so vLLM's default
+# (2,048 on the CPU build) lets a wave of one tenant's prefills hold another's next request for a whole long step:
+# bounded this way the light tenant's p99 TTFT under a flood stayed within 1.4-1.6x of its floor, against 1.6-5.7x
+# (loadtests/RESULTS.md, "The same scenario with the engine's step bounded": 256 tokens at 16 slots).
+FAIR_SHARE_PREFILL_CHUNK = 256
+# vLLM's largest default max_num_seqs (large GPUs), for a vLLM that cannot say its own: a budget derived from it
+# never makes vLLM lower the slots it would have given an unset max_num_seqs.
+FALLBACK_DEFAULT_MAX_NUM_SEQS = 1024
 
 
 class EngineOptions(BaseModel):
@@ -97,28 +106,66 @@ class EngineOptions(BaseModel):
 
 
 class EngineConfig(EngineOptions):
-    """The options plus the model folder they apply to."""
+    """The options plus the model folder they apply to, and whether the server runs fair share over the engine."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
     model: str
     served_model_name: str
+    # The server orders the engine's queue by tenant (server settings: fairness on): the step is bounded unless
+    # the profile sets max_num_batched_tokens (fair_share_step_tokens).
+    fair_share: bool = False
 
     @classmethod
-    def for_model(cls, options: EngineOptions, model: str, served_model_name: str | None = None) -> EngineConfig:
+    def for_model(cls, options: EngineOptions, model: str, served_model_name: str | None = None, *,
+                  fair_share: bool = False) -> EngineConfig:
         """`served_model_name` defaults to the model folder's name."""
         name = served_model_name or model.rstrip("/").rsplit("/", 1)[-1]
-        return cls(model=model, served_model_name=name,
+        return cls(model=model, served_model_name=name, fair_share=fair_share,
                    **options.model_dump(include=set(EngineOptions.model_fields)))
 
+    @property
+    def derived_step_tokens(self) -> int | None:
+        """The max_num_batched_tokens CodeFace chooses for this engine, or None: the profile's own value, or vLLM's."""
+        return fair_share_step_tokens(self) if self.fair_share else None
+
     def engine_kwargs(self) -> dict[str, Any]:
-        return {
+        kwargs = {
             "model": self.model,
             "served_model_name": self.served_model_name,
             **self.engine_kwargs_without_model(),
             # Our own stat logger keeps the latest scheduler stats; vLLM's periodic log lines are noise here.
             "disable_log_stats": True,
         }
+        if (step := self.derived_step_tokens) is not None:
+            kwargs["max_num_batched_tokens"] = step
+        return kwargs
+
+
+def fair_share_step_tokens(options: EngineOptions) -> int | None:
+    """max_num_batched_tokens for an engine under fair share whose profile leaves it unset: the sequence slots (the
+    profile's max_num_seqs, else vLLM's default) plus FAIR_SHARE_PREFILL_CHUNK, so that every running sequence
+    decodes and one chunk of prefill fits in each step (vLLM requires at least max_num_seqs), and never more than
+    max_num_seqs x max_model_len (vLLM's own cap on its default). None where the profile sets it, or turns chunked
+    prefill off (then every prompt must fit in one step, and vLLM requires at least max_model_len)."""
+    if options.max_num_batched_tokens is not None or options.enable_chunked_prefill is False:
+        return None
+    slots = options.max_num_seqs or vllm_default_max_num_seqs(options)
+    return min(slots + FAIR_SHARE_PREFILL_CHUNK, slots * options.max_model_len)
+
+
+def vllm_default_max_num_seqs(options: EngineOptions) -> int:
+    """The largest max_num_seqs vLLM gives this platform when a profile leaves it unset (it differs by usage
+    context: vllm serve's and the in-process engine's), so that a budget derived from it never lowers the slots
+    (vLLM caps an unset max_num_seqs at max_num_batched_tokens)."""
+    from vllm.config import SchedulerConfig
+    from vllm.engine.arg_utils import EngineArgs
+
+    defaults = getattr(EngineArgs, "get_batch_defaults", None)
+    if defaults is None:
+        return FALLBACK_DEFAULT_MAX_NUM_SEQS
+    _, seqs = defaults(options.pipeline_parallel_size * options.tensor_parallel_size)
+    return int(max([SchedulerConfig.DEFAULT_MAX_NUM_SEQS, *seqs.values()]))
 
 
 AUTO = "auto"
@@ -146,12 +193,18 @@ def resolve_dtype(dtype: str) -> str:
     return cpu_dtype() if dtype == AUTO and is_cpu_build() else dtype
 
 
-def build_engine_args(config: EngineConfig) -> Any:
-    """AsyncEngineArgs for the installed vLLM, dropping (with a warning) any option this version lacks."""
+def build_engine_args(config: EngineConfig, *, starts_engine: bool = True) -> Any:
+    """AsyncEngineArgs for the installed vLLM, dropping (with a warning) any option this version lacks.
+    `starts_engine`: this process starts the engine core (an API process of several only connects to it), so it
+    logs the choices CodeFace made for it."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     known = {field.name for field in dataclasses.fields(AsyncEngineArgs)}
     kwargs = config.engine_kwargs()
+    if starts_engine and (step := config.derived_step_tokens) is not None:
+        logger.info("max_num_batched_tokens=%d (the sequence slots and %d tokens of prefill): fair share is on and the "
+                    "profile does not set it, so a tenant's next request waits for no long step of another's "
+                    "prefills; set MAX_NUM_BATCHED_TOKENS to choose", step, FAIR_SHARE_PREFILL_CHUNK)
     for name in sorted(set(kwargs) - known):
         logger.warning("this vLLM has no engine option %r; ignoring it", name)
         kwargs.pop(name)

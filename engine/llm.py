@@ -73,7 +73,7 @@ class ChatEngine:
         """Start the engine core process and load the model (tens of seconds)."""
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        engine_args = build_engine_args(self.config)
+        engine_args = build_engine_args(self.config, starts_engine=self.client_slot is None)
         slot = self.client_slot or EngineClientSlot(index=0, count=1)
         if self.client_slot is not None:
             engine_args._api_process_count, engine_args._api_process_rank = slot.count, slot.index

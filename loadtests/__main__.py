@@ -139,6 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from loadtests.compare import SYSTEMS, Plan, compare, write_results
+    from loadtests.systems import profile_engine_config
 
     folder = out_dir(args, "compare")
     concurrencies = [int(c) for c in args.concurrency.split(",")]
@@ -152,7 +153,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if unknown:
         raise SystemExit(f"unknown systems {sorted(unknown)}: choose from {SYSTEMS}")
     runs = asyncio.run(compare(plan, systems, args.repeats))
+    step = profile_engine_config(args.config, overrides).engine_kwargs().get("max_num_batched_tokens")
     context = {"config": str(args.config), "overrides": overrides, "workload": args.workload,
+               "max_num_batched_tokens (every system)": step or "vLLM's default",
                "input_len": args.input_len, "output_len": args.output_len, "concurrency": concurrencies,
                "jobs_per_level": {c: len(j) for c, j in levels.items()}, "repeats": args.repeats,
                "date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(),
@@ -237,7 +240,7 @@ def cmd_api_processes(args: argparse.Namespace) -> int:
 
 
 def cmd_tenants(args: argparse.Namespace) -> int:
-    from loadtests.tenants import SYSTEMS, Tenant, compare, report
+    from loadtests.tenants import SYSTEMS, Tenant, compare, report, same_engine_step
 
     folder = out_dir(args, "tenants")
     systems = args.systems.split(",")
@@ -247,10 +250,11 @@ def cmd_tenants(args: argparse.Namespace) -> int:
     heavy = Tenant("heavy", args.input_len, args.heavy_output_len, args.heavy_concurrency * 20,
                    concurrency=args.heavy_concurrency)
     light = Tenant("light", args.input_len, args.light_output_len, args.light_requests, every_s=args.light_every)
-    runs = asyncio.run(compare(args.config, dict(args.set), folder, systems, args.repeats, heavy, light,
-                               args.tokenizer, args.ramp))
+    overrides = same_engine_step(args.config, dict(args.set), systems)
+    runs = asyncio.run(compare(args.config, overrides, folder, systems, args.repeats, heavy, light, args.tokenizer,
+                               args.ramp))
     context = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(),
-               "overrides": dict(args.set)}
+               "overrides": overrides}
     text = report(runs, context)
     (folder / "report.md").write_text(text + "\n")
     print(text)

@@ -23,8 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def profile_engine_config(config_file: Path, overrides: dict[str, str]) -> EngineConfig:
-    """The engine options of a CodeFace profile (with overrides): what every compared system runs."""
-    settings = load_settings(config_file, **overrides)
+    """The engine options of a CodeFace profile (with overrides) as CodeFace runs them here: what every compared
+    system runs. Auth is on, as codeface_server starts it, so fair share (and the engine step it bounds where the
+    profile leaves max_num_batched_tokens unset) follows the profile's scheduling_policy as it does in CodeFace."""
+    settings = load_settings(config_file, **{**overrides, "auth_enabled": "true"})
     return settings.engine_config(resolve_model(settings))
 
 

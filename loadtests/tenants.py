@@ -45,6 +45,20 @@ class Tenant:
                           seed=seed, tokenizer=tokenizer)
 
 
+def same_engine_step(config: Path, overrides: dict[str, str], systems: list[str]) -> dict[str, dict[str, str]]:
+    """Each system's overrides: the engine step CodeFace with fair share derives itself (where the profile leaves
+    it unset) is given to the other systems, so that all run the same engine arguments and differ only in their
+    queue's order."""
+    per_system = {name: overrides for name in systems}
+    if "codeface-fair" not in systems or "max_num_batched_tokens" in overrides:
+        return per_system
+    step = profile_engine_config(config, {**overrides, **SYSTEMS["codeface-fair"]}).derived_step_tokens
+    if step is None:
+        return per_system
+    return {name: overrides if name == "codeface-fair" else {**overrides, "max_num_batched_tokens": str(step)}
+            for name in systems}
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] if ordered else float("nan")
@@ -126,13 +140,14 @@ def report(runs: dict[str, list[dict[str, Any]]], context: dict[str, Any]) -> st
     return "\n".join(lines) + "\n\n" + markdown_table(header, rows) + "\n\n(min - max over repeats)"
 
 
-async def compare(config: Path, overrides: dict[str, str], folder: Path, systems: list[str], repeats: int,
+async def compare(config: Path, overrides: dict[str, dict[str, str]], folder: Path, systems: list[str], repeats: int,
                   heavy: Tenant, light: Tenant, tokenizer: str, ramp_s: float) -> dict[str, list[dict[str, Any]]]:
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in systems}
     for repeat in range(repeats):
         order = systems if repeat % 2 == 0 else list(reversed(systems))
         for name in order:
-            measured = await run_system(name, config, overrides, folder, heavy, light, tokenizer, repeat, ramp_s)
+            measured = await run_system(name, config, overrides[name], folder, heavy, light, tokenizer, repeat,
+                                        ramp_s)
             runs[name].append(measured)
             print(f"repeat {repeat + 1} {name}: light TTFT p50 floor "
                   f"{percentile(measured['floor_ttft'], 50) * 1000:.0f} ms, flood "

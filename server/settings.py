@@ -236,7 +236,7 @@ class Settings(BaseSettings, EngineOptions):
         return tuple(sources)
 
     def engine_config(self, model_path: str) -> EngineConfig:
-        return EngineConfig.for_model(self, model_path, self.served_model_name)
+        return EngineConfig.for_model(self, model_path, self.served_model_name, fair_share=self.fairness_enabled)
 
 
 @contextmanager

@@ -15,7 +15,7 @@ bench() {  # name port [key]
   grep -E "Successful requests|Failed requests|Output token throughput|Median TTFT|Median TPOT|Median ITL" $OUT/$1.txt | sed "s/^/$1: /"
 }
 run_vllm() {
-  VLLM_CPU_KVCACHE_SPACE=2 setsid .venv/bin/python -m vllm.entrypoints.openai.api_server --model $M --served-model-name SmolLM2-135M-Instruct --dtype $DTYPE --max-model-len 2048 --enforce-eager --max-num-seqs 256 --enable-prefix-caching --seed 0 --scheduling-policy priority --port 8091 > $OUT/vllm.log 2>&1 &
+  VLLM_CPU_KVCACHE_SPACE=2 setsid .venv/bin/python -m vllm.entrypoints.openai.api_server --model $M --served-model-name SmolLM2-135M-Instruct --dtype $DTYPE --max-model-len 2048 --enforce-eager --max-num-seqs 256 --enable-prefix-caching --seed 0 --scheduling-policy priority $FAIR_STEP_ARGS --port 8091 > $OUT/vllm.log 2>&1 &
   P=$!; wait_ready 8091 /health; bench vllm-$1 8091; kill -- -$P; wait $P 2>/dev/null; sleep 3
 }
 run_codeface() {

@@ -15,3 +15,9 @@ DTYPE=$(.venv/bin/python -c "from engine.config import resolve_dtype; print(reso
 # where installed): every process of a script inherits it, so both systems run with it (tcmalloc.sh unsets it).
 TCMALLOC=$(.venv/bin/python -c "from engine.config import tcmalloc_path; print(tcmalloc_path() or '')")
 [ -n "$TCMALLOC" ] && export LD_PRELOAD="$TCMALLOC${LD_PRELOAD:+:$LD_PRELOAD}"
+# The engine step CodeFace bounds where fair share is on (auth on, the CPU profile's scheduling_policy: priority) and
+# the profile leaves max_num_batched_tokens unset: vllm serve started by hand beside CodeFace with auth on gets the
+# same ($FAIR_STEP_ARGS; empty where nothing is derived), so comparisons stay like with like.
+FAIR_STEP=$(.venv/bin/python -c "from pathlib import Path; from server.settings import load_settings
+print(load_settings(Path('configs/cpu.yaml'), auth_enabled='true').engine_config('model').derived_step_tokens or '')")
+FAIR_STEP_ARGS=${FAIR_STEP:+--max-num-batched-tokens $FAIR_STEP}

@@ -13,7 +13,7 @@ measure() {  # name port pid [key]
   echo "$1 frontend CPU: $(( (after - before) )) ticks ($(getconf CLK_TCK)/s)"
 }
 mkdir -p /tmp/cpuuse; rm -f /tmp/cpuuse/*.db*
-VLLM_CPU_KVCACHE_SPACE=2 setsid .venv/bin/python -m vllm.entrypoints.openai.api_server --model $M --served-model-name SmolLM2-135M-Instruct --dtype $DTYPE --max-model-len 2048 --enforce-eager --max-num-seqs 256 --enable-prefix-caching --seed 0 --port 8071 > /tmp/cpuuse/vllm.log 2>&1 &
+VLLM_CPU_KVCACHE_SPACE=2 setsid .venv/bin/python -m vllm.entrypoints.openai.api_server --model $M --served-model-name SmolLM2-135M-Instruct --dtype $DTYPE --max-model-len 2048 --enforce-eager --max-num-seqs 256 --enable-prefix-caching --seed 0 $FAIR_STEP_ARGS --port 8071 > /tmp/cpuuse/vllm.log 2>&1 &
 P=$!; wait_ready 8071 /health; measure vllm 8071 $P; kill -- -$P; wait $P 2>/dev/null; sleep 3
 export DATABASE_URL=sqlite+aiosqlite:////tmp/cpuuse/cf.db SECRET_KEY=cpuuse-secret-key-0123456789abcdefghijkl
 .venv/bin/codeface admin create-user --username bench --password bench-password >/dev/null 2>&1

@@ -22,7 +22,7 @@ bench() {  # name port rate [key]
     "$OUT/$1-rate$3.txt" | sed "s/^/$1 rate=$3: /"
 }
 run_vllm() {  # round rate
-  VLLM_CPU_KVCACHE_SPACE=2 setsid .venv/bin/python -m vllm.entrypoints.openai.api_server --model $M --served-model-name SmolLM2-135M-Instruct --dtype $DTYPE --max-model-len 2048 --enforce-eager --max-num-seqs 256 --enable-prefix-caching --seed 0 --scheduling-policy priority --port 8091 > "$OUT/vllm.log" 2>&1 &
+  VLLM_CPU_KVCACHE_SPACE=2 setsid .venv/bin/python -m vllm.entrypoints.openai.api_server --model $M --served-model-name SmolLM2-135M-Instruct --dtype $DTYPE --max-model-len 2048 --enforce-eager --max-num-seqs 256 --enable-prefix-caching --seed 0 --scheduling-policy priority $FAIR_STEP_ARGS --port 8091 > "$OUT/vllm.log" 2>&1 &
   P=$!; wait_ready 8091 /health; bench vllm-$1 8091 $2; kill -- -$P; wait $P 2>/dev/null; sleep 3
 }
 run_codeface() {  # round rate

@@ -29,7 +29,7 @@ bench() {  # name port [key] [lora modules]
   grep -E "Successful requests|Failed requests|Output token throughput|Median TTFT|Median TPOT" $OUT/$1.txt | sed "s/^/$1: /"
 }
 run_vllm() {
-  VLLM_CPU_KVCACHE_SPACE=2 setsid $PY -m vllm.entrypoints.openai.api_server --model $M --served-model-name SmolLM2-135M-Instruct --dtype $DTYPE --max-model-len 2048 --enforce-eager --max-num-seqs 256 --enable-prefix-caching --seed 0 --scheduling-policy priority $LORA_ARGS --lora-modules t1=$OUT/t1 t2=$OUT/t2 t3=$OUT/t3 t4=$OUT/t4 --port 8093 > $OUT/vllm.log 2>&1 &
+  VLLM_CPU_KVCACHE_SPACE=2 setsid $PY -m vllm.entrypoints.openai.api_server --model $M --served-model-name SmolLM2-135M-Instruct --dtype $DTYPE --max-model-len 2048 --enforce-eager --max-num-seqs 256 --enable-prefix-caching --seed 0 --scheduling-policy priority $FAIR_STEP_ARGS $LORA_ARGS --lora-modules t1=$OUT/t1 t2=$OUT/t2 t3=$OUT/t3 t4=$OUT/t4 --port 8093 > $OUT/vllm.log 2>&1 &
   P=$!; wait_ready 8093 /health; bench vllm-base-$1 8093; bench vllm-one-$1 8093 "" t1; bench vllm-lora-$1 8093 "" "$ADAPTERS"; kill -- -$P; wait $P 2>/dev/null; sleep 3
 }
 run_codeface() {

@@ -17,7 +17,7 @@ LOCK=${LOCK:-/tmp/cf-engine.lock}
 OUT=${OUT:-/tmp/token-path}; mkdir -p $OUT
 DB=cf_token_path
 M=$($PY -m server.cli prepare-model 2>/dev/null | tail -1)
-ENGINE_ARGS="--dtype $DTYPE --max-model-len 2048 --enforce-eager --max-num-seqs 256 --enable-prefix-caching --seed 0 --scheduling-policy priority"
+ENGINE_ARGS="--dtype $DTYPE --max-model-len 2048 --enforce-eager --max-num-seqs 256 --enable-prefix-caching --seed 0 --scheduling-policy priority $FAIR_STEP_ARGS"
 prompts() { case $1 in 16) echo 48 ;; 64) echo 128 ;; *) echo $(( $1 * 1 )) ;; esac; }   # tens of seconds each
 ticks() { local t=0 p; for p in "$@"; do [ -r /proc/$p/stat ] && t=$(( t + $(awk '{print $14+$15}' /proc/$p/stat) )); done; echo $t; }
 descendants() { local c; for c in $(pgrep -P "$1"); do echo "$c"; descendants "$c"; done; }
