@@ -33,6 +33,8 @@ EWMA_ALPHA = 0.1
 DECODE_REACH = 2.0
 # A prefill sample spans at least this much busy time (a batch's first tokens arrive together).
 PREFILL_WINDOW_S = 0.05
+# Engine steps are averaged over this long into one decode sample (see LoadEstimator.decode_step).
+DECODE_WINDOW_S = 1.0
 # Samples whose x spread (standard deviation) is under this give no slope: only what was measured is trusted.
 MIN_SPREAD = {"tokens": 16.0, "batch": 0.5}
 MIN_RETRY_AFTER_S = 1
@@ -193,6 +195,9 @@ class LoadEstimator:
         self._batch_area = 0.0   # the time integral of running_seqs
         self._busy_s = 0.0       # prefill-busy time in the current window
         self._prefilled = 0      # prompt tokens that got their first token in it
+        self._window_start = self._last  # the first engine step of the decode sample being made
+        self._window_steps = self._window_batch = 0
+        self._window_s_per_token = 0.0
 
     def _advance(self) -> float:
         now = self.clock()
@@ -239,9 +244,20 @@ class LoadEstimator:
             self.decode.add(max(1.0, batch), decode_s / (per_sequence - 1))
 
     def decode_step(self, sequences: int, seconds_per_token: float) -> None:
-        """One engine step's time per output token at the batch that saw it (engine.stats): the decode fit follows
-        the engine at once, not a reply later (sequences report at their end too, in `finished`)."""
-        self.decode.add(max(1.0, sequences), seconds_per_token)
+        """One engine step's time per output token at the batch that saw it (engine.stats). The steps of each
+        DECODE_WINDOW_S make one sample (their mean batch and time per token): a reply's TPOT averages over its
+        steps, a step that also prefilled is one spike in it, and a window follows the engine within a second,
+        not a reply later (sequences report at their end too, in `finished`)."""
+        now = self.clock()
+        if self._window_steps == 0:
+            self._window_start = now  # a window starts at its first step: idle time is no part of it
+        self._window_steps += 1
+        self._window_batch += max(1, sequences)
+        self._window_s_per_token += seconds_per_token
+        if now - self._window_start >= DECODE_WINDOW_S:
+            steps = self._window_steps
+            self.decode.add(self._window_batch / steps, self._window_s_per_token / steps)
+            self._window_start, self._window_steps, self._window_batch, self._window_s_per_token = now, 0, 0, 0.0
 
     def estimate(self, prompt_tokens: int, choices: int, *, excluded: int = 0) -> Estimate:
         """The TTFT of a new generation and the TPOT of the batch with it. `excluded`: sequences left out of the

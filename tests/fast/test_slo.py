@@ -187,16 +187,26 @@ def test_a_generation_that_ends_before_its_first_token_leaves_no_load() -> None:
 
 
 def test_engine_steps_feed_the_decode_fit_before_any_sequence_finishes() -> None:
-    """vLLM's iteration stats (each step's inter-token latencies) reach the estimate as they come: under a flood,
-    the running streams' TPOT refuses the next request before any of them has finished."""
-    recorder, estimator = SchedulerStatsRecorder(), LoadEstimator(max_num_seqs=64)
+    """vLLM's iteration stats (each step's inter-token latencies) reach the estimate as they come, a window of
+    steps at a time: under a flood, the running streams' TPOT refuses the next request before any of them has
+    finished; one slow step (a prefill beside the decodes) is averaged with its window, as a reply's TPOT is."""
+    clock = Clock()
+    recorder, estimator = SchedulerStatsRecorder(), LoadEstimator(max_num_seqs=64, clock=clock)
     recorder.decode_observer = estimator.decode_step
-    slo = SloAdmission(Budgets(tpot_s=0.15), estimator, fair=False)
-    recorder.decode_step(SimpleNamespace(inter_token_latencies_iter=[]))  # a step of first tokens only
-    assert estimator.decode.predict(4) is None and slo.verdict("a", 100, 1, {}) is None
-    for _ in range(3):
-        recorder.decode_step(SimpleNamespace(inter_token_latencies_iter=[0.19, 0.2, 0.21]))
-    assert estimator.decode.predict(4) == pytest.approx(0.2)
+    slo = SloAdmission(Budgets(tpot_s=0.15), estimator, fair=False, admit_fraction=0.8)
     hold(estimator, running=3)
+
+    def steps(seconds_per_token: list[float]) -> None:
+        for value in seconds_per_token:
+            clock.now += value
+            recorder.decode_step(SimpleNamespace(inter_token_latencies_iter=[value] * 3))
+
+    recorder.decode_step(SimpleNamespace(inter_token_latencies_iter=[]))  # a step of first tokens only
+    assert estimator.decode.predict(4) is None and slo.verdict("a", 100, 1, {"a": 3}) is None
+    steps([0.05] * 19 + [0.4])  # a second of 50-ms steps, one of them 400 ms: a mean of 67.5 ms
+    assert estimator.decode.predict(4) == pytest.approx(0.0675)
+    assert slo.verdict("a", 100, 1, {"a": 3}) is None
+    steps([0.2] * 6)  # the engine slows: within the next window the estimate follows
+    assert estimator.decode.samples == pytest.approx(1.98)
     refusal = slo.verdict("a", 100, 1, {"a": 3})
     assert refusal is not None and refusal.reason == Reason.TPOT
