@@ -149,4 +149,5 @@ def test_linked_sequences_never_fail(api_schema: Any, auth_headers: dict[str, st
             max_examples=SEQUENCES, stateful_step_count=STEPS_PER_SEQUENCE, deadline=None, derandomize=True,
             database=None, phases=[hypothesis.Phase.generate], suppress_health_check=list(hypothesis.HealthCheck)))
     assert failures == []
-    assert reached_deep_links(scope, answered), answered
+    counts = "; ".join(f"{method} {path} {status}: {n}" for (method, path, status), n in sorted(answered.items()))
+    assert reached_deep_links(scope, answered), counts
