@@ -52,8 +52,9 @@ class EngineClient(Protocol):
 
     def stats(self) -> EngineStats: ...
 
-    def on_decode_step(self, observer: Callable[[int, float], None]) -> None:
-        """`observer(sequences, seconds per output token)` after each engine step that decoded (engine.stats)."""
+    def on_decode_step(self, observer: Callable[[int, float, bool], None]) -> None:
+        """`observer(sequences, seconds per output token, prefilled)` after each engine step that decoded
+        (engine.stats)."""
         ...
 
     async def tokenize(self, text: str, add_special_tokens: bool) -> list[int]: ...

@@ -9,8 +9,8 @@ from typing import Any
 from engine.types import EngineStats
 
 # Called once per engine step that decoded: (sequences of this frontend that got a token after their first, their
-# mean time since their previous token, in seconds).
-DecodeObserver = Callable[[int, float], None]
+# mean time since their previous token in seconds, whether the step also ended some sequence's prefill).
+DecodeObserver = Callable[[int, float, bool], None]
 
 
 class SchedulerStatsRecorder:
@@ -57,7 +57,8 @@ class SchedulerStatsRecorder:
         it finishes comes a whole reply late, and under a flood that is a minute of admitting too much."""
         latencies = getattr(iteration_stats, "inter_token_latencies_iter", None)
         if latencies and self.decode_observer is not None:
-            self.decode_observer(len(latencies), sum(latencies) / len(latencies))
+            prefilled = bool(getattr(iteration_stats, "time_to_first_tokens_iter", None))
+            self.decode_observer(len(latencies), sum(latencies) / len(latencies), prefilled)
 
     def snapshot(self, requests_in_flight: int) -> EngineStats:
         latest = self._latest

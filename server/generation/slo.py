@@ -10,15 +10,18 @@ token, finished; O(1) each, nothing per token):
   windows, so a request's wait is the fit at (prompt tokens ahead of it + its own);
 - slots: past `max_num_seqs`, a new sequence also waits for running ones to finish: sequences over the slots x
   (mean decode time of a sequence) / slots, Little's law;
-- decode: each engine step's time per output token against the sequences it decoded (vLLM's iteration stats, as
-  they come), and each finished sequence's against the mean number decoding beside it (the time integral of the
-  running count), fitted as TPOT = c + d x batch, predicted at the batch with the new one.
+- decode: the engine steps' time per output token against the sequences they decoded (vLLM's iteration stats, as
+  they come), fitted as step = c + d x batch on the steps that only decoded, and the time the steps that also
+  prefilled add to a stream's TPOT as a factor over them; predicted at the batch with the new one. Until steps
+  come (an engine that reports none), each finished sequence's TPOT against the mean number decoding beside it
+  (the time integral of the running count) feeds the fit instead.
 Without data (a cold start, or no spread yet to fit a slope) the estimate is no more than what was measured, and
 nothing is refused on what was not measured: no false refusal below capacity."""
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -196,8 +199,10 @@ class LoadEstimator:
         self._busy_s = 0.0       # prefill-busy time in the current window
         self._prefilled = 0      # prompt tokens that got their first token in it
         self._window_start = self._last  # the first engine step of the decode sample being made
-        self._window_steps = self._window_batch = 0
-        self._window_s_per_token = 0.0
+        self._window_steps: list[float] = []  # every step's time per token in the window
+        self._window_decodes: list[tuple[int, float]] = []  # the steps that only decoded: (batch, time per token)
+        self.prefill_factor = Ewma()  # a window's mean step over its decode-only median: what prefills add
+        self.steps_seen = False
 
     def _advance(self) -> float:
         now = self.clock()
@@ -239,25 +244,36 @@ class LoadEstimator:
         if decode_s <= 0:
             return
         self.sequence_s.add(decode_s)
-        if per_sequence >= 2:
+        if per_sequence >= 2 and not self.steps_seen:
             batch = (self._batch_area - ticket.batch_area_at_first) / decode_s
             self.decode.add(max(1.0, batch), decode_s / (per_sequence - 1))
 
-    def decode_step(self, sequences: int, seconds_per_token: float) -> None:
-        """One engine step's time per output token at the batch that saw it (engine.stats). The steps of each
-        DECODE_WINDOW_S make one sample (their mean batch and time per token): a reply's TPOT averages over its
-        steps, a step that also prefilled is one spike in it, and a window follows the engine within a second,
-        not a reply later (sequences report at their end too, in `finished`)."""
+    def decode_step(self, sequences: int, seconds_per_token: float, prefilled: bool) -> None:
+        """One engine step's time per output token at the batch that saw it (engine.stats); `prefilled`: the step
+        also ran (the end of) a prefill. The steps of each DECODE_WINDOW_S make one sample, and a window follows the
+        engine within a second, not a reply later. Its decode-only steps' median against their mean batch feeds the
+        fit: a prefill's step is no measure of the batch, and a Poisson burst brings prefills and a larger batch
+        together, which made the fit steeper than decoding is (false refusals below capacity). Its mean step over
+        that median is what the prefills added to every stream's TPOT (a reply's TPOT averages over all its steps),
+        kept as a factor: at a given rate of prefill work that share of the engine's time holds whatever the batch."""
         now = self.clock()
-        if self._window_steps == 0:
+        if not self._window_steps:
             self._window_start = now  # a window starts at its first step: idle time is no part of it
-        self._window_steps += 1
-        self._window_batch += max(1, sequences)
-        self._window_s_per_token += seconds_per_token
+        self._window_steps.append(seconds_per_token)
+        if not prefilled:
+            self._window_decodes.append((max(1, sequences), seconds_per_token))
         if now - self._window_start >= DECODE_WINDOW_S:
-            steps = self._window_steps
-            self.decode.add(self._window_batch / steps, self._window_s_per_token / steps)
-            self._window_start, self._window_steps, self._window_batch, self._window_s_per_token = now, 0, 0, 0.0
+            self._close_window()
+
+    def _close_window(self) -> None:
+        if self._window_decodes:
+            batch = sum(b for b, _ in self._window_decodes) / len(self._window_decodes)
+            typical = statistics.median(t for _, t in self._window_decodes)
+            self.decode.add(batch, typical)
+            self.steps_seen = True
+            if typical > 0:
+                self.prefill_factor.add(max(1.0, statistics.fmean(self._window_steps) / typical))
+        self._window_steps, self._window_decodes = [], []
 
     def estimate(self, prompt_tokens: int, choices: int, *, excluded: int = 0) -> Estimate:
         """The TTFT of a new generation and the TPOT of the batch with it. `excluded`: sequences left out of the
@@ -271,7 +287,8 @@ class LoadEstimator:
         slot_wait = over * per_slot / self.max_num_seqs if over > 0 and per_slot is not None else 0.0
         prefill = self.prefill.predict(tokens + prompt_tokens)
         ttft = None if prefill is None and slot_wait == 0 else (prefill or 0.0) + slot_wait
-        tpot = self.decode.predict(min(running + waiting + choices, self.max_num_seqs))
+        step = self.decode.predict(min(running + waiting + choices, self.max_num_seqs))
+        tpot = None if step is None else step * (self.prefill_factor.value or 1.0)
         # Room comes when a sequence finishes: every (sequence time / sequences running) on average.
         turnover = per_slot / max(1, running) if per_slot is not None else 0.0
         return Estimate(ttft, tpot, retry_after(max(slot_wait, turnover)))

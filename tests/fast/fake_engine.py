@@ -100,7 +100,7 @@ class FakeEngine:
     def stats(self) -> EngineStats:
         return EngineStats(requests_in_flight=self.in_flight, running=self.in_flight, waiting=0)
 
-    def on_decode_step(self, observer: Callable[[int, float], None]) -> None:
+    def on_decode_step(self, observer: Callable[[int, float, bool], None]) -> None:
         self.decode_observer = observer  # never called: the fake's steps feed the estimator at each finish only
 
     async def tokenize(self, text: str, add_special_tokens: bool) -> list[int]:

@@ -186,27 +186,55 @@ def test_a_generation_that_ends_before_its_first_token_leaves_no_load() -> None:
     assert (estimator.waiting_seqs, estimator.waiting_tokens, estimator.running_seqs) == (0, 0, 0)
 
 
+def steps_of(recorder: SchedulerStatsRecorder, clock: Clock, batch: int, seconds_per_token: list[float],
+             prefilled: frozenset[int] = frozenset()) -> None:
+    """Engine steps as vLLM's iteration stats report them; the steps at the indexes in `prefilled` also gave some
+    sequence its first token."""
+    for index, value in enumerate(seconds_per_token):
+        clock.now += value
+        first_tokens = [0.5] if index in prefilled else []
+        recorder.decode_step(SimpleNamespace(inter_token_latencies_iter=[value] * batch,
+                                             time_to_first_tokens_iter=first_tokens))
+
+
 def test_engine_steps_feed_the_decode_fit_before_any_sequence_finishes() -> None:
     """vLLM's iteration stats (each step's inter-token latencies) reach the estimate as they come, a window of
     steps at a time: under a flood, the running streams' TPOT refuses the next request before any of them has
-    finished; one slow step (a prefill beside the decodes) is averaged with its window, as a reply's TPOT is."""
+    finished; one slow step is averaged with its window, as a reply's TPOT is."""
     clock = Clock()
     recorder, estimator = SchedulerStatsRecorder(), LoadEstimator(max_num_seqs=64, clock=clock)
     recorder.decode_observer = estimator.decode_step
     slo = SloAdmission(Budgets(tpot_s=0.15), estimator, fair=False, admit_fraction=0.8)
     hold(estimator, running=3)
 
-    def steps(seconds_per_token: list[float]) -> None:
-        for value in seconds_per_token:
-            clock.now += value
-            recorder.decode_step(SimpleNamespace(inter_token_latencies_iter=[value] * 3))
-
     recorder.decode_step(SimpleNamespace(inter_token_latencies_iter=[]))  # a step of first tokens only
     assert estimator.decode.predict(4) is None and slo.verdict("a", 100, 1, {"a": 3}) is None
-    steps([0.05] * 19 + [0.4])  # a second of 50-ms steps, one of them 400 ms: a mean of 67.5 ms
-    assert estimator.decode.predict(4) == pytest.approx(0.0675)
+    steps_of(recorder, clock, 3, [0.05] * 19 + [0.4])  # a second of 50-ms steps, one of them 400 ms: a mean of 67.5 ms
+    assert estimator.estimate(100, 1).tpot_s == pytest.approx(0.0675)
     assert slo.verdict("a", 100, 1, {"a": 3}) is None
-    steps([0.2] * 6)  # the engine slows: within the next window the estimate follows
+    steps_of(recorder, clock, 3, [0.2] * 6)  # the engine slows: within the next window the estimate follows
     assert estimator.decode.samples == pytest.approx(1.98)
     refusal = slo.verdict("a", 100, 1, {"a": 3})
     assert refusal is not None and refusal.reason == Reason.TPOT
+
+
+def test_prefills_that_come_with_a_larger_batch_do_not_steepen_the_decode_fit() -> None:
+    """A Poisson burst brings prefill steps and a larger batch at once. Had each window's mean step been the sample
+    (CI's goodput run at 0.7x the knee refused 2 of 52 on TPOT that way), the slow steps would be read as the cost
+    of the batch and extrapolated; the decode-only steps measure the batch, and the prefills' share of the time is
+    a factor on top."""
+    clock = Clock()
+    recorder, estimator = SchedulerStatsRecorder(), LoadEstimator(max_num_seqs=64, clock=clock)
+    recorder.decode_observer = estimator.decode_step
+    slo = SloAdmission(Budgets(tpot_s=0.15), estimator, fair=False, admit_fraction=0.8)
+    for _ in range(5):  # quiet seconds at a batch of 2: 40-ms steps
+        steps_of(recorder, clock, 2, [0.04] * 25)
+    for _ in range(5):  # bursts at a batch of 10: 48-ms decode steps, and two 300-ms steps that also prefilled
+        steps_of(recorder, clock, 10, [0.048] * 15 + [0.3] * 2, prefilled=frozenset({3, 9}))
+    hold(estimator, running=15)
+    # Decoding costs 1 ms per sequence (54 ms at 16): the slow steps are not read as the batch's cost.
+    assert estimator.decode.predict(16) == pytest.approx(0.054, abs=0.001)
+    # The prefills made those seconds' steps 1.6x the decode-only ones; the factor follows them (1.25 after 5 of 10).
+    estimate = estimator.estimate(100, 1).tpot_s
+    assert estimate is not None and 0.065 < estimate < 0.075
+    assert slo.verdict("a", 100, 1, {"a": 15}) is None
