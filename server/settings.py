@@ -168,8 +168,9 @@ class Settings(BaseSettings, EngineOptions):
     # Fair share of the engine's queue between tenants (users) under overload: auto = on when auth is on. It needs
     # scheduling_policy: priority; off, with scheduling_policy: fcfs, is vllm serve's order exactly.
     fairness: Literal["auto", "on", "off"] = "auto"
-    # With fairness on, this share of the engine's sequence slots (max_num_seqs; at least one) is kept free of any
-    # single tenant, so that another tenant's request never waits for a slot to free. 0: no reserve.
+    # With fairness on, this share of the engine's sequence slots (max_num_seqs; at least one) is kept free for a
+    # tenant that holds none, beside what the other tenants hold, so that another tenant's request never waits for a
+    # slot to free; a tenant is never held below an even share of the slots. 0: no reserve.
     fairness_reserve: float = Field(default=0.05, ge=0.0, lt=1.0)
     # Global admission control: past this many sequences in flight (running or queued; a generation counts n),
     # answer 503 at once (with several API processes, each admits its share).

@@ -7,8 +7,11 @@ request's own `priority` orders requests within one rank, never across tenants.
 
 The engine never preempts a running sequence for a higher priority (only when its KV cache runs out), so when one
 tenant fills every sequence slot, a light tenant's request waits for the next slot to free, and a closed-loop
-flood frees them in waves. So one tenant may hold at most the engine's slots less a reserve in the engine at once
-(its further requests wait here, in arrival order, and are not yet in the engine's queue)."""
+flood frees them in waves. So `reserve` slots are kept free for a tenant that has none: a tenant may hold the
+engine's slots less the reserve less what the other tenants hold (so a light tenant's second request finds a slot
+as its first did), and never less than an even share of the slots once two or more tenants hold or wait for
+some, so that floods from several tenants still fill the engine between them. A tenant's requests past that wait
+here, in arrival order, and are not yet in the engine's queue."""
 
 from __future__ import annotations
 
@@ -38,37 +41,11 @@ class Place:
 
 
 class TenantGate:
-    """One tenant's sequences in the engine, at most `cap`; the requests past it wait in arrival order."""
+    """One tenant's sequences in the engine, and its requests waiting to enter, in arrival order."""
 
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
+    def __init__(self) -> None:
         self.used = 0
         self.waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
-
-    async def enter(self, seqs: int) -> int:
-        seqs = min(seqs, self.cap)
-        if not self.waiting and self.used + seqs <= self.cap:
-            self.used += seqs
-            return seqs
-        entry = (seqs, asyncio.get_running_loop().create_future())
-        self.waiting.append(entry)
-        try:
-            await entry[1]
-        except asyncio.CancelledError:
-            if entry[1].done() and not entry[1].cancelled():
-                self.leave(seqs)  # granted, then cancelled before it could use the slots
-            else:
-                self.waiting.remove(entry)
-            raise
-        return seqs
-
-    def leave(self, seqs: int) -> None:
-        self.used -= seqs
-        while self.waiting and self.used + self.waiting[0][0] <= self.cap:
-            granted, future = self.waiting.popleft()
-            if not future.done():
-                self.used += granted
-                future.set_result(None)
 
     @property
     def idle(self) -> bool:
@@ -85,23 +62,65 @@ class FairShare:
         reserve = max(1, round((engine_slots or 0) * reserve_fraction))
         self.tenant_cap = (engine_slots - reserve if enabled and engine_slots and reserve_fraction > 0
                            and engine_slots > reserve else None)
+        self.engine_slots = engine_slots or 0
         self.gates: dict[str, TenantGate] = {}
+        self.engine_used = 0  # sequences in the engine over all tenants
+
+    def cap(self, gate: TenantGate) -> int:
+        """What the gate's tenant may hold in the engine now (see the module's docstring)."""
+        assert self.tenant_cap is not None
+        even_share = self.engine_slots // len(self.gates) if len(self.gates) > 1 else 0
+        return max(1, even_share, self.tenant_cap - (self.engine_used - gate.used))
 
     async def enter_engine(self, place: Place) -> int:
         """Waits until the tenant may put this generation's sequences in the engine; returns what to give back
         with `leave_engine`."""
         if self.tenant_cap is None:
             return 0
-        gate = self.gates.setdefault(place.tenant, TenantGate(self.tenant_cap))
-        return await gate.enter(place.choices)
+        gate = self.gates.setdefault(place.tenant, TenantGate())
+        seqs = min(place.choices, self.tenant_cap)
+        if not gate.waiting and gate.used + seqs <= self.cap(gate):
+            self._take(gate, seqs)
+            return seqs
+        entry = (seqs, asyncio.get_running_loop().create_future())
+        gate.waiting.append(entry)
+        try:
+            await entry[1]
+        except asyncio.CancelledError:
+            if entry[1].done() and not entry[1].cancelled():
+                self.leave_engine(place, seqs)  # granted, then cancelled before it could use the slots
+            else:
+                gate.waiting.remove(entry)
+                self._drop_if_idle(place.tenant, gate)
+                self._admit_waiting()
+            raise
+        return seqs
 
     def leave_engine(self, place: Place, seqs: int) -> None:
         gate = self.gates.get(place.tenant)
         if gate is None or not seqs:
             return
-        gate.leave(seqs)
+        gate.used -= seqs
+        self.engine_used -= seqs
+        self._drop_if_idle(place.tenant, gate)
+        self._admit_waiting()
+
+    def _take(self, gate: TenantGate, seqs: int) -> None:
+        gate.used += seqs
+        self.engine_used += seqs
+
+    def _drop_if_idle(self, tenant: str, gate: TenantGate) -> None:
         if gate.idle:
-            del self.gates[place.tenant]
+            del self.gates[tenant]
+
+    def _admit_waiting(self) -> None:
+        """A slot given back may let any tenant's next request in (each one's cap depends on the others')."""
+        for gate in list(self.gates.values()):
+            while gate.waiting and gate.used + gate.waiting[0][0] <= self.cap(gate):
+                granted, future = gate.waiting.popleft()
+                if not future.done():
+                    self._take(gate, granted)
+                    future.set_result(None)
 
     def check(self, requested: int) -> None:
         """Refuse a request priority that would reach into another rank (InvalidRequest naming the field)."""

@@ -57,9 +57,47 @@ async def test_one_tenant_leaves_a_reserve_of_engine_slots() -> None:
     waiting = asyncio.create_task(fair.enter_engine(heavy[15]))
     await asyncio.sleep(0)
     assert not waiting.done()  # the 16th slot stays free for someone else
+    light = fair.place("light", 1, 1, 0)
+    assert await fair.enter_engine(light) == 1
+    fair.leave_engine(heavy[0], entered[0])
+    await asyncio.sleep(0)
+    assert not waiting.done()  # while the light tenant holds one, a slot stays free beside it
+    fair.leave_engine(light, 1)
+    assert await asyncio.wait_for(waiting, 1) == 1  # the next heavy request goes in once nobody else holds one
+
+
+async def test_a_light_tenants_next_request_finds_a_free_slot() -> None:
+    """The noisy neighbour at 8 slots: with one slot reserved only for a tenant holding none, the light tenant's
+    second request (its first still running) waited for a heavy sequence to finish; now the heavy tenant's share
+    shrinks by what the others hold, so the free slot is there again once the heavy one has given one back."""
+    fair = FairShare(enabled=True, engine_slots=8, reserve_fraction=0.05)
+    heavy = [fair.place("heavy", 1, 1, 0) for _ in range(9)]
+    entered = [await fair.enter_engine(place) for place in heavy[:7]]
     assert await fair.enter_engine(fair.place("light", 1, 1, 0)) == 1
     fair.leave_engine(heavy[0], entered[0])
-    assert await asyncio.wait_for(waiting, 1) == 1  # the next heavy request goes in as one leaves
+    refill = asyncio.create_task(fair.enter_engine(heavy[7]))
+    await asyncio.sleep(0)
+    assert not refill.done() and fair.engine_used == 7
+    assert await asyncio.wait_for(fair.enter_engine(fair.place("light", 1, 1, 0)), 1) == 1
+    refill.cancel()
+    await asyncio.gather(refill, return_exceptions=True)
+
+
+async def test_floods_from_several_tenants_fill_the_engine_between_them() -> None:
+    """An even share of the slots is always allowed once two tenants ask, so two floods use every slot, half each
+    (the second one's share waits in the engine's queue, ahead of the first one's excess, until slots free)."""
+    fair = FairShare(enabled=True, engine_slots=8, reserve_fraction=0.05)
+    a = [await fair.enter_engine(fair.place("a", 1, 1, 0)) for _ in range(7)]
+    b = [asyncio.create_task(fair.enter_engine(fair.place("b", 1, 1, 0))) for _ in range(5)]
+    await asyncio.sleep(0)
+    assert [task.done() for task in b] == [True, True, True, True, False]
+    for _ in range(3):
+        fair.leave_engine(fair.place("a", 1, 1, 0), a.pop())
+    await asyncio.sleep(0)
+    assert not b[4].done() and fair.engine_used == 8
+    assert fair.cap(fair.gates["a"]) == 4 and fair.cap(fair.gates["b"]) == 4
+    b[4].cancel()
+    await asyncio.gather(b[4], return_exceptions=True)
 
 
 async def test_a_cancelled_wait_gives_nothing_away() -> None:
