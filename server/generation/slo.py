@@ -12,7 +12,10 @@ token, finished; O(1) each, nothing per token):
   (mean decode time of a sequence) / slots, Little's law;
 - decode: the engine steps' time per output token against the sequences they decoded (vLLM's iteration stats, as
   they come), fitted as step = c + d x batch on the steps that only decoded, and the time the steps that also
-  prefilled add to a stream's TPOT as a factor over them; predicted at the batch with the new one. Until steps
+  prefilled add to a stream's TPOT as a factor over them; predicted at the batch the new one will see on average
+  over its life: half the sequences admitted now (they finish during it) and half the load's time-weighted mean
+  over a sequence's life (arrivals at the recent rate replace them), so that a Poisson burst below capacity is
+  not read as the load to come (at the knee that refused what vllm serve served within the SLO). Until steps
   come (an engine that reports none), each finished sequence's TPOT against the mean number decoding beside it
   (the time integral of the running count) feeds the fit instead.
 Without data (a cold start, or no spread yet to fit a slope) the estimate is no more than what was measured, and
@@ -44,6 +47,8 @@ MIN_RETRY_AFTER_S = 1
 # vLLM's largest default max_num_seqs (on large GPUs; 256 elsewhere), for an engine whose profile does not say: more
 # slots than real only makes the estimated wait for a slot shorter (toward admitting).
 DEFAULT_ENGINE_SLOTS = 1024
+# The load's mean is taken over a sequence's life (its decode time, measured); before one has finished, over this.
+DEFAULT_SEQUENCE_S = 10.0
 # The openai SDK honours Retry-After up to 60 s; past the estimate the client should try elsewhere anyway.
 MAX_RETRY_AFTER_S = 30
 
@@ -203,11 +208,19 @@ class LoadEstimator:
         self._window_decodes: list[tuple[int, float]] = []  # the steps that only decoded: (batch, time per token)
         self.prefill_factor = Ewma()  # a window's mean step over its decode-only median: what prefills add
         self.steps_seen = False
+        self.mean_load: float | None = None  # sequences admitted (waiting and running), time-weighted (see estimate)
 
     def _advance(self) -> float:
         now = self.clock()
         elapsed = max(0.0, now - self._last)
         self._batch_area += self.running_seqs * elapsed
+        if elapsed > 0:
+            load = self.running_seqs + self.waiting_seqs
+            if self.mean_load is None:
+                self.mean_load = float(load)
+            else:
+                life = self.sequence_s.value or DEFAULT_SEQUENCE_S
+                self.mean_load += (1 - math.exp(-elapsed / life)) * (load - self.mean_load)
         if self.waiting_seqs and self.running_seqs < self.max_num_seqs:
             self._busy_s += elapsed
         self._last = now
@@ -278,6 +291,7 @@ class LoadEstimator:
     def estimate(self, prompt_tokens: int, choices: int, *, excluded: int = 0) -> Estimate:
         """The TTFT of a new generation and the TPOT of the batch with it. `excluded`: sequences left out of the
         load ahead of it (fair share: a heavier tenant's excess, scheduled after it), waiting ones first."""
+        self._advance()
         waiting_out = min(excluded, self.waiting_seqs)
         waiting = self.waiting_seqs - waiting_out
         tokens = self.waiting_tokens * waiting / self.waiting_seqs if self.waiting_seqs else 0.0
@@ -287,7 +301,10 @@ class LoadEstimator:
         slot_wait = over * per_slot / self.max_num_seqs if over > 0 and per_slot is not None else 0.0
         prefill = self.prefill.predict(tokens + prompt_tokens)
         ttft = None if prefill is None and slot_wait == 0 else (prefill or 0.0) + slot_wait
-        step = self.decode.predict(min(running + waiting + choices, self.max_num_seqs))
+        load = running + waiting
+        total = self.running_seqs + self.waiting_seqs
+        mean = load if self.mean_load is None else self.mean_load * (load / total if total else 1.0)
+        step = self.decode.predict(min((load + mean) / 2 + choices, self.max_num_seqs))
         tpot = None if step is None else step * (self.prefill_factor.value or 1.0)
         # Room comes when a sequence finishes: every (sequence time / sequences running) on average.
         turnover = per_slot / max(1, running) if per_slot is not None else 0.0
