@@ -258,7 +258,20 @@ def test_prefills_that_come_with_a_larger_batch_do_not_steepen_the_decode_fit() 
     hold(estimator, running=15)
     # Decoding costs 1 ms per sequence (54 ms at 16): the slow steps are not read as the batch's cost.
     assert estimator.decode.predict(16) == pytest.approx(0.054, abs=0.001)
-    # The prefills made those seconds' steps 1.6x the decode-only ones; the factor follows them (1.25 after 5 of 10).
+    # The prefills made those seconds' steps 1.6x the decode-only ones; the factor follows them (1.36 after 5 of 10).
     estimate = estimator.estimate(100, 1).tpot_s
     assert estimate is not None and 0.065 < estimate < 0.075
     assert slo.verdict("a", 100, 1, {"a": 15}) is None
+
+
+def test_the_prefill_factor_weighs_steps_not_windows() -> None:
+    """A stream lives through steps: a window of 17 decodes of 62.5 ms and one of 3 decodes and an 875-ms prefill
+    took 1.67x what as many decode-only steps would have (the older window decayed), not the 2.6x a mean of the
+    two windows' ratios (1 and 4.25) would say."""
+    clock = Clock()
+    recorder, estimator = SchedulerStatsRecorder(), LoadEstimator(max_num_seqs=64, clock=clock)
+    recorder.decode_observer = estimator.decode_step
+    steps_of(recorder, clock, 4, [0.0625] * 16)
+    steps_of(recorder, clock, 4, [0.0625, 0.0625, 0.0625, 0.875, 0.0625], prefilled=frozenset({3}))
+    expected = (0.9 * 17 * 0.0625 + 1.0625) / (0.9 * 17 * 0.0625 + 4 * 0.0625)
+    assert estimator.prefill_factor == pytest.approx(expected) and 1.66 < expected < 1.68
