@@ -19,7 +19,11 @@ token, finished; O(1) each, nothing per token):
   come (an engine that reports none), each finished sequence's TPOT against the mean number decoding beside it
   (the time integral of the running count) feeds the fit instead.
 Without data (a cold start, or no spread yet to fit a slope) the estimate is no more than what was measured, and
-nothing is refused on what was not measured: no false refusal below capacity."""
+nothing is refused on what was not measured: no false refusal below capacity. Nor is anything refused that nothing is
+ahead of or beside: a request that would start at once waits for no one (its TTFT is its own prefill, no shorter on
+another replica), one that no stream decodes beside slows no one, and a replica that refused with nothing admitted
+would never measure again the rates that made it refuse (a first prefill slowed by a busy machine kept CI's idle
+test server refusing every retry for a minute)."""
 
 from __future__ import annotations
 
@@ -152,11 +156,14 @@ class Ticket:
 
 @dataclass(frozen=True, slots=True)
 class Estimate:
-    """None: not known (no data)."""
+    """None: not known (no data). `queued`: some sequence is ahead of the new one (waiting for its first token or for
+    a slot); `beside`: sequences admitted that it would share the batch with."""
 
     ttft_s: float | None
     tpot_s: float | None
     retry_after_s: int
+    queued: bool = True
+    beside: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,7 +327,8 @@ class LoadEstimator:
         tpot = None if step is None else step * self.prefill_factor
         # Room comes when a sequence finishes: every (sequence time / sequences running) on average.
         turnover = per_slot / max(1, running) if per_slot is not None else 0.0
-        return Estimate(ttft, tpot, retry_after(max(slot_wait, turnover)))
+        queued = waiting > 0 or (running > 0 and over > 0)
+        return Estimate(ttft, tpot, retry_after(max(slot_wait, turnover)), queued=queued, beside=load)
 
 
 class SloAdmission:
@@ -349,11 +357,13 @@ class SloAdmission:
         estimate = self.estimator.estimate(prompt_tokens, choices, excluded=excluded)
         refusal = None
         fraction = self.admit_fraction
-        if budgets.ttft_s is not None and estimate.ttft_s is not None and estimate.ttft_s > budgets.ttft_s * fraction:
+        if (budgets.ttft_s is not None and estimate.ttft_s is not None and estimate.queued
+                and estimate.ttft_s > budgets.ttft_s * fraction):
             refusal = Refusal(Reason.TTFT, estimate.ttft_s, budgets.ttft_s,
                               retry_after(max(estimate.retry_after_s, estimate.ttft_s - budgets.ttft_s * fraction)),
                               admit_fraction=fraction)
-        elif budgets.tpot_s is not None and estimate.tpot_s is not None and estimate.tpot_s > budgets.tpot_s * fraction:
+        elif (budgets.tpot_s is not None and estimate.tpot_s is not None and estimate.beside > 0
+              and estimate.tpot_s > budgets.tpot_s * fraction):
             refusal = Refusal(Reason.TPOT, estimate.tpot_s, budgets.tpot_s, estimate.retry_after_s,
                               admit_fraction=fraction)
         if refusal is not None and self.fair and self.over_share(tenant, choices, held):
