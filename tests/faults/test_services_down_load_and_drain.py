@@ -168,7 +168,10 @@ async def test_a_reply_ends_and_is_stored_while_redis_refuses(server: SpawnedSer
                                                              measured: Callable[[str, object], None]) -> None:
     """A conversation reply whose key has a stream slot (and no token budget whose refund would open the breaker
     first) ends while Redis refuses connections: the final event still goes out, the reply is stored, the next
-    post is served (fail open), and the slot comes back once Redis returns."""
+    post is served (fail open), and the slot comes back once Redis returns. The reply is long (240 tokens, several
+    seconds) so that it is still running when Redis is stopped: a short one (60 tokens) could end while a slow test
+    process was saving Redis's data and killing it, and its release, taken by Redis after the save and lost with the
+    kill, then left the slot held for the lease's hour (CI, on a machine loaded by servers starting)."""
     async with httpx.AsyncClient(base_url=server.url, headers=headers(key), timeout=60) as http:
         limited = (await http.post("/api/v1/keys", json={"name": "slot only", "max_concurrent_streams": 2,
                                                          "requests_per_minute": 0, "tokens_per_minute": 0}))
@@ -177,11 +180,12 @@ async def test_a_reply_ends_and_is_stored_while_redis_refuses(server: SpawnedSer
         http.headers["Authorization"] = f"Bearer {limited.json()['key']}"
         conversation_id = (await http.post(API, json={})).json()["id"]
         started = asyncio.Event()
-        reply = asyncio.create_task(stream_reply(http, conversation_id, started, max_tokens=60))
+        reply = asyncio.create_task(stream_reply(http, conversation_id, started, max_tokens=240))
         await started.wait()
         assert own_redis.cli("ZCARD", slots_key) == "1"
         own_redis.stop(keep_data=True)
         try:
+            assert not reply.done(), "the reply ended before Redis was stopped: nothing was tested"
             message_id, text, final = await asyncio.wait_for(reply, 60)
             assert final["status"] == "length", final
             stored_reply = await stored(http, conversation_id, message_id, 10)
