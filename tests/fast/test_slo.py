@@ -185,6 +185,26 @@ def test_the_heaviest_tenant_is_shed_first() -> None:
     assert light is not None and light.reason == Reason.TPOT
 
 
+def test_a_tenant_within_its_share_of_the_batch_is_admitted_past_the_line() -> None:
+    """Two tenants, the batch past the admission line (80 % of a 105-ms budget: 7 sequences at 10 ms + 10 ms per
+    sequence; the budget itself allows 9): a light tenant holding no more than half of the budget's 9 is admitted
+    although the estimate is past the line (refused before), while the flood is refused as over its share; past
+    half of the batch the light tenant is refused as well, and one tenant alone meets the line as before."""
+    estimator, _ = trained()
+    assert estimator.batch_within(0.105) == 9 and estimator.batch_within(0.005) == 0
+    hold(estimator, running=9)
+    fair = SloAdmission(Budgets(tpot_s=0.105), estimator, fair=True, admit_fraction=0.8)
+    assert fair.verdict("light", 100, 1, {"flood": 5, "light": 3}) is None  # 4 of 9: within half
+    flood = fair.verdict("flood", 100, 1, {"flood": 5, "light": 3})
+    assert flood is not None and flood.reason == Reason.TENANT_SHARE
+    light = fair.verdict("light", 100, 1, {"flood": 5, "light": 4})  # 5 of 9: past half
+    assert light is not None and light.reason == Reason.TPOT
+    alone = fair.verdict("light", 100, 1, {"light": 9})
+    assert alone is not None and alone.reason == Reason.TPOT
+    unfair = SloAdmission(Budgets(tpot_s=0.105), estimator, fair=False, admit_fraction=0.8)
+    assert unfair.verdict("light", 100, 1, {"flood": 5, "light": 3}) is not None
+
+
 def test_a_request_may_tighten_the_budgets_never_loosen_them() -> None:
     server = Budgets(ttft_s=2.0, tpot_s=0.1)
     assert server.merged(Budgets(ttft_s=0.5)) == Budgets(0.5, 0.1)
