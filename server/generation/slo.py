@@ -19,11 +19,10 @@ token, finished; O(1) each, nothing per token):
   come (an engine that reports none), each finished sequence's TPOT against the mean number decoding beside it
   (the time integral of the running count) feeds the fit instead.
 Without data (a cold start, or no spread yet to fit a slope) the estimate is no more than what was measured, and
-nothing is refused on what was not measured: no false refusal below capacity. Nor is anything refused that nothing is
-ahead of or beside: a request that would start at once waits for no one (its TTFT is its own prefill, no shorter on
-another replica), one that no stream decodes beside slows no one, and a replica that refused with nothing admitted
-would never measure again the rates that made it refuse (a first prefill slowed by a busy machine kept CI's idle
-test server refusing every retry for a minute)."""
+nothing is refused on what was not measured: no false refusal below capacity. Nor does an idle replica refuse: with
+nothing admitted a request waits for no one and slows no one, and a replica that refused then would never measure
+again the rates that made it refuse (a first prefill slowed by a busy machine kept CI's idle test server refusing
+every retry for a minute); once something is admitted, its progress brings the samples that correct the estimate."""
 
 from __future__ import annotations
 
@@ -35,9 +34,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-# Weight of the past in each fit, per new sample (the last ~50 samples count).
-DECAY = 0.98
-EWMA_ALPHA = 0.1
+from server.generation.fits import Ewma, LinearFit
+
 # The decode fit's slope is trusted up to this multiple of the largest batch measured: a steeper guess from small
 # batches must not refuse the larger ones it never saw (prefill time grows with tokens as it was measured to).
 DECODE_REACH = 2.0
@@ -94,54 +92,6 @@ def tighter(server: float | None, request: float | None) -> float | None:
 request_budgets: ContextVar[Budgets | None] = ContextVar("request_budgets", default=None)
 
 
-class Ewma:
-    def __init__(self, alpha: float = EWMA_ALPHA) -> None:
-        self.alpha = alpha
-        self.value: float | None = None
-
-    def add(self, sample: float) -> None:
-        self.value = sample if self.value is None else self.value + self.alpha * (sample - self.value)
-
-
-class LinearFit:
-    """y = a + b x by exponentially weighted least squares (O(1) per sample), b >= 0. Without spread in x (one
-    batch size seen, one prompt length) there is no slope, and `predict` never answers more than was measured (see
-    there); None before any sample."""
-
-    def __init__(self, min_spread: float, decay: float = DECAY, reach: float = math.inf) -> None:
-        """`reach`: how far past the largest x measured the slope is trusted, as a multiple of it (beyond, the
-        prediction stays at that point's)."""
-        self.min_spread = min_spread
-        self.decay = decay
-        self.reach = reach
-        self.top = 0.0
-        self.w = self.x = self.y = self.xx = self.xy = 0.0
-
-    def add(self, x: float, y: float) -> None:
-        d = self.decay
-        self.top = max(self.top, x)
-        self.w, self.x, self.y = d * self.w + 1, d * self.x + x, d * self.y + y
-        self.xx, self.xy = d * self.xx + x * x, d * self.xy + x * y
-
-    @property
-    def samples(self) -> float:
-        return self.w
-
-    def predict(self, x: float) -> float | None:
-        if self.w == 0:
-            return None
-        x = min(x, self.top * self.reach)
-        mx, my = self.x / self.w, self.y / self.w
-        var = self.xx / self.w - mx * mx
-        if var >= self.min_spread ** 2:
-            slope = (self.xy / self.w - mx * my) / var
-            if slope > 0:
-                return max(0.0, my + slope * (x - mx))
-        # No slope: the measured mean at or above the measured x (a lower bound, y growing with x), in proportion
-        # below it (an upper bound on the throughput measured, with no fixed part: a lower bound again).
-        return my if x >= mx or mx <= 0 else my * max(0.0, x) / mx
-
-
 @dataclass(slots=True)
 class Ticket:
     """One admitted generation, as the estimator follows it."""
@@ -156,13 +106,12 @@ class Ticket:
 
 @dataclass(frozen=True, slots=True)
 class Estimate:
-    """None: not known (no data). `queued`: some sequence is ahead of the new one (waiting for its first token or for
-    a slot); `beside`: sequences admitted that it would share the batch with."""
+    """None: not known (no data). `beside`: the sequences admitted that the new one would wait behind or decode
+    beside (0: the replica is idle for it)."""
 
     ttft_s: float | None
     tpot_s: float | None
     retry_after_s: int
-    queued: bool = True
     beside: int = 1
 
 
@@ -341,8 +290,7 @@ class LoadEstimator:
         tpot = None if step is None else step * self.prefill_factor
         # Room comes when a sequence finishes: every (sequence time / sequences running) on average.
         turnover = per_slot / max(1, running) if per_slot is not None else 0.0
-        queued = waiting > 0 or (running > 0 and over > 0)
-        return Estimate(ttft, tpot, retry_after(max(slot_wait, turnover)), queued=queued, beside=load)
+        return Estimate(ttft, tpot, retry_after(max(slot_wait, turnover)), beside=load)
 
 
 class SloAdmission:
@@ -371,13 +319,13 @@ class SloAdmission:
         estimate = self.estimator.estimate(prompt_tokens, choices, excluded=excluded)
         refusal = None
         fraction = self.admit_fraction
-        if (budgets.ttft_s is not None and estimate.ttft_s is not None and estimate.queued
-                and estimate.ttft_s > budgets.ttft_s * fraction):
+        if estimate.beside == 0:
+            return None
+        if budgets.ttft_s is not None and estimate.ttft_s is not None and estimate.ttft_s > budgets.ttft_s * fraction:
             refusal = Refusal(Reason.TTFT, estimate.ttft_s, budgets.ttft_s,
                               retry_after(max(estimate.retry_after_s, estimate.ttft_s - budgets.ttft_s * fraction)),
                               admit_fraction=fraction)
-        elif (budgets.tpot_s is not None and estimate.tpot_s is not None and estimate.beside > 0
-              and estimate.tpot_s > budgets.tpot_s * fraction):
+        elif budgets.tpot_s is not None and estimate.tpot_s is not None and estimate.tpot_s > budgets.tpot_s * fraction:
             refusal = Refusal(Reason.TPOT, estimate.tpot_s, budgets.tpot_s, estimate.retry_after_s,
                               admit_fraction=fraction)
         if (refusal is not None and refusal.budget == Reason.TPOT and self.fair and budgets.tpot_s is not None
