@@ -5,7 +5,7 @@
 # order for REPEATS rounds. Usage: RATES="0.7 1.5 2.0" SLO_TTFT_MS=3000 SLO_TPOT_MS=150 loadtests/scripts/goodput.sh
 # FLOOD_RATE=R: two tenants. A second user (its own key on CodeFace; the same server on vllm serve, which has no
 # tenants) floods at R requests/s from FLOOD_LEAD_S seconds before the measured tenant's run until it ends; RATES are
-# then the measured (light) tenant's rates, and its goodput is what each run reports (the flood's is printed too).
+# then the measured (light) tenant's rates, and its goodput is what each run reports (the flood is stopped then).
 set -u
 source "$(dirname "$0")/common.sh"
 REPEATS=${REPEATS:-3}
@@ -13,6 +13,10 @@ RATES=${RATES:?RATES: the request rates to measure, e.g. \"0.7 1.5 2.0\"}
 SLO_TTFT_MS=${SLO_TTFT_MS:-3000}; SLO_TPOT_MS=${SLO_TPOT_MS:-150}
 DURATION_S=${DURATION_S:-120}   # of arrivals per run: the prompt count is rate x this
 FLOOD_RATE=${FLOOD_RATE:-}; FLOOD_LEAD_S=${FLOOD_LEAD_S:-15}
+# The flood's arrivals last this many times DURATION_S and it is stopped when the measured run ends: the measured
+# client starts slowly on cores the flood keeps busy (importing vLLM's bench under that load took minutes), and a
+# flood of 3x DURATION_S had ended before it sent its first request.
+FLOOD_SPAN=${FLOOD_SPAN:-20}
 M=$(.venv/bin/codeface prepare-model 2>/dev/null | tail -1)
 OUT=${OUT:-/tmp/bench-goodput}; mkdir -p "$OUT"; rm -f "$OUT"/*.db*
 bench() {  # name port rate [key] [seconds of arrivals]
@@ -28,7 +32,7 @@ bench() {  # name port rate [key] [seconds of arrivals]
 measured() {  # name port rate [key] [flood key]: the run, under a flood from the other tenant when FLOOD_RATE is set
   [ -z "$FLOOD_RATE" ] && { bench "$1" "$2" "$3" "${4:-}"; return; }
   setsid bash -c "$(declare -f bench); $(declare -p OUT M DURATION_S SLO_TTFT_MS SLO_TPOT_MS); \
-    bench $1-flood $2 $FLOOD_RATE '${5:-}' $((DURATION_S * 3))" > "$OUT/$1-flood.out" 2>&1 &
+    bench $1-flood $2 $FLOOD_RATE '${5:-}' $((DURATION_S * FLOOD_SPAN))" > "$OUT/$1-flood.out" 2>&1 &
   local flood=$!; sleep "$FLOOD_LEAD_S"
   bench "$1" "$2" "$3" "${4:-}"
   kill -- -$flood 2>/dev/null; wait $flood 2>/dev/null
