@@ -304,8 +304,10 @@ async def test_memory_returns_after_2000_replies(server: SpawnedServer, key: str
     buffer) leave the server process within 64 MiB of where it started. Every prompt is one 128-token block (the
     CPU backend's block size), which the prefix cache holds, and one token: the engine computes one token each."""
     band, workers = 64 << 20, 40
+    # Idle connections expire on the client before the server's keep-alive (uvicorn's 5 s) can close them: at the
+    # same 5 s (httpx's default) a post went out on a connection the server was closing (httpx.ReadError in CI).
     async with httpx.AsyncClient(base_url=server.url, headers=headers(key), timeout=300,
-                                 limits=httpx.Limits(max_connections=workers + 8)) as http:
+                                 limits=httpx.Limits(max_connections=workers + 8, keepalive_expiry=2.0)) as http:
         message = await message_of_prompt_length(http, 128 + 1)
 
         async def replies(count: int) -> None:
