@@ -96,19 +96,38 @@ class OwnPostgres:
 
         asyncio.run(create())
 
-    def pids(self) -> list[int]:
-        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
-        children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout.split()
-        return [postmaster, *map(int, children)]
+    def postmaster(self) -> int:
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
+    def children(self) -> list[int]:
+        found = subprocess.run(["pgrep", "-P", str(self.postmaster())], capture_output=True, text=True).stdout
+        return [int(pid) for pid in found.split()]
 
     def pause(self) -> None:
-        """Connections are accepted by the kernel and never answered."""
-        for pid in self.pids():
-            os.kill(pid, signal.SIGSTOP)
+        """Connections are accepted by the kernel and never answered. The postmaster stops first, so that it
+        forks no backend after its children are listed."""
+        os.kill(self.postmaster(), signal.SIGSTOP)
+        for pid in self.children():
+            with contextlib.suppress(ProcessLookupError):  # exited since it was listed
+                os.kill(pid, signal.SIGSTOP)
 
     def resume(self) -> None:
-        for pid in self.pids():
-            os.kill(pid, signal.SIGCONT)
+        """Children first: a backend forked just before the pause (not stopped) may have exited meanwhile, and the
+        postmaster, once running, reaps it; a child gone is not one to resume."""
+        for pid in self.children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        os.kill(self.postmaster(), signal.SIGCONT)
+
+    @contextlib.contextmanager
+    def broken(self, fault: str) -> Iterator[None]:
+        """Stopped or hung for the block, and always restored after it: a failing test must not leave the
+        module's later tests a broken database."""
+        self.stop() if fault == "stop" else self.pause()
+        try:
+            yield
+        finally:
+            self.start() if fault == "stop" else self.resume()
 
 
 class OwnRedis:
