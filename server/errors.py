@@ -12,6 +12,7 @@ from enum import StrEnum
 from http import HTTPStatus
 
 import msgspec
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -37,6 +38,11 @@ logger = logging.getLogger(__name__)
 # Every pooled connection stayed busy for the pool's timeout: overload, not a fault of this request.
 DATABASE_BUSY = "the database is busy; retry shortly"
 DATABASE_BUSY_RETRY_AFTER_S = 2
+# A dependency that did not answer or refused the connection (a hung or stopped database): the server's fault, so
+# 503 and a retry, never 500. Its own text (SQL, addresses) is not the client's business.
+DEPENDENCY_DOWN = "a service this server depends on is not answering; retry shortly"
+DEPENDENCY_DOWN_RETRY_AFTER_S = 2
+OUTAGE_ERRORS = (TimeoutError, ConnectionError, OperationalError, InterfaceError)
 
 STATUS_OF: dict[type[Exception], HTTPStatus] = {
     InvalidRequest: HTTPStatus.BAD_REQUEST,
@@ -53,6 +59,7 @@ STATUS_OF: dict[type[Exception], HTTPStatus] = {
     EngineUnavailableError: HTTPStatus.SERVICE_UNAVAILABLE,
     GenerationFailedError: HTTPStatus.INTERNAL_SERVER_ERROR,
     PoolTimeout: HTTPStatus.SERVICE_UNAVAILABLE,
+    **{error: HTTPStatus.SERVICE_UNAVAILABLE for error in OUTAGE_ERRORS},
 }
 
 ERROR_TYPES: dict[int, str] = {
@@ -160,6 +167,8 @@ def error_headers(error: Exception) -> dict[str, str]:
         headers["Retry-After"] = str(error.retry_after_s)
     if isinstance(error, PoolTimeout):
         headers["Retry-After"] = str(DATABASE_BUSY_RETRY_AFTER_S)
+    elif isinstance(error, OUTAGE_ERRORS):
+        headers["Retry-After"] = str(DEPENDENCY_DOWN_RETRY_AFTER_S)
     if isinstance(error, AuthenticationFailed):
         headers["WWW-Authenticate"] = "Bearer"
     window_headers = getattr(error, "window_headers", None)
@@ -171,7 +180,11 @@ def error_headers(error: Exception) -> dict[str, str]:
 def response_for(error: Exception, path: str) -> Response:
     """The response for a domain (or engine) error."""
     param = error.param if isinstance(error, ServiceError) else None
-    message = DATABASE_BUSY if isinstance(error, PoolTimeout) else str(error)
+    message = str(error)
+    if isinstance(error, PoolTimeout):
+        message = DATABASE_BUSY
+    elif isinstance(error, OUTAGE_ERRORS):
+        message = DEPENDENCY_DOWN
     return error_response(status_of(error, dialect_of(path)), message, path=path, param=param,
                           headers=error_headers(error))
 

@@ -98,18 +98,22 @@ async def test_postgres_outage_under_streaming_replies(server: SpawnedServer, ke
                                                        fault: str, outage_s: float,
                                                        measured: Callable[[str, object], None]) -> None:
     """Every reply ends in a terminal state, its stored text equals the streamed text, listeners get a final
-    event, and the next post succeeds: nothing the server acknowledged is lost."""
+    event, a post during the outage is a 503 with Retry-After (not a 500), and the next post after it succeeds:
+    nothing the server acknowledged is lost."""
     async with httpx.AsyncClient(base_url=server.url, headers=headers(key), timeout=300) as http:
         conversations = [(await http.post(API, json={"title": f"{fault}-{outage_s}"})).json()["id"]
                          for _ in range(REPLIES)]
         started = [asyncio.Event() for _ in conversations]
         replies = [asyncio.create_task(stream_reply(http, c, s)) for c, s in zip(conversations, started)]
         await asyncio.gather(*(s.wait() for s in started))  # every reply is streaming: break the database now
-        own_postgres.stop() if fault == "stop" else own_postgres.pause()
-        broken_at = time.monotonic()
-        results = await asyncio.gather(*replies)
-        await asyncio.sleep(max(0.0, outage_s - (time.monotonic() - broken_at)))
-        own_postgres.start() if fault == "stop" else own_postgres.resume()
+        with own_postgres.broken(fault):
+            broken_at = time.monotonic()
+            results = await asyncio.gather(*replies)
+            asked_at = time.monotonic()
+            refused = await http.post(API, json={"title": "during the outage"})
+            measured("a post during the outage", f"{refused.status_code} in {time.monotonic() - asked_at:.1f} s")
+            assert refused.status_code == 503 and int(refused.headers["retry-after"]) > 0, refused.text
+            await asyncio.sleep(max(0.0, outage_s - (time.monotonic() - broken_at)))
         restored_at, lost = time.monotonic(), REPLIES
         for conversation_id, (message_id, text, final) in zip(conversations, results):
             assert final["status"] in ("completed", "length"), final  # listeners got the final event
