@@ -43,6 +43,7 @@ def uvicorn_config(app: Starlette) -> uvicorn.Config:
     # log_config=None: uvicorn's records go through our handler; our middleware writes the access lines.
     return uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
                           log_config=None, access_log=False, timeout_graceful_shutdown=CLOSE_CONNECTIONS_S,
+                          timeout_keep_alive=settings.http_keep_alive_s,
                           backlog=BACKLOG, proxy_headers=bool(settings.forwarded_allow_ips),
                           forwarded_allow_ips=settings.forwarded_allow_ips or None)
 

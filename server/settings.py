@@ -45,6 +45,10 @@ class Settings(BaseSettings, EngineOptions):
     # networks, "*" for any): behind one, the login guard, limits and access log see the client's address, not the
     # balancer's. The default trusts a balancer on this machine, as uvicorn does; empty: the headers are ignored.
     forwarded_allow_ips: list[str] = ["127.0.0.1", "::1"]
+    # Seconds an idle keep-alive connection is held. Longer than clients' and balancers' own idle limits (httpx and
+    # the openai SDK 5 s, aiohttp 15 s, AWS ALB 60 s), so that they close first: at uvicorn's default of 5 s a client
+    # reusing a connection as the server closed it got a reset (httpx.ReadError, once in 2,000 posts in CI).
+    http_keep_alive_s: int = Field(default=75, ge=1)
     # Host names (no port) that requests may address besides the loopback names (localhost, *.localhost) and IP
     # addresses, which are always allowed: another Host is a 400, so that a web page that rebinds its own name to
     # this server (DNS rebinding) cannot use it. ".example.com": the domain and its subdomains; "*": any host
