@@ -317,10 +317,10 @@ class SloAdmission:
             level = held.get(tenant, 0) + choices
             excluded = sum(max(0, count - level) for other, count in held.items() if other != tenant)
         estimate = self.estimator.estimate(prompt_tokens, choices, excluded=excluded)
-        refusal = None
-        fraction = self.admit_fraction
         if estimate.beside == 0:
             return None
+        refusal = None
+        fraction = self.admit_fraction
         if budgets.ttft_s is not None and estimate.ttft_s is not None and estimate.ttft_s > budgets.ttft_s * fraction:
             refusal = Refusal(Reason.TTFT, estimate.ttft_s, budgets.ttft_s,
                               retry_after(max(estimate.retry_after_s, estimate.ttft_s - budgets.ttft_s * fraction)),
