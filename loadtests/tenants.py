@@ -16,6 +16,7 @@ from typing import Any
 from loadtests.metrics import RequestResult
 from loadtests.report import markdown_table
 from loadtests.runner import http_client, http_sender, run_closed_loop
+from loadtests.scrape import Samples, gained, scrape
 from loadtests.systems import ServerProcess, codeface_server, profile_engine_config, vllm_server
 from loadtests.workload import Job, build_jobs
 
@@ -59,6 +60,26 @@ def same_engine_step(config: Path, overrides: dict[str, str], systems: list[str]
             for name in systems}
 
 
+# The light tenant's generations as CodeFace's metrics see them: share class "0" (none of its own in flight) from
+# admission to the first token, and the part of it spent in the engine's queue (vLLM's scheduled - queued).
+LIGHT_SHARE = 'share="0"'
+SERVER_TIMES = {"server_ttft": "codeface_tenant_time_to_first_token_seconds",
+                "engine_queue": "codeface_tenant_queue_time_seconds"}
+
+
+def server_means(before: tuple[Samples, Samples] | None, after: tuple[Samples, Samples] | None) -> dict[str, float]:
+    """Mean seconds of each SERVER_TIMES family for share class "0" over a phase (empty without /metrics): set
+    against the client's TTFT, what the light tenant's requests spent before admission and in the engine."""
+    moved = gained(before, after)
+    means = {}
+    for name, family in SERVER_TIMES.items():
+        sums = [value for key, value in moved.items() if key.startswith(f"{family}_sum{{") and LIGHT_SHARE in key]
+        counts = [value for key, value in moved.items() if key.startswith(f"{family}_count{{") and LIGHT_SHARE in key]
+        if sum(counts):
+            means[name] = sum(sums) / sum(counts)
+    return means
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] if ordered else float("nan")
@@ -85,15 +106,20 @@ async def noisy_neighbour(server: ServerProcess, keys: tuple[str | None, str | N
     async with http_client(heavy.concurrency, keys[0]) as heavy_http, http_client(4, keys[1]) as light_http:
         heavy_send, light_send = http_sender(heavy_http, url), http_sender(light_http, url)
         await run_closed_loop(light_send, light.jobs(tokenizer, seed + 7)[:2], 1)  # warm-up
+        scraped = [await scrape(light_http, server.base_url)]
         floor, _ = await paced(light_send, light.jobs(tokenizer, seed), light.every_s)
+        scraped.append(await scrape(light_http, server.base_url))
         # The flood starts new requests until the light tenant's last one has been sent, then drains.
         flood = asyncio.create_task(run_closed_loop(heavy_send, heavy.jobs(tokenizer, seed + 1), heavy.concurrency,
                                                     max_duration_s=ramp_s + light.count * light.every_s))
         await asyncio.sleep(ramp_s)  # the heavy tenant's queue fills
+        scraped.append(await scrape(light_http, server.base_url))
         beside, _ = await paced(light_send, light.jobs(tokenizer, seed + 2), light.every_s)
+        scraped.append(await scrape(light_http, server.base_url))
         heavy_results, heavy_s = await flood
     return {
         "floor_ttft": [r.ttft for r in floor if r.ok], "flood_ttft": [r.ttft for r in beside if r.ok],
+        "floor_server": server_means(scraped[0], scraped[1]), "flood_server": server_means(scraped[2], scraped[3]),
         "light_failed": sum(not r.ok for r in floor + beside), "heavy_failed": sum(not r.ok for r in heavy_results),
         "heavy_tok_s": sum(r.output_tokens for r in heavy_results if r.ok) / heavy_s,
     }
@@ -119,6 +145,13 @@ def spread(values: list[float], scale: float = 1.0, digits: int = 0) -> str:
     return f"{min(values) * scale:.{digits}f} - {max(values) * scale:.{digits}f}" if values else "-"
 
 
+def server_spread(measured: list[dict[str, Any]], phase: str) -> str:
+    """The light tenant's mean TTFT from admission and mean engine queue time, as the server measured them."""
+    parts = [spread([run[phase][name] for run in measured if name in run.get(phase, {})], 1000)
+             for name in SERVER_TIMES]
+    return " / ".join(parts) if any(part != "-" for part in parts) else "-"
+
+
 def report(runs: dict[str, list[dict[str, Any]]], context: dict[str, Any]) -> str:
     rows = []
     fcfs_tok_s = [run["heavy_tok_s"] for run in runs.get("codeface-fcfs", [])]
@@ -128,14 +161,18 @@ def report(runs: dict[str, list[dict[str, Any]]], context: dict[str, Any]) -> st
         flood_p99 = [percentile(run["flood_ttft"], 99) for run in measured]
         floor_p99 = [percentile(run["floor_ttft"], 99) for run in measured]
         ratio = [p99 / floor for p99, floor in zip(flood_p99, floor_p99, strict=True)]
+        over_median = [p99 / floor for p99, floor in zip(flood_p99, floor_p50, strict=True)]
         tok_s = [run["heavy_tok_s"] for run in measured]
         vs_fcfs = (spread([t / statistics.median(fcfs_tok_s) for t in tok_s], digits=2)
                    if fcfs_tok_s else "-")
         rows.append([name, spread(floor_p50, 1000), spread(floor_p99, 1000), spread(flood_p50, 1000),
-                     spread(flood_p99, 1000), spread(ratio, digits=1), spread(tok_s, digits=1), vs_fcfs,
+                     spread(flood_p99, 1000), spread(ratio, digits=1), spread(over_median, digits=2),
+                     server_spread(measured, "floor_server"), server_spread(measured, "flood_server"),
+                     spread(tok_s, digits=1), vs_fcfs,
                      str(sum(run["light_failed"] + run["heavy_failed"] for run in measured))])
     header = ["system", "light TTFT p50 ms, no flood", "p99, no flood", "light TTFT p50 ms, flood", "p99, flood",
-              "p99 flood / p99 floor", "heavy output tok/s", "heavy tok/s vs fcfs (median)", "failed"]
+              "p99 flood / p99 floor", "p99 flood / p50 floor", "server mean ms, no flood (TTFT / queue)",
+              "server mean ms, flood (TTFT / queue)", "heavy output tok/s", "heavy tok/s vs fcfs (median)", "failed"]
     lines = [f"{key}: {value}" for key, value in context.items()]
     return "\n".join(lines) + "\n\n" + markdown_table(header, rows) + "\n\n(min - max over repeats)"
 
@@ -152,6 +189,7 @@ async def compare(config: Path, overrides: dict[str, dict[str, str]], folder: Pa
             print(f"repeat {repeat + 1} {name}: light TTFT p50 floor "
                   f"{percentile(measured['floor_ttft'], 50) * 1000:.0f} ms, flood "
                   f"{percentile(measured['flood_ttft'], 50) * 1000:.0f} ms (p99 "
-                  f"{percentile(measured['flood_ttft'], 99) * 1000:.0f}); heavy {measured['heavy_tok_s']:.1f} tok/s",
+                  f"{percentile(measured['flood_ttft'], 99) * 1000:.0f}); heavy {measured['heavy_tok_s']:.1f} tok/s; "
+                  f"server means (s) {measured['floor_server']} alone, {measured['flood_server']} under the flood",
                   flush=True)
     return runs

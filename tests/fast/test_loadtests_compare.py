@@ -57,3 +57,16 @@ def test_vllm_serve_gets_the_step_codeface_derives_with_fair_share(tmp_path: Pat
     assert {system["max_num_batched_tokens"] for system in chosen.values()} == {"512"}
     assert same_engine_step(profile, overrides, ["vllm", "codeface-fcfs"]) == {"vllm": overrides,
                                                                                "codeface-fcfs": overrides}
+
+
+def test_the_light_tenants_server_side_means_come_from_share_class_zero_over_the_phase() -> None:
+    from loadtests.tenants import server_means
+
+    ttft, queue = "codeface_tenant_time_to_first_token_seconds", "codeface_tenant_queue_time_seconds"
+    light, heavy = '{model="m",share="0"}', '{model="m",share="16-63"}'
+    before = ({f"{ttft}_sum{light}": 1.0, f"{ttft}_count{light}": 10.0, f"{ttft}_sum{heavy}": 50.0,
+               f"{ttft}_count{heavy}": 5.0}, {})
+    after = ({f"{ttft}_sum{light}": 2.5, f"{ttft}_count{light}": 20.0, f"{ttft}_sum{heavy}": 90.0,
+              f"{ttft}_count{heavy}": 9.0, f"{queue}_sum{light}": 0.2, f"{queue}_count{light}": 10.0}, {})
+    assert server_means(before, after) == pytest.approx({"server_ttft": 0.15, "engine_queue": 0.02})
+    assert server_means(None, after) == {}
