@@ -132,7 +132,9 @@ async def run_system(name: str, config: Path, overrides: dict[str, str], folder:
         server = vllm_server(profile_engine_config(config, {**overrides, **settings}), folder)
         keys: tuple[str | None, str | None] = (None, None)
     else:
-        server = await codeface_server(config, {**overrides, **settings}, folder, f"{name}-{seed}", keys=2)
+        # The tenants' keys are not an admin's: /metrics is opened for the harness's scrapes (server_means).
+        server = await codeface_server(config, {**overrides, **settings, "metrics_public": "true"}, folder,
+                                       f"{name}-{seed}", keys=2)
         keys = (server.api_keys[0], server.api_keys[1])
     server.start()
     try:
