@@ -37,12 +37,17 @@ logger = logging.getLogger(__name__)
 
 # Every pooled connection stayed busy for the pool's timeout: overload, not a fault of this request.
 DATABASE_BUSY = "the database is busy; retry shortly"
-DATABASE_BUSY_RETRY_AFTER_S = 2
 # A dependency that did not answer or refused the connection (a hung or stopped database): the server's fault, so
-# 503 and a retry, never 500. Its own text (SQL, addresses) is not the client's business.
+# 503 and a retry, never 500.
 DEPENDENCY_DOWN = "a service this server depends on is not answering; retry shortly"
-DEPENDENCY_DOWN_RETRY_AFTER_S = 2
 OUTAGE_ERRORS = (TimeoutError, ConnectionError, OperationalError, InterfaceError)
+RETRY_SHORTLY_S = 2
+# Errors that are no domain error but answer 503 with this fixed message (their own text, SQL and addresses, is not
+# the client's business) and a Retry-After of this many seconds.
+FIXED_ANSWERS: dict[type[Exception], tuple[str, int]] = {
+    PoolTimeout: (DATABASE_BUSY, RETRY_SHORTLY_S),
+    **{error: (DEPENDENCY_DOWN, RETRY_SHORTLY_S) for error in OUTAGE_ERRORS},
+}
 
 STATUS_OF: dict[type[Exception], HTTPStatus] = {
     InvalidRequest: HTTPStatus.BAD_REQUEST,
@@ -58,8 +63,7 @@ STATUS_OF: dict[type[Exception], HTTPStatus] = {
     InvalidRequestError: HTTPStatus.BAD_REQUEST,
     EngineUnavailableError: HTTPStatus.SERVICE_UNAVAILABLE,
     GenerationFailedError: HTTPStatus.INTERNAL_SERVER_ERROR,
-    PoolTimeout: HTTPStatus.SERVICE_UNAVAILABLE,
-    **{error: HTTPStatus.SERVICE_UNAVAILABLE for error in OUTAGE_ERRORS},
+    **{error: HTTPStatus.SERVICE_UNAVAILABLE for error in FIXED_ANSWERS},
 }
 
 ERROR_TYPES: dict[int, str] = {
@@ -161,14 +165,16 @@ def error_response(status_code: int, message: str, *, path: str, param: str | No
     return Response(body, status_code=status_code, headers=headers, media_type="application/json")
 
 
+def fixed_answer(error: Exception) -> tuple[str, int] | None:
+    return next((FIXED_ANSWERS[cls] for cls in type(error).__mro__ if cls in FIXED_ANSWERS), None)
+
+
 def error_headers(error: Exception) -> dict[str, str]:
     headers: dict[str, str] = {}
     if isinstance(error, ServiceError) and error.retry_after_s is not None:
         headers["Retry-After"] = str(error.retry_after_s)
-    if isinstance(error, PoolTimeout):
-        headers["Retry-After"] = str(DATABASE_BUSY_RETRY_AFTER_S)
-    elif isinstance(error, OUTAGE_ERRORS):
-        headers["Retry-After"] = str(DEPENDENCY_DOWN_RETRY_AFTER_S)
+    if (fixed := fixed_answer(error)) is not None:
+        headers["Retry-After"] = str(fixed[1])
     if isinstance(error, AuthenticationFailed):
         headers["WWW-Authenticate"] = "Bearer"
     window_headers = getattr(error, "window_headers", None)
@@ -180,11 +186,7 @@ def error_headers(error: Exception) -> dict[str, str]:
 def response_for(error: Exception, path: str) -> Response:
     """The response for a domain (or engine) error."""
     param = error.param if isinstance(error, ServiceError) else None
-    message = str(error)
-    if isinstance(error, PoolTimeout):
-        message = DATABASE_BUSY
-    elif isinstance(error, OUTAGE_ERRORS):
-        message = DEPENDENCY_DOWN
+    message = fixed[0] if (fixed := fixed_answer(error)) is not None else str(error)
     return error_response(status_of(error, dialect_of(path)), message, path=path, param=param,
                           headers=error_headers(error))
 

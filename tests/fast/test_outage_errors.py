@@ -46,3 +46,13 @@ def test_an_outage_is_503_with_retry_after_in_each_dialect_and_hides_its_text(ki
     assert seed.json()["code"] == 503 and seed.json()["message"] == DEPENDENCY_DOWN
     assert openai.json()["error"]["type"] == "service_unavailable"
     assert anthropic.json() == {"type": "error", "error": {"type": "api_error", "message": DEPENDENCY_DOWN}}
+
+
+def test_a_busy_pool_keeps_its_own_message() -> None:
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    from server.errors import DATABASE_BUSY, response_for
+
+    response = response_for(PoolTimeout("QueuePool limit of size 10 overflow 10 reached"), "/api/v1/conversations")
+    assert response.status_code == 503 and int(response.headers["retry-after"]) > 0
+    assert DATABASE_BUSY.encode() in response.body and b"QueuePool" not in response.body
