@@ -149,7 +149,7 @@ def spread(values: list[float], scale: float = 1.0, digits: int = 0) -> str:
 
 def server_spread(measured: list[dict[str, Any]], phase: str) -> str:
     """The light tenant's mean TTFT from admission and mean engine queue time, as the server measured them."""
-    parts = [spread([run[phase][name] for run in measured if name in run.get(phase, {})], 1000)
+    parts = [spread([run[phase][name] for run in measured if name in run[phase]], 1000)
              for name in SERVER_TIMES]
     return " / ".join(parts) if any(part != "-" for part in parts) else "-"
 
