@@ -65,6 +65,10 @@ class EngineOptions(BaseModel):
     data_parallel_size: int = 1
     distributed_executor_backend: Literal["mp", "ray"] | None = None
     enable_prefix_caching: bool = True
+    # Tokens per streamed event (vllm serve's --stream-interval; None: vLLM's 1, every token at once): a larger value
+    # cuts the frontend's CPU per token (one write and one wake-up per event) for coarser chunks; the first token
+    # always goes at once. A request's own `stream_interval` may only raise it.
+    stream_interval: int | None = None
     enable_chunked_prefill: bool | None = None
     load_format: str = "auto"
     seed: int = 0

@@ -60,6 +60,16 @@ def test_unset_optional_options_leave_vllm_defaults() -> None:
     assert "gpu_memory_utilization" not in kwargs and "max_num_seqs" not in kwargs
 
 
+def test_the_stream_interval_reaches_vllm_and_vllm_serve_alike() -> None:
+    from loadtests.systems import vllm_serve_args
+
+    config = EngineConfig(model="/models/m", served_model_name="m", stream_interval=4)
+    assert build_engine_args(config).stream_interval == 4
+    flags = vllm_serve_args(config)
+    assert flags[flags.index("--stream-interval") + 1] == "4"
+    assert "stream_interval" not in EngineConfig(model="/m", served_model_name="m").engine_kwargs()
+
+
 def test_parallel_options_reach_vllm_as_they_are() -> None:
     args = build_engine_args(EngineConfig(model="/models/m", served_model_name="m", tensor_parallel_size=8,
                                           pipeline_parallel_size=2, data_parallel_size=4,
