@@ -6,8 +6,8 @@
 # server serves the levels in turn (16, 64, 256 streams); each run prints one line per level.
 #   SYSTEMS="vllm cf=after=$PWD"  systems to run: vllm, and cf=LABEL=TREE (a CodeFace source tree, run as LABEL)
 #   LEVELS="16 64 256" REPEATS=3 CF_ENV="..." (extra settings for CodeFace, e.g. API_PROCESSES=2)
-#   VLLM_ARGS="..."              extra arguments for vllm serve (e.g. --api-server-count 2 beside API_PROCESSES=2)
-# CPU by role: the engine core is every process of the server's tree titled VLLM::EngineCore; the API is the rest
+#   SERVE_ARGS="..."             extra arguments for vllm serve (e.g. --api-server-count 2 beside API_PROCESSES=2)
+# CPU by role: the engine is every process of the server's tree titled VLLM::EngineCore or VLLM::Worker; the API the rest
 # (the server's first process, and its API processes where there are several), so that one API process and N
 # are counted alike on both systems.
 #   LOCK=/tmp/cf-engine.lock     each server run holds it (a few minutes), so other engine users interleave
@@ -25,9 +25,10 @@ ENGINE_ARGS="--dtype $DTYPE --max-model-len 2048 --enforce-eager --max-num-seqs 
 prompts() { case $1 in 16) echo 48 ;; 64) echo 128 ;; *) echo $(( $1 * 1 )) ;; esac; }   # tens of seconds each
 ticks() { local t=0 p; for p in "$@"; do [ -r /proc/$p/stat ] && t=$(( t + $(awk '{print $14+$15}' /proc/$p/stat) )); done; echo $t; }
 descendants() { local c; for c in $(pgrep -P "$1"); do echo "$c"; descendants "$c"; done; }
-ENGINE_TITLE=VLLM::EngineCor   # /proc/PID/comm keeps 15 characters of the title vLLM sets
-engine_core() { local p; for p in "$@"; do [ "$(cat /proc/$p/comm 2>/dev/null)" = $ENGINE_TITLE ] && echo $p; done; }
-api_side() { local p; for p in "$@"; do [ "$(cat /proc/$p/comm 2>/dev/null)" = $ENGINE_TITLE ] || echo $p; done; }
+# The engine: vLLM's engine core and its workers, by the titles vLLM sets (/proc/PID/comm keeps 15 characters).
+is_engine() { case $(cat /proc/$1/comm 2>/dev/null) in VLLM::EngineCor|VLLM::Worker*) return 0 ;; esac; return 1; }
+engine_core() { local p; for p in "$@"; do is_engine $p && echo $p; done; }
+api_side() { local p; for p in "$@"; do is_engine $p || echo $p; done; }
 
 # OTLP/HTTP sink: answers every export with 200, so the server's BatchSpanProcessor does its full work.
 $PY -c '
@@ -45,7 +46,7 @@ bench() {  # name port level api_pid [key]
   local n api0 eng0 api1 eng1 tree engines apis out=$OUT/$1-$3.txt
   n=${PROMPTS:-$(prompts $3)}; tree="$4 $(descendants $4)"
   engines=$(engine_core $tree); apis=$(api_side $tree)
-  [ -n "$engines" ] || { echo "no $ENGINE_TITLE process under $4" >&2; exit 1; }
+  [ -n "$engines" ] || { echo "no engine process under $4" >&2; exit 1; }
   api0=$(ticks $apis); eng0=$(ticks $engines)
   OPENAI_API_KEY=${5:-} $PY -m loadtests.vllm_bench --backend openai-chat --endpoint /v1/chat/completions \
     --base-url http://127.0.0.1:$2 --model SmolLM2-135M-Instruct --tokenizer "$M" --dataset-name random \
@@ -66,7 +67,7 @@ bench() {  # name port level api_pid [key]
 
 run_vllm() {  # round
   VLLM_CPU_KVCACHE_SPACE=2 setsid $PY -m vllm.entrypoints.openai.api_server --model $M \
-    --served-model-name SmolLM2-135M-Instruct $ENGINE_ARGS ${VLLM_ARGS:-} --port 8191 > $OUT/vllm-$1.log 2>&1 &
+    --served-model-name SmolLM2-135M-Instruct $ENGINE_ARGS ${SERVE_ARGS:-} --port 8191 > $OUT/vllm-$1.log 2>&1 &
   local P=$!; wait_ready 8191 /health
   for c in $LEVELS; do bench vllm-r$1 8191 $c $P; done
   kill -- -$P; wait $P 2>/dev/null; sleep 3
@@ -98,9 +99,9 @@ run_codeface() {  # label tree round
 
 run() {  # system round
   case $1 in
-    vllm) flock $LOCK bash -c "$(declare -f); $(declare -p PY LEVELS OUT M ENGINE_ARGS DTYPE ENGINE_TITLE); PROMPTS=${PROMPTS:-}; VLLM_ARGS='${VLLM_ARGS:-}'; run_vllm $2" ;;
+    vllm) flock $LOCK bash -c "$(declare -f); $(declare -p PY LEVELS OUT M ENGINE_ARGS DTYPE); PROMPTS=${PROMPTS:-}; SERVE_ARGS='${SERVE_ARGS:-}'; run_vllm $2" ;;
     cf=*) local spec=${1#cf=}
-          flock $LOCK bash -c "$(declare -f); $(declare -p PY LEVELS OUT M DB DTYPE ENGINE_TITLE); PROMPTS=${PROMPTS:-}; CF_ENV='${CF_ENV:-}'; run_codeface ${spec%%=*} ${spec#*=} $2" ;;
+          flock $LOCK bash -c "$(declare -f); $(declare -p PY LEVELS OUT M DB DTYPE); PROMPTS=${PROMPTS:-}; CF_ENV='${CF_ENV:-}'; run_codeface ${spec%%=*} ${spec#*=} $2" ;;
   esac
 }
 
