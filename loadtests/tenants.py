@@ -103,7 +103,10 @@ async def noisy_neighbour(server: ServerProcess, keys: tuple[str | None, str | N
                           tokenizer: str, seed: int, ramp_s: float) -> dict[str, Any]:
     """The light tenant alone (its floor), then beside the heavy tenant's flood."""
     url = server.base_url + "/v1/chat/completions"
-    async with http_client(heavy.concurrency, keys[0]) as heavy_http, http_client(4, keys[1]) as light_http:
+    # A connection for every light request: where they outlast the pace (a slow machine) they overlap, and a
+    # smaller pool queued them in the client, its wait counted as the server's TTFT.
+    async with http_client(heavy.concurrency, keys[0]) as heavy_http, \
+            http_client(light.count, keys[1]) as light_http:
         heavy_send, light_send = http_sender(heavy_http, url), http_sender(light_http, url)
         await run_closed_loop(light_send, light.jobs(tokenizer, seed + 7)[:2], 1)  # warm-up
         scraped = [await scrape(light_http, server.base_url)]
