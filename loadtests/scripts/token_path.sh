@@ -5,7 +5,8 @@
 # endpoint, same engine arguments, a fresh server per (system, round), the systems in alternating order. Each
 # server serves the levels in turn (16, 64, 256 streams); each run prints one line per level.
 #   SYSTEMS="vllm cf=after=$PWD"  systems to run: vllm, and cf=LABEL=TREE (a CodeFace source tree, run as LABEL)
-#   LEVELS="16 64 256" REPEATS=3 CF_ENV="..." (extra settings for CodeFace, e.g. API_PROCESSES=2)
+#   LEVELS="16 64 256" REPEATS=3 CF_ENV="..." (extra settings for CodeFace, e.g. API_PROCESSES=2 with
+#                                 REPLY_STREAMS_URL=redis://127.0.0.1:6379/0, which several processes need)
 #   SERVE_ARGS="..."             extra arguments for vllm serve (e.g. --api-server-count 2 beside API_PROCESSES=2)
 # CPU by role: the engine is every process of the server's tree titled VLLM::EngineCore or VLLM::Worker; the API the rest
 # (the server's first process, and its API processes where there are several), so that one API process and N
