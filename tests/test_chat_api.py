@@ -161,6 +161,15 @@ def test_continuous_usage_stats(http: httpx.Client) -> None:
     assert chunks[-1]["usage"]["completion_tokens"] == 5
 
 
+def test_stream_interval_sends_the_first_token_at_once_then_tokens_in_groups(http: httpx.Client) -> None:
+    response = http.post(CHAT, json={"messages": ask("Tell me a story."), "max_tokens": 9, "ignore_eos": True,
+                                     "stream": True, "stream_interval": 4,
+                                     "stream_options": {"include_usage": True, "continuous_usage_stats": True}})
+    chunks = [e.json() for e in iter_events(response.text.splitlines()) if not e.done]
+    texts = [(c["usage"]["completion_tokens"], c["choices"][0]["delta"].get("content")) for c in chunks if c["choices"]]
+    assert [tokens for tokens, text in texts if text] == [1, 5, 9]  # the first at once, then 4 at a time
+
+
 def test_engine_failure_mid_stream_ends_with_an_error_chunk_and_done(http: httpx.Client,
                                                                      running_server: RunningServer) -> None:
     with engine_fails(running_server.app, after_outputs=3):
