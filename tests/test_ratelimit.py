@@ -12,6 +12,7 @@ import pytest
 from server.security.ratelimit import RateLimits
 
 from support.rate_limit_contract import (  # noqa: F401
+    test_a_reservation_over_several_budgets_takes_all_or_none,
     test_check_tokens_holds_nothing,
     test_concurrent_streams,
     test_requests_per_minute,

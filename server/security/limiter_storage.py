@@ -1,9 +1,9 @@
 """Where limit counters live (in memory, or Redis shared by replicas), behind the failure policy: every call has a
 timeout, a storage that fails or stops answering opens a breaker for a while (so that a hung Redis costs one
-timeout, not one per request), and the policy (fail open: serve unlimited; fail closed: 503) decides. Concurrent
-generations are counted as leases that expire one by one, so a crashed replica's slots come back and a busy counter
-can never expire as a whole and go negative. What is given back (a slot, unused tokens) never fails its caller: a
-give-back the storage did not take is retried in the background until it lands or stops mattering."""
+timeout, not one per request), and the policy (fail open: serve unlimited; fail closed: 503) decides. A generation's
+tokens and stream slots are held and given back through server.security.reservations. What is given back (a slot,
+unused tokens) never fails its caller: a give-back the storage did not take is retried in the background until it
+lands or stops mattering."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from coredis.exceptions import RedisError
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 
 from server.exceptions import Unavailable
+from server.security.reservations import MemoryReservations, RedisReservations, Reservations
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,16 +41,6 @@ BREAKER_FAILURES = 2
 WARM_UP_TIMEOUT_S = 10.0
 # Give-backs waiting for the storage, at most: past that the oldest are dropped (their expiry still bounds them).
 MAX_PENDING_GIVE_BACKS = 100_000
-
-# One Redis round trip: drop expired leases, take one if the count allows, keep the key while leases live.
-ACQUIRE_LEASE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-return 1
-"""
-
 
 async def bounded(operation: Callable[[], Awaitable[T]], timeout_s: float) -> T:
     """`operation`'s result, or TimeoutError if the storage has not answered within `timeout_s` (a reply that
@@ -90,65 +81,17 @@ def redis_url(uri: str) -> str:
     return uri.removeprefix("async+")
 
 
-class SlotLeases(Protocol):
-    async def acquire(self, key: str, limit: int, lease: str, ttl_s: int) -> bool: ...
-
-    async def release(self, key: str, lease: str) -> None: ...
-
-
-class MemoryLeases:
-    def __init__(self) -> None:
-        self._leases: dict[str, dict[str, float]] = {}
-
-    async def acquire(self, key: str, limit: int, lease: str, ttl_s: int) -> bool:
-        now = time.time()
-        held = {name: until for name, until in self._leases.get(key, {}).items() if until > now}
-        if len(held) >= limit:
-            self._leases[key] = held
-            return False
-        held[lease] = now + ttl_s
-        self._leases[key] = held
-        return True
-
-    async def release(self, key: str, lease: str) -> None:
-        held = self._leases.get(key)
-        if held is not None:
-            held.pop(lease, None)
-            if not held:
-                del self._leases[key]
-
-
-class RedisLeases:
-    def __init__(self, url: str, timeout_s: float) -> None:
-        import coredis
-
-        # The call's own bound (bounded) decides; the socket's timeouts only stop a connection that never answers.
-        self.client: Any = coredis.Redis.from_url(url, stream_timeout=timeout_s * 4, connect_timeout=timeout_s * 4)
-        self.script = self.client.register_script(ACQUIRE_LEASE)
-
-    async def acquire(self, key: str, limit: int, lease: str, ttl_s: int) -> bool:
-        now = time.time()
-        taken = await self.script(keys=[key], args=[now, limit, now + ttl_s, lease, ttl_s])
-        return bool(taken)
-
-    async def release(self, key: str, lease: str) -> None:
-        await self.client.zrem(key, [lease])
-
-    async def warm_up(self) -> None:
-        await self.client.ping()
-        await self.client.script_load(ACQUIRE_LEASE)
-
-
 class GuardedStorage:
-    """The limits library's storage, slot leases beside it, and the failure policy over both."""
+    """The limits library's storage, the reservations beside it, and the failure policy over both."""
 
     def __init__(self, uri: str, *, fail_open: bool, timeout_s: float, retry_s: float) -> None:
         self.storage = storage_from_string(async_storage_uri(uri), wrap_exceptions=True)
         # Memory cannot fail or stop answering: no timeout and no breaker. (A timeout there only measured the wait
         # for the storage's per-key lock: under a flood on one key, it failed the in-process login budget.)
         self.remote = not uri.startswith(MEMORY)
-        self.leases: SlotLeases = MemoryLeases() if uri.startswith(MEMORY) else RedisLeases(redis_url(uri),
-                                                                                          timeout_s)
+        self.reservations: Reservations = (
+            RedisReservations(redis_url(uri), timeout_s, self.storage.bridge.prefixed_key) if self.remote
+            else MemoryReservations(self.storage))
         self.fail_open = fail_open
         self.timeout_s = timeout_s
         self.retry_s = retry_s
@@ -188,11 +131,11 @@ class GuardedStorage:
     async def warm_up(self) -> None:
         """Open the connections before the first request: otherwise the first request pays for them inside its
         call timeout, and on a busy machine that trips the breaker (its stream would then run unlimited)."""
-        if isinstance(self.leases, RedisLeases):
+        if isinstance(self.reservations, RedisReservations):
             try:
                 async with asyncio.timeout(WARM_UP_TIMEOUT_S):
                     await self.storage.check()
-                    await self.leases.warm_up()
+                    await self.reservations.warm_up()
             except STORAGE_ERRORS as exc:
                 logger.warning("rate-limit storage not reachable at start-up (%s); the failure policy applies",
                                type(exc).__name__)

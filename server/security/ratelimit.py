@@ -5,6 +5,7 @@ between replicas; what happens when Redis fails or hangs is a configured policy 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import uuid
@@ -18,6 +19,7 @@ from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimite
 
 from server.exceptions import RateLimited
 from server.security.limiter_storage import GuardedStorage, LimiterUnavailable
+from server.security.reservations import Ask, Kind, Refused
 
 # A stream slot is released when its generation ends; the lease's expiry only bounds a leak from a crashed replica.
 SLOT_LEASE_S = 3600
@@ -75,22 +77,23 @@ class LimitExceeded(RateLimited):
         self.window_headers = window.headers() if window is not None else None
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Charge:
-    item: RateLimitItemPerMinute
-    subject: str
+    key: str  # the limits library's key of the budget's tokens window
     tokens: int
     reset_at: float
 
 
 class Reservation:
-    """Tokens and stream slots held for one generation; `settle` gives back what was not used, once, and never
-    raises: what the storage does not take now is retried (server.security.limiter_storage.GiveBacks)."""
+    """Tokens and stream slots held for one generation (the slots by one lease); `settle` gives back what was not
+    used, once, and never raises: what the storage does not take now is retried (limiter_storage.GiveBacks)."""
 
-    def __init__(self, limits: RateLimits) -> None:
+    def __init__(self, limits: RateLimits, lease: str, lease_until: float) -> None:
         self._limits = limits
+        self.lease = lease
+        self.lease_until = lease_until
         self.charges: list[_Charge] = []
-        self.slots: list[tuple[str, str, float]] = []  # (key, lease, when the lease expires)
+        self.slots: list[str] = []  # the slot keys that hold the lease
         self._settled = False
 
     @property
@@ -101,18 +104,15 @@ class Reservation:
         if self._settled:
             return
         self._settled = True
-        for charge in self.charges:
-            refund = charge.tokens - used_tokens
-            # Refund only into the window that was charged: after it reset, the charge is gone anyway.
-            if refund > 0 and time.time() < charge.reset_at:
-                await self._limits.storage.give_back(partial(self._refund, charge, refund), charge.reset_at)
-        for key, lease, expires_at in self.slots:
-            await self._limits.storage.give_back(partial(self._limits.storage.leases.release, key, lease),
-                                                 expires_at)
-
-    async def _refund(self, charge: _Charge, tokens: int) -> None:
-        await self._limits.storage.storage.incr(charge.item.key_for(charge.subject), charge.item.get_expiry(),
-                                                amount=-tokens)
+        now = time.time()
+        # Refund only into the window that was charged: after it reset, the charge is gone anyway.
+        refunds = [(charge.key, charge.tokens - used_tokens, charge.reset_at) for charge in self.charges
+                   if charge.tokens > used_tokens and now < charge.reset_at]
+        if not refunds and not self.slots:
+            return
+        until = max([reset_at for _, _, reset_at in refunds] + ([self.lease_until] if self.slots else []))
+        store = self._limits.storage.reservations
+        await self._limits.storage.give_back(partial(store.give_back, refunds, list(self.slots), self.lease), until)
 
 
 class RateLimits:
@@ -152,15 +152,45 @@ class RateLimits:
         return window
 
     async def reserve_all(self, budgets: list[Budget], tokens: int) -> Reservation:
-        """Hold `tokens` and a stream slot in every budget, or raise LimitExceeded having held nothing."""
-        reservation = Reservation(self)
+        """Hold `tokens` and a stream slot in every budget, or raise LimitExceeded having held nothing: one call to
+        the storage (server.security.reservations)."""
+        for budget in budgets:
+            self._within_budget(budget.quota, tokens)
+        reservation = Reservation(self, uuid.uuid4().hex, time.time() + SLOT_LEASE_S)
+        items = [self._tokens_item(budget.quota) for budget in budgets]
+        asks = [Ask(item.key_for(budget.subject) if item else None, item.amount if item else 0, MINUTE_S,
+                    self._slots_key(budget.subject) if budget.quota.max_concurrent_streams is not None else None,
+                    budget.quota.max_concurrent_streams or 0)
+                for budget, item in zip(budgets, items, strict=True)]
+        if not any(ask.tokens_key or ask.slots_key for ask in asks):
+            return reservation
+        store, lease, until = self.storage.reservations, reservation.lease, reservation.lease_until
+        # A call that failed or was cancelled may have landed all the same (its answer lost): its slots are given
+        # back then (its tokens, if taken, go with their window).
+        release = partial(store.give_back, [], [ask.slots_key for ask in asks if ask.slots_key], lease)
         try:
-            for budget in budgets:
-                await self._reserve_into(reservation, budget.subject, budget.quota, tokens)
-        except BaseException:
+            outcome = await self.storage.call(lambda: store.reserve(asks, tokens, lease, until), undo=release,
+                                              undo_until=until)
+        except asyncio.CancelledError:
             with anyio.CancelScope(shield=True):
-                await reservation.settle(0)
+                await self.storage.give_back(release, until)
             raise
+        if outcome is None:
+            return reservation  # the storage is down and the policy fails open: nothing is held
+        if isinstance(outcome, Refused):
+            quota = budgets[outcome.index].quota
+            if outcome.kind == Kind.TOKENS:
+                raise LimitExceeded(Limit.TOKENS_PER_MINUTE,
+                                    f"rate limit exceeded: {quota.tokens_per_minute} tokens per minute",
+                                    math.ceil(outcome.reset_at - time.time()))
+            raise LimitExceeded(Limit.MAX_CONCURRENT_STREAMS,
+                                f"too many concurrent generations: at most {quota.max_concurrent_streams}", 1)
+        for ask, reset_at in zip(asks, outcome.resets, strict=True):
+            if ask.tokens_key is not None:
+                reservation.charges.append(_Charge(ask.tokens_key, tokens,
+                                                   reset_at if reset_at is not None else time.time() + MINUTE_S))
+            if ask.slots_key is not None:
+                reservation.slots.append(ask.slots_key)
         return reservation
 
     async def check_tokens(self, budgets: list[Budget], tokens: int) -> None:
@@ -186,37 +216,18 @@ class RateLimits:
         """One budget's reservation: `tokens` of the per-minute token budget and one concurrent-stream slot."""
         return await self.reserve_all([Budget(subject, quota)], tokens)
 
-    async def _reserve_into(self, reservation: Reservation, subject: str, quota: Quota, tokens: int) -> None:
-        if quota.tokens_per_minute is not None:
-            if tokens > quota.tokens_per_minute:
-                raise LimitExceeded(Limit.TOKENS_PER_MINUTE,
-                                    f"this request may use {tokens} tokens, more than the budget of "
-                                    f"{quota.tokens_per_minute} tokens per minute; lower max_tokens", MINUTE_S)
-            item = RateLimitItemPerMinute(quota.tokens_per_minute, namespace=f"{self.key_prefix}-tpm")
-            allowed = await self.storage.call(lambda: self.tokens.hit(item, subject, cost=tokens))
-            if allowed is not None:
-                # The window's reset alone (get_window_stats would read the count too, one more round trip).
-                expiry = await self.storage.call(lambda: self.storage.storage.get_expiry(item.key_for(subject)))
-                reset_at = expiry if expiry is not None else time.time() + MINUTE_S
-                if not allowed:
-                    # A fixed window counts the refused hit too: take it back.
-                    await self.storage.call(lambda: self.storage.storage.incr(
-                        item.key_for(subject), item.get_expiry(), amount=-tokens))
-                    raise LimitExceeded(Limit.TOKENS_PER_MINUTE,
-                                        f"rate limit exceeded: {quota.tokens_per_minute} tokens per minute",
-                                        math.ceil(reset_at - time.time()))
-                reservation.charges.append(_Charge(item, subject, tokens, reset_at))
-        if quota.max_concurrent_streams is not None:
-            key = f"{self.key_prefix}-streams/{subject}"
-            lease = uuid.uuid4().hex
-            limit = quota.max_concurrent_streams
-            # A failed acquire may have landed all the same (its answer lost): its lease is given back then.
-            taken = await self.storage.call(lambda: self.storage.leases.acquire(key, limit, lease, SLOT_LEASE_S),
-                                            undo=partial(self.storage.leases.release, key, lease),
-                                            undo_until=time.time() + SLOT_LEASE_S)
-            if taken is False:
-                raise LimitExceeded(Limit.MAX_CONCURRENT_STREAMS,
-                                    f"too many concurrent generations: at most {limit}", 1)
-            if taken:
-                reservation.slots.append((key, lease, time.time() + SLOT_LEASE_S))
+    @staticmethod
+    def _within_budget(quota: Quota, tokens: int) -> None:
+        """A request larger than a whole minute's budget can never be served: refused before the storage is asked."""
+        if quota.tokens_per_minute is not None and tokens > quota.tokens_per_minute:
+            raise LimitExceeded(Limit.TOKENS_PER_MINUTE,
+                                f"this request may use {tokens} tokens, more than the budget of "
+                                f"{quota.tokens_per_minute} tokens per minute; lower max_tokens", MINUTE_S)
 
+    def _tokens_item(self, quota: Quota) -> RateLimitItemPerMinute | None:
+        if quota.tokens_per_minute is None:
+            return None
+        return RateLimitItemPerMinute(quota.tokens_per_minute, namespace=f"{self.key_prefix}-tpm")
+
+    def _slots_key(self, subject: str) -> str:
+        return f"{self.key_prefix}-streams/{subject}"

@@ -68,3 +68,22 @@ async def test_unlimited_quota_costs_nothing(limits: RateLimits) -> None:
     unlimited = Quota(None, None, None)
     assert await limits.hit_request(subject(), unlimited) is None
     await (await limits.reserve(subject(), unlimited, 10 ** 9)).settle(0)
+
+
+async def test_a_reservation_over_several_budgets_takes_all_or_none(limits: RateLimits) -> None:
+    """A key's budget and its user's: when the user's refuses, the key's tokens and slot are not held either."""
+    from server.security.ratelimit import Budget
+
+    key, user = Budget(subject(), Quota(None, 100, 1)), Budget(subject(), Quota(None, 1000, 1))
+    other_key = Budget(subject(), Quota(None, 100, 1))
+    held = await limits.reserve_all([other_key, user], 10)  # the user's one slot, through another key
+    with pytest.raises(LimitExceeded) as refused:
+        await limits.reserve_all([key, user], 90)
+    assert refused.value.limit == "max_concurrent_streams"
+    # Nothing of the refused reservation was kept: the key's whole budget and its one slot are there to take.
+    await (await limits.reserve_all([key], 100)).settle(100)
+    await held.settle(10)
+    with pytest.raises(LimitExceeded) as spent:
+        await limits.reserve_all([Budget(user.subject, Quota(None, 1000, None))], 991)  # 10 used by the first
+    assert spent.value.limit == "tokens_per_minute"
+    await (await limits.reserve_all([key, user], 0)).settle(0)  # both slots came back
