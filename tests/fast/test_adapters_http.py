@@ -167,9 +167,11 @@ async def test_a_running_app_follows_loads_and_unloads_made_elsewhere(migrated_d
 async def test_lora_off_refuses_loads_and_profile_adapters(migrated_database: Path, tmp_path: Path) -> None:
     engine = FakeEngine()
     engine.lora_enabled = False
-    async with await started(make_app(migrated_database, tmp_path, engine)) as client:
+    app = make_app(migrated_database, tmp_path, engine)
+    async with await started(app) as client:
         response = await client.post(LOAD, json={"lora_name": "gamma", "lora_path": "/adapters/gamma"})
     assert response.status_code == 400 and "enable_lora" in response.json()["error"]["message"]
+    assert app.state.services.lifecycle.adapter_sync_s == 0  # nothing to follow: no database round every 5 s
     with pytest.raises(ValueError, match="enable_lora"):
         make_app(migrated_database, tmp_path, FakeEngine(), lora_adapters=PROFILE)
 
