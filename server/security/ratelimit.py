@@ -197,15 +197,16 @@ class RateLimits:
         """Raise LimitExceeded if `tokens` could not be reserved now in some budget, holding nothing (a request is
         checked before its prompt is rendered, with what it costs at least)."""
         for budget in budgets:
-            if budget.quota.tokens_per_minute is not None:
-                await self._check_tokens(budget.subject, budget.quota.tokens_per_minute, tokens)
+            item = self._tokens_item(budget.quota)
+            if item is not None:
+                await self._check_tokens(budget.subject, item, tokens)
 
-    async def _check_tokens(self, subject: str, tpm: int, tokens: int) -> None:
+    async def _check_tokens(self, subject: str, item: RateLimitItemPerMinute, tokens: int) -> None:
+        tpm = item.amount
         if tokens > tpm:
             raise LimitExceeded(Limit.TOKENS_PER_MINUTE,
                                 f"this request may use at least {tokens} tokens, more than the budget of {tpm} "
                                 "tokens per minute; lower max_tokens or n", MINUTE_S)
-        item = RateLimitItemPerMinute(tpm, namespace=f"{self.key_prefix}-tpm")
         allowed = await self.storage.call(lambda: self.tokens.test(item, subject, cost=tokens))
         if allowed is False:
             stats = await self.storage.call(lambda: self.tokens.get_window_stats(item, subject))
