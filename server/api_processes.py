@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import uuid
 from dataclasses import dataclass
 
 from engine.frontends import EngineClientSlot, run_frontends
@@ -19,10 +20,12 @@ STOP_MARGIN_S = 20.0
 
 @dataclass(frozen=True)
 class ApiProcessArgs:
-    """What each spawned API process gets (pickled): the settings as the launcher read them, and the model."""
+    """What each spawned API process gets (pickled): the settings as the launcher read them, the model, and this
+    server's id (new at each start, so that nothing counted by a previous run carries over)."""
 
     settings: Settings
     model_path: str
+    server_id: str
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -43,7 +46,8 @@ def serve_api_processes(settings: Settings, model_path: str) -> int:
                 settings.host, settings.port)
     return run_frontends(settings.engine_config(model_path), settings.api_processes, sock,
                          f"http://{settings.host}:{settings.port}", run_api_process,
-                         ApiProcessArgs(settings, model_path), settings.drain_timeout_s + STOP_MARGIN_S)
+                         ApiProcessArgs(settings, model_path, uuid.uuid4().hex),
+                         settings.drain_timeout_s + STOP_MARGIN_S)
 
 
 def run_api_process(sock: socket.socket, args: ApiProcessArgs, slot: EngineClientSlot) -> int:
@@ -60,7 +64,8 @@ def run_api_process(sock: socket.socket, args: ApiProcessArgs, slot: EngineClien
     provider = setup_tracing(settings.trace_exporter, endpoint=settings.trace_endpoint,
                              sample_ratio=settings.trace_sample_ratio)
     engine = ChatEngine(settings.engine_config(args.model_path), client_slot=slot)
-    exit_code = serve_on(create_app(settings, args.model_path, engine=engine), sock, slot.peer_loads)
+    exit_code = serve_on(create_app(settings, args.model_path, engine=engine, server_id=args.server_id), sock,
+                         slot.peer_loads)
     if provider is not None:
         provider.shutdown()
     return exit_code

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import ipaddress
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -134,7 +135,8 @@ def check_settings(settings: Settings) -> None:
 
 
 def build_services(settings: Settings, engine: EngineClient, database: Database, tokens: TokenService,
-                   authenticator: Authenticator | None, limits: RateLimits, policy: AccessPolicy) -> AppServices:
+                   authenticator: Authenticator | None, limits: RateLimits, policy: AccessPolicy,
+                   server_id: str | None = None) -> AppServices:
     retention = Retention(seconds=settings.reply_retention_s, reply_bytes=settings.reply_buffer_bytes,
                           total_bytes=settings.reply_buffers_total_bytes)
     listeners = Listeners(heartbeat_s=settings.sse_heartbeat_s, idle_timeout_s=settings.sse_idle_timeout_s,
@@ -146,16 +148,18 @@ def build_services(settings: Settings, engine: EngineClient, database: Database,
     registry = Registry(settings.conversation_grace_s, listeners, retention, bus)
     # Each API process admits its share of the cap (the least-loaded accept spreads connections evenly).
     per_process_cap = -(-settings.max_inflight_generations // settings.api_processes)
-    # With auth off every caller is one user: a share of admission would only cap the whole server.
+    # With auth off every caller is one user: a share of admission would only cap the whole server. With several
+    # API processes a user's sequences are counted in Redis under this server's id too: connections do not land
+    # evenly enough for each process to hold a fixed part of the share.
     per_user = settings.max_inflight_sequences_per_user if settings.auth_enabled else None
-    per_process_user_cap = -(-per_user // settings.api_processes) if per_user is not None else None
+    shared_count = (server_id or uuid.uuid4().hex) if settings.api_processes > 1 else None
     # The estimator sees this process's generations only: its share of the engine's sequence slots.
     slots = -(-(settings.max_num_seqs or DEFAULT_ENGINE_SLOTS) // settings.api_processes)
     slo = SloAdmission(Budgets(settings.slo_ttft_s, settings.slo_tpot_s), LoadEstimator(slots),
                        fair=settings.fairness_enabled, admit_fraction=settings.slo_admit_fraction)
     engine.on_decode_step(slo.estimator.decode_step)
-    admission = Admission(engine, limits, max_inflight=per_process_cap, max_per_tenant=per_process_user_cap,
-                          slo=slo)
+    admission = Admission(engine, limits, max_inflight=per_process_cap, max_per_tenant=per_user, slo=slo,
+                          server_id=shared_count)
     fair = FairShare(settings.fairness_enabled, engine_slots=settings.max_num_seqs,
                      reserve_fraction=settings.fairness_reserve)
     generator = Generator(engine, admission, fair)
@@ -199,11 +203,11 @@ def build_services(settings: Settings, engine: EngineClient, database: Database,
 
 
 def create_app(settings: Settings, model_path: str, *, tracing: bool | None = None,
-               engine: EngineClient | None = None) -> Starlette:
+               engine: EngineClient | None = None, server_id: str | None = None) -> Starlette:
     """`model_path` is a local model folder, already prepared (see server.cli). `tracing` defaults to whether
     settings name a trace exporter; the process's tracer provider is set up by the caller (server.telemetry.tracing).
     `engine`: a ready-made engine (the fast test tier passes a fake one); by default vLLM's, started in the
-    lifespan."""
+    lifespan. `server_id`: what the API processes of one server share (server.api_processes)."""
     tracing = settings.trace_exporter != "none" if tracing is None else tracing
     check_settings(settings)
     engine = engine or ChatEngine(settings.engine_config(model_path))
@@ -222,7 +226,7 @@ def create_app(settings: Settings, model_path: str, *, tracing: bool | None = No
                         timeout_s=settings.rate_limit_timeout_s, retry_s=settings.rate_limit_retry_s)
     failures = AbuseBudget(limits, settings.failed_auth_per_minute_per_address, TOO_MANY_FAILURES)
     policy = AccessPolicy(authenticator, database, settings.default_user, default_quota, failures)
-    held = build_services(settings, engine, database, tokens, authenticator, limits, policy)
+    held = build_services(settings, engine, database, tokens, authenticator, limits, policy, server_id)
     if not settings.auth_enabled:
         logger.warning("AUTH IS OFF (auth_enabled: false): anyone who can reach this server uses it as %r. "
                        "Set AUTH_ENABLED=true for any shared deployment.", settings.default_user)

@@ -182,7 +182,8 @@ class Settings(BaseSettings, EngineOptions):
     # One user's share of that admission (over all its keys and tokens, admins included), in the same unit:
     # sequences, a generation counting n (one per choice, per prompt of a completion). Past it the user gets 429
     # with Retry-After while others still get in; null: no share, one user may fill admission. With several API
-    # processes, each allows its share of it. Not applied with auth off (every caller is then one user).
+    # processes it is counted across them in the limits' Redis (if Redis fails open, each process still holds a
+    # user to it alone). Not applied with auth off (every caller is then one user).
     max_inflight_sequences_per_user: int | None = Field(default=256, ge=1)
 
     # SLO-aware admission (server/generation/slo.py, docs/operations.md): a generation the server estimates would

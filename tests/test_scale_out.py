@@ -28,7 +28,7 @@ import openai
 import psutil
 import pytest
 
-from conftest import ROOT, free_port, server_settings, unavailable, user_with_key
+from conftest import ROOT, UNLIMITED, free_port, server_settings, unavailable, user_with_key
 from servers import EARLY, SpawnedServer
 from support.conversation_client import API, SeedListener, SSEReader, new_conversation, wait_for_status
 from support.haproxy import HAProxy, haproxy_binary
@@ -54,6 +54,9 @@ from support.sdk_contract import (  # noqa: F401
 SECRET = "test-secret-key-with-enough-entropy-0123456789"
 UPSTREAM = "x-upstream"  # set by nginx: the replica that answered
 LOGINS_PER_ADDRESS = 5
+# Replica B's share of admission per user (max_inflight_sequences_per_user): counted across its two API processes.
+USER_SEQUENCES = 20
+MAX_N = 16  # vLLM's largest n
 NGINX_CONF = """
 worker_processes 1;
 daemon off;
@@ -115,15 +118,16 @@ class Nginx:
 
 
 def build_replica_b(request: pytest.FixtureRequest) -> SpawnedServer:
-    """Replica B: the suite's settings (its secret, so that admin_key verifies), two API processes, and a login
-    guard of 5 tries a minute per address."""
+    """Replica B: the suite's settings (its secret, so that admin_key verifies), two API processes, a login
+    guard of 5 tries a minute per address, and a share of admission of 20 sequences per user."""
     redis_url = request.getfixturevalue("redis_url")
     settings = {"api_processes": 2, "auth_enabled": "true", "secret_key": SECRET, "max_body_bytes": 65536,
                 "rate_limit_storage": redis_url, "reply_streams_url": redis_url, "scheduling_policy": "fcfs",
                 "conversation_grace_s": 3.0, "tool_call_parser": "hermes", "enable_auto_tool_choice": "true",
                 "chat_template": ROOT / "configs/templates/smollm2_hermes_tools.jinja", "drain_timeout_s": 30,
                 "kv_cache_space_gib": 1, "login_attempts_per_minute_per_address": LOGINS_PER_ADDRESS,
-                "login_attempts_per_minute_per_username": 1000, "metrics_public": True}
+                "login_attempts_per_minute_per_username": 1000, "metrics_public": True,
+                "max_inflight_sequences_per_user": USER_SEQUENCES}
     log = request.getfixturevalue("tmp_path_factory").mktemp("api-processes") / "server.log"
     return SpawnedServer(free_port(), log, database_url=request.getfixturevalue("server_database_url"),
                          settings=settings)
@@ -361,6 +365,40 @@ def test_a_keys_limit_holds_across_both_processes(api_processes: SpawnedServer, 
         with httpx.Client(base_url=api_processes.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
             statuses.append(http.get("/v1/models").status_code)
     assert statuses == [200, 200, 200, 200, 429, 429]
+
+
+async def test_a_users_share_of_admission_holds_across_both_processes(api_processes: SpawnedServer,
+                                                                       server_database_url: str,
+                                                                       redis_url: str) -> None:
+    """More than half the share in one generation is admitted (each process used to allow half of it: n=16 of 20
+    got 429), and while a generation holds 16 of the 20 on one process, a connection that lands on the other gets 4
+    more and no more (each half used to let 10 in there)."""
+    key = await asyncio.to_thread(new_key, server_database_url, redis_url, UNLIMITED)
+    headers = {"Authorization": f"Bearer {key}"}
+    short = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    async with httpx.AsyncClient(base_url=api_processes.url, headers=headers, timeout=120) as http:
+        most = await http.post("/v1/chat/completions", json={**short, "n": MAX_N})
+        assert most.status_code == 200, most.text
+        assert len(most.json()["choices"]) == MAX_N
+        async with http.stream("POST", "/v1/chat/completions", json={**LONG, "n": USER_SEQUENCES - 4}) as held:
+            assert held.status_code == 200
+            lines = held.aiter_lines()  # held on to: an iterator dropped unfinished closes the connection
+            await anext(lines)
+            # A second connection while the first is held: the least-loaded accept gives it to the other process.
+            async with httpx.AsyncClient(base_url=api_processes.url, headers=headers, timeout=120) as other:
+                over = await other.post("/v1/chat/completions", json={**short, "n": 5})
+                assert over.status_code == 429, over.text
+                assert "max_inflight_sequences_per_user" in over.text and over.headers["retry-after"] == "1"
+                within = await other.post("/v1/chat/completions", json={**short, "n": 4})
+                assert within.status_code == 200, within.text
+            async for _ in lines:
+                pass
+        # All given back once the generations end (the release lands just after the last event is sent).
+        deadline = time.monotonic() + 10
+        while (again := await http.post("/v1/chat/completions", json={**short, "n": MAX_N})).status_code == 429:
+            assert time.monotonic() < deadline, again.text
+            await asyncio.sleep(0.2)
+        assert again.status_code == 200, again.text
 
 
 async def test_sigterm_to_the_launcher_drains_both(api_processes: SpawnedServer, auth_headers: dict[str, str]) -> None:

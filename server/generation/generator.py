@@ -22,7 +22,7 @@ from server.exceptions import InvalidRequest, Overloaded, RateLimited, Unavailab
 from server.generation.fairness import ANONYMOUS, FairShare, Place
 from server.generation.slo import SloAdmission, Ticket
 from server.security.auth import Principal
-from server.security.ratelimit import Limit, LimitExceeded, RateLimits, Reservation
+from server.security.ratelimit import Limit, LimitExceeded, RateLimits, Reservation, Sequences, too_many_sequences
 from server.telemetry.metrics import (
     admission_rejections,
     model_generation_tokens,
@@ -82,16 +82,20 @@ class Admission:
     Sequences (a generation counts n) are counted here from the moment they are admitted (the engine counts a
     request only once it has been submitted, so a burst checked against the engine's count alone would all pass
     together). One tenant (a user, over all its keys) may hold at most `max_per_tenant` of them, so that no user
-    fills admission for the others; unauthenticated callers (auth off) are not capped. With `slo`, a generation
+    fills admission for the others; unauthenticated callers (auth off) are not capped. With `server_id` (several API
+    processes over one engine) that share is also counted in the limits' shared storage under that id, where every
+    process's sequences add up, in the same call as the caller's limits. With `slo`, a generation
     that would miss its latency budgets is refused too (server.generation.slo), and each admitted one is followed
     (a Ticket) to measure the rates the estimate uses."""
 
     def __init__(self, engine: EngineClient, limits: RateLimits, *, max_inflight: int,
-                 max_per_tenant: int | None = None, slo: SloAdmission | None = None) -> None:
+                 max_per_tenant: int | None = None, slo: SloAdmission | None = None,
+                 server_id: str | None = None) -> None:
         self.engine = engine
         self.limits = limits
         self.max_inflight = max_inflight
         self.max_per_tenant = max_per_tenant
+        self.server_id = server_id
         self.slo = slo
         self.admitted = 0
         self.by_tenant: Counter[str] = Counter()
@@ -109,11 +113,7 @@ class Admission:
             held = self.by_tenant[principal.tenant]
             if held + choices > self.max_per_tenant:
                 rate_limit_rejections.labels(self.engine.model_name, Limit.MAX_INFLIGHT_SEQUENCES).inc()
-                raise LimitExceeded(Limit.MAX_INFLIGHT_SEQUENCES,
-                                    f"too many sequences in flight for this user: {held} held and {choices} asked, "
-                                    f"at most {self.max_per_tenant} on this server (max_inflight_sequences_per_user;"
-                                    f" a generation counts n sequences); retry when some finish",
-                                    ADMISSION_RETRY_AFTER_S)
+                raise too_many_sequences(self.max_per_tenant, choices, held)
         if max(self.admitted, self.engine.requests_in_flight) + choices > self.max_inflight:
             admission_rejections.labels(self.engine.model_name).inc()
             raise Overloaded(f"the server is at capacity ({self.max_inflight} sequences in flight); retry shortly",
@@ -142,8 +142,10 @@ class Admission:
             slo_ttft_estimate.labels(self.engine.model_name).observe(ticket.estimate_s)
         if principal is None:
             return None, ticket
+        sequences = (Sequences(f"{self.server_id}/{tenant}", self.max_per_tenant, choices)
+                     if self.server_id is not None and self.max_per_tenant is not None else None)
         try:
-            return await self.limits.reserve_all(principal.budgets, tokens), ticket
+            return await self.limits.reserve_all(principal.budgets, tokens, sequences), ticket
         except BaseException as exc:
             self.release(tenant, choices)
             if ticket is not None and self.slo is not None:

@@ -19,15 +19,17 @@ from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimite
 
 from server.exceptions import RateLimited
 from server.security.limiter_storage import GuardedStorage, LimiterUnavailable
-from server.security.reservations import Ask, Kind, Refused
+from server.security.reservations import Ask, HeldSlots, Kind, Refused, held_slots
 
 # A stream slot is released when its generation ends; the lease's expiry only bounds a leak from a crashed replica.
 SLOT_LEASE_S = 3600
 MINUTE_S = 60
 DEFAULT_TIMEOUT_S = 0.25
 DEFAULT_RETRY_S = 5.0
+SEQUENCES_RETRY_AFTER_S = 1
 
-__all__ = ["Budget", "Limit", "LimitExceeded", "LimiterUnavailable", "Quota", "RateLimits", "Reservation", "Window"]
+__all__ = ["Budget", "Limit", "LimitExceeded", "LimiterUnavailable", "Quota", "RateLimits", "Reservation", "Sequences",
+           "Window", "too_many_sequences"]
 
 
 class Limit(StrEnum):
@@ -56,6 +58,16 @@ class Budget:
 
 
 @dataclass(frozen=True, slots=True)
+class Sequences:
+    """A user's sequences in flight on one server (`subject` names both), counted in the shared storage where
+    several API processes admit them: `count` more, at most `limit`."""
+
+    subject: str
+    limit: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Window:
     """What the RateLimit-* response headers report: the requests-per-minute window."""
 
@@ -77,6 +89,15 @@ class LimitExceeded(RateLimited):
         self.window_headers = window.headers() if window is not None else None
 
 
+def too_many_sequences(limit: int, count: int, held: int | None = None) -> LimitExceeded:
+    """A user past its share of the server's admission (`held`: what it holds, where it is known)."""
+    holding = f"{held} held and " if held is not None else ""
+    return LimitExceeded(Limit.MAX_INFLIGHT_SEQUENCES,
+                         f"too many sequences in flight for this user: {holding}{count} asked, at most {limit} on "
+                         "this server (max_inflight_sequences_per_user; a generation counts n sequences); retry when "
+                         "some finish", SEQUENCES_RETRY_AFTER_S)
+
+
 @dataclass(frozen=True, slots=True)
 class _Charge:
     key: str  # the limits library's key of the budget's tokens window
@@ -93,7 +114,7 @@ class Reservation:
         self.lease = lease
         self.lease_until = lease_until
         self.charges: list[_Charge] = []
-        self.slots: list[str] = []  # the slot keys that hold the lease
+        self.slots: HeldSlots = []  # the slot keys that hold the lease, and how many slots in each
         self._settled = False
 
     @property
@@ -151,9 +172,9 @@ class RateLimits:
                                 reset_s, window)
         return window
 
-    async def reserve_all(self, budgets: list[Budget], tokens: int) -> Reservation:
-        """Hold `tokens` and a stream slot in every budget, or raise LimitExceeded having held nothing: one call to
-        the storage (server.security.reservations)."""
+    async def reserve_all(self, budgets: list[Budget], tokens: int, sequences: Sequences | None = None) -> Reservation:
+        """Hold `tokens` and a stream slot in every budget (and `sequences`' slots), or raise LimitExceeded having
+        held nothing: one call to the storage (server.security.reservations)."""
         for budget in budgets:
             self._within_budget(budget.quota, tokens)
         reservation = Reservation(self, uuid.uuid4().hex, time.time() + SLOT_LEASE_S)
@@ -162,12 +183,15 @@ class RateLimits:
                     self._slots_key(budget.subject) if budget.quota.max_concurrent_streams is not None else None,
                     budget.quota.max_concurrent_streams or 0)
                 for budget, item in zip(budgets, items, strict=True)]
+        if sequences is not None:
+            asks.append(Ask(None, 0, MINUTE_S, f"{self.key_prefix}-sequences/{sequences.subject}", sequences.limit,
+                            sequences.count))
         if not any(ask.tokens_key or ask.slots_key for ask in asks):
             return reservation
         store, lease, until = self.storage.reservations, reservation.lease, reservation.lease_until
         # A call that failed or was cancelled may have landed all the same (its answer lost): its slots are given
         # back then (its tokens, if taken, go with their window).
-        release = partial(store.give_back, [], [ask.slots_key for ask in asks if ask.slots_key], lease)
+        release = partial(store.give_back, [], held_slots(asks), lease)
         try:
             outcome = await self.storage.call(lambda: store.reserve(asks, tokens, lease, until), undo=release,
                                               undo_until=until)
@@ -178,6 +202,8 @@ class RateLimits:
         if outcome is None:
             return reservation  # the storage is down and the policy fails open: nothing is held
         if isinstance(outcome, Refused):
+            if sequences is not None and outcome.index == len(budgets):
+                raise too_many_sequences(sequences.limit, sequences.count)
             quota = budgets[outcome.index].quota
             if outcome.kind == Kind.TOKENS:
                 raise LimitExceeded(Limit.TOKENS_PER_MINUTE,
@@ -190,7 +216,7 @@ class RateLimits:
                 reservation.charges.append(_Charge(ask.tokens_key, tokens,
                                                    reset_at if reset_at is not None else time.time() + MINUTE_S))
             if ask.slots_key is not None:
-                reservation.slots.append(ask.slots_key)
+                reservation.slots.append((ask.slots_key, ask.slots_taken))
         return reservation
 
     async def check_tokens(self, budgets: list[Budget], tokens: int) -> None:

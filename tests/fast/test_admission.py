@@ -141,3 +141,28 @@ async def test_a_conversation_post_over_capacity_renders_nothing(client_for, eng
         engine.in_flight = 2  # the server is full
         refused = await http.post(f"/api/v1/conversations/{conversation_id}/messages", json={"content": "Hi"})
     assert refused.status_code == 503 and engine.prepared == []
+
+
+async def test_api_processes_count_one_users_share_together() -> None:
+    """Two API processes' admissions (one storage, one server id): the user's whole share is admitted in one
+    process, and its next sequence is refused in the other; another server's count is its own."""
+    from server.generation.generator import Admission
+    from server.security.auth import Principal
+    from server.security.ratelimit import LimitExceeded, Quota, RateLimits
+
+    limits = RateLimits("memory://", fail_open=False, key_prefix=f"test-{uuid.uuid4().hex[:8]}")
+    engine = FakeEngine()
+    first, second = (Admission(engine, limits, max_inflight=8, max_per_tenant=4, server_id="this-server")
+                     for _ in range(2))
+    user = Principal(uuid.uuid4(), is_admin=False, quota=Quota(None, None, None), key_id=uuid.uuid4())
+    whole, _ = await first.admit(user, tokens=10, choices=4)
+    with pytest.raises(LimitExceeded) as refused:
+        await second.admit(user, tokens=10, choices=1)
+    assert refused.value.limit == "max_inflight_sequences_per_user"
+    assert "at most 4 on this server" in str(refused.value) and second.admitted == 0
+    elsewhere = Admission(engine, limits, max_inflight=8, max_per_tenant=4, server_id="another-server")
+    assert (await elsewhere.admit(user, tokens=10, choices=4))[0] is not None
+    assert whole is not None
+    await whole.settle(10)
+    first.release(user.tenant, 4)
+    assert (await second.admit(user, tokens=10, choices=4))[0] is not None  # all four came back

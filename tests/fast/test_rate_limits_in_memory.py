@@ -12,6 +12,7 @@ from server.security.ratelimit import LimiterUnavailable, Quota, RateLimits
 from support.rate_limit_contract import (  # noqa: F401
     subject,
     test_a_reservation_over_several_budgets_takes_all_or_none,
+    test_a_users_sequences_count_n_each_and_come_back,
     test_check_tokens_holds_nothing,
     test_concurrent_streams,
     test_requests_per_minute,

@@ -87,3 +87,25 @@ async def test_a_reservation_over_several_budgets_takes_all_or_none(limits: Rate
         await limits.reserve_all([Budget(user.subject, Quota(None, 1000, None))], 991)  # 10 used by the first
     assert spent.value.limit == "tokens_per_minute"
     await (await limits.reserve_all([key, user], 0)).settle(0)  # both slots came back
+
+
+async def test_a_users_sequences_count_n_each_and_come_back(limits: RateLimits) -> None:
+    """The user's share of a server's admission as several API processes count it: a generation takes n slots,
+    all or none, and gives all n back; a refusal names the setting and holds nothing of the key's budget."""
+    from server.security.ratelimit import Budget, Sequences
+
+    on_server = f"server-{uuid.uuid4().hex}/user"
+    key = Budget(subject(), Quota(None, 100, None))
+    whole = await limits.reserve_all([key], 10, Sequences(on_server, 4, 4))  # exactly the share: admitted
+    with pytest.raises(LimitExceeded) as refused:
+        await limits.reserve_all([key], 10, Sequences(on_server, 4, 1))
+    assert refused.value.limit == "max_inflight_sequences_per_user" and refused.value.retry_after_s == 1
+    await (await limits.reserve_all([key], 90, None)).settle(0)  # the refused one held none of the key's tokens
+    await whole.settle(10)
+    three = await limits.reserve_all([key], 0, Sequences(on_server, 4, 3))  # all four came back
+    with pytest.raises(LimitExceeded):
+        await limits.reserve_all([key], 0, Sequences(on_server, 4, 2))  # 3 + 2 > 4: none of the two taken
+    one = await limits.reserve_all([key], 0, Sequences(on_server, 4, 1))
+    await (await limits.reserve_all([key], 0, Sequences(f"server-{uuid.uuid4().hex}/user", 4, 4))).settle(0)
+    await three.settle(0)
+    await one.settle(0)
