@@ -54,6 +54,7 @@ def run_api_process(sock: socket.socket, args: ApiProcessArgs, slot: EngineClien
     """The body of one spawned API process: logging, tracing, the app on the shared socket."""
     from engine import ChatEngine
     from server.app import create_app
+    from server.lifecycle import ApiProcess
     from server.serve import serve_on
     from server.telemetry.logs import configure_logging
     from server.telemetry.tracing import setup_tracing
@@ -64,8 +65,8 @@ def run_api_process(sock: socket.socket, args: ApiProcessArgs, slot: EngineClien
     provider = setup_tracing(settings.trace_exporter, endpoint=settings.trace_endpoint,
                              sample_ratio=settings.trace_sample_ratio)
     engine = ChatEngine(settings.engine_config(args.model_path), client_slot=slot)
-    exit_code = serve_on(create_app(settings, args.model_path, engine=engine, server_id=args.server_id), sock,
-                         slot.peer_loads)
+    app = create_app(settings, args.model_path, engine=engine, api_process=ApiProcess(args.server_id, slot.index))
+    exit_code = serve_on(app, sock, slot.peer_loads)
     if provider is not None:
         provider.shutdown()
     return exit_code

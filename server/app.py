@@ -40,7 +40,7 @@ from server.errors import EXCEPTION_HANDLERS
 from server.generation.fairness import FairShare
 from server.generation.generator import Admission, Generator
 from server.generation.slo import DEFAULT_ENGINE_SLOTS, Budgets, LoadEstimator, SloAdmission
-from server.lifecycle import Lifecycle
+from server.lifecycle import ApiProcess, Lifecycle
 from server.middleware.access import AccessControlMiddleware
 from server.middleware.body_size import BodySizeLimitMiddleware
 from server.middleware.host_origin import HostOriginMiddleware
@@ -136,7 +136,7 @@ def check_settings(settings: Settings) -> None:
 
 def build_services(settings: Settings, engine: EngineClient, database: Database, tokens: TokenService,
                    authenticator: Authenticator | None, limits: RateLimits, policy: AccessPolicy,
-                   server_id: str | None = None) -> AppServices:
+                   api_process: ApiProcess | None = None) -> AppServices:
     retention = Retention(seconds=settings.reply_retention_s, reply_bytes=settings.reply_buffer_bytes,
                           total_bytes=settings.reply_buffers_total_bytes)
     listeners = Listeners(heartbeat_s=settings.sse_heartbeat_s, idle_timeout_s=settings.sse_idle_timeout_s,
@@ -152,7 +152,8 @@ def build_services(settings: Settings, engine: EngineClient, database: Database,
     # API processes a user's sequences are counted in Redis under this server's id too: connections do not land
     # evenly enough for each process to hold a fixed part of the share.
     per_user = settings.max_inflight_sequences_per_user if settings.auth_enabled else None
-    shared_count = (server_id or uuid.uuid4().hex) if settings.api_processes > 1 else None
+    shared_count = ((api_process.server_id if api_process else uuid.uuid4().hex) if settings.api_processes > 1
+                    else None)
     # The estimator sees this process's generations only: its share of the engine's sequence slots.
     slots = -(-(settings.max_num_seqs or DEFAULT_ENGINE_SLOTS) // settings.api_processes)
     slo = SloAdmission(Budgets(settings.slo_ttft_s, settings.slo_tpot_s), LoadEstimator(slots),
@@ -185,7 +186,8 @@ def build_services(settings: Settings, engine: EngineClient, database: Database,
                        limits=limits, registry=registry, generator=generator,
                        # Without LoRA nothing can be loaded: no database round every adapter_sync_s per process.
                        lifecycle=Lifecycle(settings.drain_timeout_s,
-                                           settings.adapter_sync_s if settings.enable_lora else 0.0),
+                                           settings.adapter_sync_s if settings.enable_lora else 0.0,
+                                           leads=api_process is None or api_process.leads),
                        chat=ChatCompletions(engine, models, generator, settings.sse_heartbeat_s, salter),
                        messages=Messages(engine, models, generator, settings.sse_heartbeat_s, salter),
                        completions=Completions(engine, models, generator, salter),
@@ -203,11 +205,11 @@ def build_services(settings: Settings, engine: EngineClient, database: Database,
 
 
 def create_app(settings: Settings, model_path: str, *, tracing: bool | None = None,
-               engine: EngineClient | None = None, server_id: str | None = None) -> Starlette:
+               engine: EngineClient | None = None, api_process: ApiProcess | None = None) -> Starlette:
     """`model_path` is a local model folder, already prepared (see server.cli). `tracing` defaults to whether
     settings name a trace exporter; the process's tracer provider is set up by the caller (server.telemetry.tracing).
     `engine`: a ready-made engine (the fast test tier passes a fake one); by default vLLM's, started in the
-    lifespan. `server_id`: what the API processes of one server share (server.api_processes)."""
+    lifespan. `api_process`: which of the server's API processes this is, where it has several."""
     tracing = settings.trace_exporter != "none" if tracing is None else tracing
     check_settings(settings)
     engine = engine or ChatEngine(settings.engine_config(model_path))
@@ -226,7 +228,7 @@ def create_app(settings: Settings, model_path: str, *, tracing: bool | None = No
                         timeout_s=settings.rate_limit_timeout_s, retry_s=settings.rate_limit_retry_s)
     failures = AbuseBudget(limits, settings.failed_auth_per_minute_per_address, TOO_MANY_FAILURES)
     policy = AccessPolicy(authenticator, database, settings.default_user, default_quota, failures)
-    held = build_services(settings, engine, database, tokens, authenticator, limits, policy, server_id)
+    held = build_services(settings, engine, database, tokens, authenticator, limits, policy, api_process)
     if not settings.auth_enabled:
         logger.warning("AUTH IS OFF (auth_enabled: false): anyone who can reach this server uses it as %r. "
                        "Set AUTH_ENABLED=true for any shared deployment.", settings.default_user)

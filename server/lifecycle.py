@@ -1,8 +1,9 @@
 """The process around the app: a graceful drain on SIGTERM (not ready at once, new generations refused, running
 ones finished or interrupted by the deadline, replies stored, then exit), an engine watchdog (a dead engine makes
 the process not ready and exit non-zero, so that its supervisor restarts it), the reconciler of replies that a
-dead replica left in progress, the sweep of stored responses past their retention, the LoRA adapters other replicas
-loaded or unloaded, and the event loop's lag sampler."""
+dead replica left in progress and the sweep of stored responses past their retention (in one API process of a
+server: the others only follow whether the database is reachable), the LoRA adapters other replicas loaded or
+unloaded, and the event loop's lag sampler."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from server.conversations.service import ConversationService
@@ -28,6 +30,19 @@ RECONCILE_EVERY_S = 5.0
 SWEEP_EVERY_S = 300.0
 POLL_S = 0.1
 ENGINE_DIED_EXIT_CODE = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ApiProcess:
+    """Which of a server's API processes this is (server.api_processes): `server_id` is shared by them and new at
+    each start; the first (index 0) runs what one process does for the whole server."""
+
+    server_id: str
+    index: int
+
+    @property
+    def leads(self) -> bool:
+        return self.index == 0
 
 
 class Watched(Protocol):
@@ -87,9 +102,11 @@ class Served(Protocol):
 
 
 class Lifecycle:
-    def __init__(self, drain_timeout_s: float, adapter_sync_s: float = 0.0) -> None:
+    def __init__(self, drain_timeout_s: float, adapter_sync_s: float = 0.0, *, leads: bool = True) -> None:
         self.drain_timeout_s = drain_timeout_s
         self.adapter_sync_s = adapter_sync_s
+        # Reconciles and sweeps: the one process of its server that does (every replica has one).
+        self.leads = leads
         self.draining = False
         self.engine_dead = False
         self.exit_code = 0
@@ -108,7 +125,8 @@ class Lifecycle:
         self._spawn(self._watch_engine(services))
         self._spawn(watch_loop_lag())
         self._spawn(self._reconcile(services))
-        self._spawn(self._sweep(services.response_store))
+        if self.leads:
+            self._spawn(self._sweep(services.response_store))
         if self.adapter_sync_s > 0:
             self._spawn(self._sync_adapters(services.adapters))
 
@@ -174,14 +192,20 @@ class Lifecycle:
                 logger.warning("could not sync the LoRA adapters with the database", exc_info=True)
 
     async def _reconcile(self, services: Served) -> None:
+        """Every round the database is probed: by the reconcile's own statements once it has been reachable for
+        stale_after_s (a failure starts that wait again), by a ping until then and in the processes that do not
+        lead. The reachability guards the reconcile a post runs on its own conversation too."""
         conversations = services.conversations
         while True:
-            try:
-                if await conversations.check_database():
+            if self.leads and conversations.database_settled():
+                try:
                     await conversations.reconcile()
                     await services.background_responses.reconcile()
-            except Exception as exc:  # the database may be down; the next round retries
-                logger.warning("reconciling stale replies failed: %s", type(exc).__name__)
+                except Exception as exc:  # the database may be down; the next round retries
+                    conversations.database_failed()
+                    logger.warning("reconciling stale replies failed: %s", type(exc).__name__)
+            else:
+                await conversations.check_database()
             await asyncio.sleep(min(RECONCILE_EVERY_S, conversations.stale_after_s))
 
     async def _sweep(self, swept: Swept) -> None:

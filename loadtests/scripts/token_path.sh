@@ -11,6 +11,8 @@
 # CPU by role: the engine is every process of the server's tree titled VLLM::EngineCore or VLLM::Worker; the API the rest
 # (the server's first process, and its API processes where there are several), so that one API process and N
 # are counted alike on both systems.
+#   IDLE_S=60                    first, the API side's CPU while the server idles that long (ms per second): what
+#                                 runs whatever the load (reconcilers, samplers, exporters), weighed per token by tok/s
 #   LOCK=/tmp/cf-engine.lock     each server run holds it (a few minutes), so other engine users interleave
 set -u
 source "$(dirname "$0")/common.sh"
@@ -66,10 +68,20 @@ bench() {  # name port level api_pid [key]
       s, c, a * 1000 / hz * 1000 / t, e * 1000 / hz * 1000 / t, tps, ttft, t, f }'
 }
 
+idle() {  # name api_pid: the API side's CPU over IDLE_S seconds of no requests, after 10 s to settle
+  [ -n "${IDLE_S:-}" ] || return 0
+  local tree apis a0 a1
+  sleep 10; tree="$2 $(descendants $2)"; apis=$(api_side $tree)
+  a0=$(ticks $apis); sleep $IDLE_S; a1=$(ticks $apis)
+  awk -v s="$1" -v a=$((a1 - a0)) -v d=$IDLE_S -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { printf "%s idle api_ms_per_s=%.2f over %d s\n", s, a * 1000 / hz / d, d }'
+}
+
 run_vllm() {  # round
   VLLM_CPU_KVCACHE_SPACE=2 setsid $PY -m vllm.entrypoints.openai.api_server --model $M \
     --served-model-name SmolLM2-135M-Instruct $ENGINE_ARGS ${SERVE_ARGS:-} --port 8191 > $OUT/vllm-$1.log 2>&1 &
   local P=$!; wait_ready 8191 /health
+  idle vllm-r$1 $P
   for c in $LEVELS; do bench vllm-r$1 8191 $c $P; done
   kill -- -$P; wait $P 2>/dev/null; sleep 3
 }
@@ -94,15 +106,16 @@ run_codeface() {  # label tree round
   ) &
   P=$!; wait_ready 8192 /readyz; key=$(tail -1 $OUT/key)
   # The subshell execs the server: $P is its first process; bench splits its tree into engine core and API.
+  idle "$1-r$3" $P
   for c in $LEVELS; do bench "$1-r$3" 8192 $c $P "$key"; done
   kill -- -$P 2>/dev/null || kill $P; wait $P 2>/dev/null; sleep 3
 }
 
 run() {  # system round
   case $1 in
-    vllm) flock $LOCK bash -c "$(declare -f); $(declare -p PY LEVELS OUT M ENGINE_ARGS DTYPE); PROMPTS=${PROMPTS:-}; SERVE_ARGS='${SERVE_ARGS:-}'; run_vllm $2" ;;
+    vllm) flock $LOCK bash -c "$(declare -f); $(declare -p PY LEVELS OUT M ENGINE_ARGS DTYPE); PROMPTS=${PROMPTS:-}; IDLE_S=${IDLE_S:-}; SERVE_ARGS='${SERVE_ARGS:-}'; run_vllm $2" ;;
     cf=*) local spec=${1#cf=}
-          flock $LOCK bash -c "$(declare -f); $(declare -p PY LEVELS OUT M DB DTYPE); PROMPTS=${PROMPTS:-}; CF_ENV='${CF_ENV:-}'; run_codeface ${spec%%=*} ${spec#*=} $2" ;;
+          flock $LOCK bash -c "$(declare -f); $(declare -p PY LEVELS OUT M DB DTYPE); PROMPTS=${PROMPTS:-}; IDLE_S=${IDLE_S:-}; CF_ENV='${CF_ENV:-}'; run_codeface ${spec%%=*} ${spec#*=} $2" ;;
   esac
 }
 

@@ -93,10 +93,15 @@ class ConversationService(PinningStore):
         """The reconciler's probe: keeps `_reachable_since` (see reconcile)."""
         reachable = await self.database.ping()
         if not reachable:
-            self._reachable_since = None
+            self.database_failed()
         elif self._reachable_since is None:
             self._reachable_since = time.monotonic()
         return reachable
+
+    def database_failed(self) -> None:
+        """The database failed a statement of the reconciler's: reachable again only from the next probe that
+        passes."""
+        self._reachable_since = None
 
     def database_settled(self) -> bool:
         """Whether the database has been reachable for stale_after_s: only then may a reconciler end what a
