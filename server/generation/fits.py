@@ -23,16 +23,24 @@ class LinearFit:
     batch size seen, one prompt length) there is no slope, and `predict` never answers more than was measured (see
     there); None before any sample."""
 
-    def __init__(self, min_spread: float, decay: float = DECAY, reach: float = math.inf) -> None:
+    def __init__(self, min_spread: float, decay: float = DECAY, reach: float = math.inf, *,
+                 cold_first: bool = False) -> None:
         """`reach`: how far past the largest x measured the slope is trusted, as a multiple of it (beyond, the
-        prediction stays at that point's)."""
+        prediction stays at that point's). `cold_first`: the first sample stands only until a second one comes (it
+        carries one-time costs: an engine's first pass after start)."""
         self.min_spread = min_spread
         self.decay = decay
         self.reach = reach
+        self.cold_first = cold_first
+        self.added = 0
         self.top = 0.0
         self.w = self.x = self.y = self.xx = self.xy = 0.0
 
     def add(self, x: float, y: float) -> None:
+        self.added += 1
+        if self.cold_first and self.added == 2:
+            self.top = 0.0
+            self.w = self.x = self.y = self.xx = self.xy = 0.0
         d = self.decay
         self.top = max(self.top, x)
         self.w, self.x, self.y = d * self.w + 1, d * self.x + x, d * self.y + y

@@ -7,7 +7,9 @@ token, finished; O(1) each, nothing per token):
 - sequences waiting for their first token (and their prompt tokens) and sequences decoding, counted here;
 - prefill: the engine's busy time (while some admitted sequence waits for its first token and a sequence slot is
   free) against the prompt tokens that got their first token in it, fitted as time = a + b x tokens over recent
-  windows, so a request's wait is the fit at (prompt tokens ahead of it + its own);
+  windows, so a request's wait is the fit at (prompt tokens ahead of it + its own). The first window after start
+  counts only until the next one: it carries the engine's one-time costs (on a busy CI machine a first request
+  took 2.2 s and the next 1 s, and the fit's mean, with no spread yet, refused the second of a pair on two slots);
 - slots: past `max_num_seqs`, a new sequence also waits for running ones to finish: sequences over the slots x
   (mean decode time of a sequence) / slots, Little's law;
 - decode: the engine steps' time per output token against the sequences they decoded (vLLM's iteration stats, as
@@ -154,7 +156,7 @@ class LoadEstimator:
         self.waiting_seqs = 0
         self.waiting_tokens = 0
         self.running_seqs = 0
-        self.prefill = LinearFit(MIN_SPREAD["tokens"])
+        self.prefill = LinearFit(MIN_SPREAD["tokens"], cold_first=True)
         self.decode = LinearFit(MIN_SPREAD["batch"], reach=DECODE_REACH)
         self.sequence_s = Ewma()
         self._last = clock()

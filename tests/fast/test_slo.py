@@ -243,6 +243,34 @@ def test_an_idle_replica_refuses_nothing_so_its_estimate_can_recover() -> None:
     assert slo.verdict("a", 100, 1, {"a": 1}) is not None
 
 
+def test_a_cold_first_prefill_counts_only_until_the_next() -> None:
+    """CI's goodput server (two slots, TTFT budget 1 s, admitting to 80 %): its first request after start took
+    2.2 s, the next 1 s, and with every prompt the same size the fit's mean of the two refused the second of a
+    pair below capacity. The first sample stands alone (better than nothing), and only until a second comes."""
+    clock = Clock()
+    estimator = LoadEstimator(2, clock)
+    slo = SloAdmission(Budgets(ttft_s=1.0), estimator, fair=False, admit_fraction=0.8)
+    run_alone(estimator, clock, 30, 2.0, 48, 0.02)  # the engine's first pass: one-time costs
+    assert estimator.prefill.predict(30) == pytest.approx(2.0)
+    run_alone(estimator, clock, 30, 0.06, 48, 0.02)
+    assert estimator.prefill.predict(30) == pytest.approx(0.06)
+    hold(estimator, running=0, waiting=1, prompt=30)
+    assert slo.verdict("a", 30, 1, {"a": 1}) is None  # the second of a pair on two slots
+
+
+def test_only_the_first_sample_of_a_cold_fit_is_left_out() -> None:
+    fit = LinearFit(min_spread=0.5, cold_first=True)
+    fit.add(4, 3.0)
+    assert fit.predict(4) == pytest.approx(3.0)
+    for y in (0.05, 0.07, 0.06):
+        fit.add(4, y)
+    assert fit.predict(4) == pytest.approx(0.06, rel=0.02)  # the later ones all count
+    warm = LinearFit(min_spread=0.5)
+    warm.add(4, 3.0)
+    warm.add(4, 0.05)
+    assert warm.predict(4) == pytest.approx(1.54, rel=0.02)  # without it, the cold sample carries the mean
+
+
 def test_a_generation_that_ends_before_its_first_token_leaves_no_load() -> None:
     estimator, _ = trained()
     ticket = estimator.admitted(500, 2, None)
