@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from loadtests.ports import free_port
 
-from servers import EARLY, SpawnedServer, finish_stopping
+from servers import EARLY, REPORTS, SpawnedServer, finish_stopping
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -66,6 +66,17 @@ class ThreadedServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=60)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failing test's report gets the logs of the servers and services running in processes of their own (their
+    warnings and errors): the CI's output is all that is kept of a run, and a server's log often says why."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when == "call" and report.failed:
+        for title, tail in list(REPORTS.items()):
+            report.sections.append((title, tail()))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

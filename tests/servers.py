@@ -21,6 +21,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 300
 _STOPPING: list[threading.Thread] = []
+# What a failing test's report shows of each running server's log: CI keeps only pytest's output, not the logs.
+REPORTED_LOG_LINES = 25
+REPORTED_LINE_CHARS = 400
+WORTH_REPORTING = ('"level": "WARNING"', '"level": "ERROR"', '"level": "CRITICAL"', " ERROR ", "Traceback")
 
 
 class SpawnedServer:
@@ -51,6 +55,7 @@ class SpawnedServer:
             # A session of its own: stop() and the fault tests signal the server and its engine core together.
             self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
+        REPORTS[self.report_title] = self.warnings_tail
         return self
 
     def ready(self, probe: str = "/readyz") -> SpawnedServer:
@@ -94,7 +99,12 @@ class SpawnedServer:
         stopping.start()
         _STOPPING.append(stopping)
 
+    @property
+    def report_title(self) -> str:
+        return f"server log on port {self.port}: warnings and errors"
+
     def stop(self) -> None:
+        REPORTS.pop(self.report_title, None)
         if self.process is None:
             return
         if self.process.poll() is None:
@@ -109,6 +119,25 @@ class SpawnedServer:
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
+
+    def warnings_tail(self) -> str:
+        """The last warnings and errors it logged."""
+        return log_tail(self.log_path, WORTH_REPORTING)
+
+
+def log_tail(path: Path, marks: Iterable[str] = ()) -> str:
+    """A log's last lines (those with one of `marks`, if any are given), each cut short, for a failing test's
+    report."""
+    text = path.read_text(errors="replace") if path.exists() else ""
+    wanted = tuple(marks)
+    found = [line[:REPORTED_LINE_CHARS] for line in text.splitlines()
+             if not wanted or any(mark in line for mark in wanted)]
+    return "\n".join(found[-REPORTED_LOG_LINES:]) or "(nothing)"
+
+
+# What a failing test's report shows, by title: the logs of the servers and services running in processes of their
+# own (tests/conftest.py adds them to the report).
+REPORTS: dict[str, Callable[[], str]] = {}
 
 
 def finish_stopping() -> None:

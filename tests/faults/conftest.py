@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -24,7 +25,7 @@ import pytest
 from loadtests.sse import aiter_events
 
 from conftest import IN_CI, free_port, unavailable, user_with_key
-from servers import SpawnedServer
+from servers import REPORTS, SpawnedServer, log_tail
 
 READY_TIMEOUT_S = 30
 SECRET = "fault-tests-secret-key-0123456789abcdefghij"
@@ -195,9 +196,11 @@ def own_postgres() -> Iterator[OwnPostgres]:
     database = OwnPostgres(folder)
     database.start()
     database.create_database()
+    REPORTS["the fault group's Postgres log"] = partial(log_tail, folder / "log")
     try:
         yield database
     finally:
+        REPORTS.pop("the fault group's Postgres log", None)
         with contextlib.suppress(OSError, ValueError):
             database.resume()
         with contextlib.suppress(subprocess.SubprocessError):
@@ -211,9 +214,11 @@ def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnRedis]:
         unavailable("no redis-server")
     redis = OwnRedis(tmp_path_factory.mktemp("own-redis"))
     redis.start()
+    REPORTS["the fault group's Redis log"] = partial(log_tail, redis.folder / "redis.log")
     try:
         yield redis
     finally:
+        REPORTS.pop("the fault group's Redis log", None)
         with contextlib.suppress(AssertionError, OSError):
             redis.resume()
         redis.stop()
