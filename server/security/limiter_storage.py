@@ -20,6 +20,7 @@ from limits.storage import storage_from_string
 
 from server.exceptions import Unavailable
 from server.security.reservations import MemoryReservations, RedisReservations, Reservations
+from server.telemetry.metrics import StorageFailure, rate_limit_storage_failures
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -107,11 +108,14 @@ class GuardedStorage:
         if not self.remote:
             return await operation()
         if time.monotonic() < self._down_until:
+            rate_limit_storage_failures.labels(StorageFailure.BREAKER_OPEN).inc()
             self._unavailable("recently unreachable")
             return None
         try:
             result = await bounded(operation, self.timeout_s)
         except STORAGE_ERRORS as exc:
+            rate_limit_storage_failures.labels(
+                StorageFailure.TIMEOUT if isinstance(exc, TimeoutError) else StorageFailure.ERROR).inc()
             self._failures += 1
             if self._failures >= BREAKER_FAILURES:
                 self._down_until = time.monotonic() + self.retry_s
@@ -157,6 +161,7 @@ class GuardedStorage:
             except Exception:
                 logger.exception("a rate-limit give-back failed and is dropped (its expiry will give it back)")
                 return
+        rate_limit_storage_failures.labels(StorageFailure.GIVE_BACK).inc()
         self.give_backs.add(operation, until)
 
     def _unavailable(self, why: str) -> None:

@@ -48,6 +48,20 @@ aborted_requests = Counter("codeface_requests_aborted", "Generations aborted bef
                            ["model", "reason"])
 rate_limit_rejections = Counter("codeface_rate_limit_rejections", "Requests refused by a rate limit",
                                 ["model", "limit"])
+
+
+class StorageFailure(StrEnum):
+    """Why a call to the rate-limit storage did not count (a metric label)."""
+
+    TIMEOUT = "timeout"
+    ERROR = "error"
+    BREAKER_OPEN = "breaker_open"  # not asked: it failed just before
+    GIVE_BACK = "give_back"        # a give-back it did not take, retried in the background
+
+
+# Each one left a request to the failure policy (fail open: served unlimited; fail closed: 503) or a slot held longer.
+rate_limit_storage_failures = Counter("codeface_rate_limit_storage_failures", "Calls to the rate-limit storage that "
+                                      "failed, timed out or were not made (its breaker open), by reason", ["reason"])
 admission_rejections = Counter("codeface_admission_rejections", "Requests refused by global admission control",
                                ["model"])
 sse_streams_active = Gauge("codeface_sse_streams_active", "Server-sent event streams open now", ["model"],

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from server.security.limiter_storage import BREAKER_FAILURES, GuardedStorage, bounded
+from server.telemetry.metrics import StorageFailure, rate_limit_storage_failures
 
 TIMEOUT_S = 0.2
 
@@ -92,3 +93,21 @@ async def test_a_give_back_that_lands_closes_the_breaker() -> None:
     redis_up = True
     await asyncio.wait_for(landed.wait(), 5)
     assert await storage.call(works) == "ok"
+
+
+def failures(reason: StorageFailure) -> float:
+    return rate_limit_storage_failures.labels(reason)._value.get()  # type: ignore[attr-defined, no-any-return]
+
+
+async def test_every_call_the_storage_did_not_count_is_counted_by_reason() -> None:
+    """What operators see of a storage that fails (the policy then serves unlimited or answers 503): each call that
+    failed, timed out or was skipped with the breaker open, and each give-back left to the background."""
+    storage = guarded()
+    before = {reason: failures(reason) for reason in StorageFailure}
+    assert await storage.call(lambda: answered_in(10)) is None
+    assert await storage.call(failing) is None  # the second in a row: the breaker opens
+    assert await storage.call(lambda: answered_in(0)) is None
+    await storage.give_back(lambda: answered_in(0), time.time() + 60)
+    assert {reason: failures(reason) - before[reason] for reason in StorageFailure} == {
+        StorageFailure.TIMEOUT: 1, StorageFailure.ERROR: 1, StorageFailure.BREAKER_OPEN: 1,
+        StorageFailure.GIVE_BACK: 1}
