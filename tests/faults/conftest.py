@@ -79,8 +79,11 @@ class OwnPostgres:
         subprocess.run([*prefix, *command], check=True, capture_output=True, timeout=60)
 
     def start(self) -> None:
+        # Connections logged with millisecond times: a failing test's report shows when Postgres saw the last ones
+        # (a replica's first connection once timed out in CI with nothing else to go on).
         self._as_postgres(postgres_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "log"), "-w",
-                          "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1", "start")
+                          "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 "
+                          "-c log_connections=on -c log_line_prefix='%m [%p] '", "start")
 
     def stop(self) -> None:
         self._as_postgres(postgres_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
