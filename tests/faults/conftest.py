@@ -261,12 +261,23 @@ def spawn_frontend() -> Iterator[Callable[..., str]]:
                                          json.dumps(overrides)]))
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _answers(f"{url}/healthz"), READY_TIMEOUT_S, f"the replica on {url} did not start")
+        # Ready as a balancer would see it: its database answers (its first connection opened before the test's
+        # first request, as a replica's own start opens it; the engine-less replica's readiness names its engine).
+        wait_until(lambda: _reaches_its_database(url), READY_TIMEOUT_S, f"the replica on {url} reached no database")
         return url
 
     yield start
     for process in started:
         process.terminate()
         process.wait(timeout=30)
+
+
+def _reaches_its_database(url: str) -> bool:
+    try:
+        answer = httpx.get(f"{url}/readyz", timeout=10)
+    except httpx.TransportError:
+        return False
+    return answer.status_code == 200 or "database" not in answer.json()["error"]["message"]
 
 
 def _answers(url: str) -> bool:
