@@ -24,6 +24,7 @@ _STOPPING: list[threading.Thread] = []
 # What a failing test's report shows of each running server's log: CI keeps only pytest's output, not the logs.
 REPORTED_LOG_LINES = 25
 REPORTED_LINE_CHARS = 400
+START_FAILURE_LOG_LINES = 40
 WORTH_REPORTING = ('"level": "WARNING"', '"level": "ERROR"', '"level": "CRITICAL"', " ERROR ", "Traceback")
 
 
@@ -116,23 +117,22 @@ class SpawnedServer:
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
 
-    def log_tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+    def log_tail(self) -> str:
+        """Its log's last lines, whole: why it did not start."""
+        return log_tail(self.log_path, lines=START_FAILURE_LOG_LINES, width=None)
 
     def warnings_tail(self) -> str:
         """The last warnings and errors it logged."""
         return log_tail(self.log_path, WORTH_REPORTING)
 
 
-def log_tail(path: Path, marks: Iterable[str] = ()) -> str:
-    """A log's last lines (those with one of `marks`, if any are given), each cut short, for a failing test's
-    report."""
+def log_tail(path: Path, marks: Iterable[str] = (), *, lines: int = REPORTED_LOG_LINES,
+             width: int | None = REPORTED_LINE_CHARS) -> str:
+    """A log's last `lines` (those with one of `marks`, if any are given), each cut to `width` characters."""
     text = path.read_text(errors="replace") if path.exists() else ""
     wanted = tuple(marks)
-    found = [line[:REPORTED_LINE_CHARS] for line in text.splitlines()
-             if not wanted or any(mark in line for mark in wanted)]
-    return "\n".join(found[-REPORTED_LOG_LINES:]) or "(nothing)"
+    found = [line[:width] for line in text.splitlines() if not wanted or any(mark in line for mark in wanted)]
+    return "\n".join(found[-lines:]) or "(nothing)"
 
 
 # What a failing test's report shows, by title: the logs of the servers and services running in processes of their
